@@ -1,0 +1,3 @@
+from forkops.cli import main
+
+raise SystemExit(main())

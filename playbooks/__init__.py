@@ -1,0 +1,1 @@
+"""Built-in forkops playbooks (TOML data, installed as ``forkops.playbooks``)."""
