@@ -76,13 +76,12 @@ class Repo:
         input: str | bytes | None = None,
         env: Mapping[str, str] | None = None,
         check: bool = True,
-        binary: bool = False,
     ) -> str:
-        """Run ``git -C path ARGS``; return stdout (text unless ``binary``), raise GitError."""
+        """Run ``git -C path ARGS``; return stdout as text, raise GitError (use run_raw for bytes)."""
         proc = self.run_raw(*args, input=input, env=env)
         if check and proc.returncode != 0:
             raise GitError(args, proc.returncode, _text(proc.stderr))
-        return proc.stdout if binary else _text(proc.stdout)  # type: ignore[no-any-return]
+        return _text(proc.stdout)
 
     def run_raw(
         self,
@@ -227,22 +226,26 @@ def clone(url: str, path: Path, *, progress: Callable[[str, float | None], None]
     """Clone ``url`` into ``path`` with GitPython, reporting (stage, fraction) to ``progress``."""
     import git as gitpython  # lazy: importing GitPython costs ~0.1 s
 
-    class _Progress(gitpython.RemoteProgress):  # type: ignore[misc]
-        def update(self, op_code: int, cur_count: float, max_count: float | None = None, message: str = "") -> None:
-            if progress is None:
+    class _Progress(gitpython.RemoteProgress):
+        def update(
+            self, op_code: int, cur_count: str | float, max_count: str | float | None = None, message: str = ""
+        ) -> None:
+            if progress is None or not isinstance(cur_count, int | float):
                 return
             stage = {
                 self.COUNTING: "counting objects", self.COMPRESSING: "compressing objects",
                 self.RECEIVING: "receiving objects", self.RESOLVING: "resolving deltas",
                 self.CHECKING_OUT: "checking out files",
             }.get(op_code & self.OP_MASK, "cloning")
-            progress(stage, cur_count / max_count if max_count else None)
+            total = max_count if isinstance(max_count, int | float) and max_count else None
+            progress(stage, float(cur_count) / total if total else None)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        gitpython.Repo.clone_from(url, str(path), progress=_Progress(), env=git_env())
+        gitpython.Repo.clone_from(url, str(path), progress=_Progress(), env=git_env())  # type: ignore[arg-type]
     except gitpython.GitCommandError as exc:
-        raise GitError(["clone", url, str(path)], int(exc.status or 1), str(exc.stderr or "")) from None
+        status = exc.status if isinstance(exc.status, int) else 1
+        raise GitError(["clone", url, str(path)], status, str(exc.stderr or "")) from None
     return Repo(path)
 
 

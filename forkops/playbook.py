@@ -178,7 +178,7 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
     fork_branch = branches.pattern("fork", "b{version}")
     upstream_branch = branches.pattern("upstream", "tf{version}")
     branches.finish()
-    if fork_branch and fork_branch == upstream_branch:
+    if fork_branch and fork_branch == str(upstream_branch):
         checker.problem("branches", "fork and upstream branch patterns must differ")
 
     anchors = tuple(_anchor(t) for t in top.subs("anchors"))

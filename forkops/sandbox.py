@@ -24,12 +24,14 @@ target        TensorFlow fork                         Serving fork
 ============  ===========================================================================
 2.4.1         clean                                   clean
 2.5.0/2.5.1   clean                                   conflict: WORKSPACE (2/5), then Dockerfiles (3/5)
-2.11.0        clean, env_time fix dropped (already    conflict: WORKSPACE, Dockerfiles
+2.11.0        clean, env_time fix dropped (already    conflict: WORKSPACE, then Dockerfiles
               upstream), decryption left behind in
               the dead core file -> anchor re-applied
-2.18.0        conflict: .bazelrc at commit 3/5; then  conflict: WORKSPACE, Dockerfiles
+2.18.0        conflict: .bazelrc at commit 3/5; then  conflict: WORKSPACE, then Dockerfiles
               the anchor is re-applied to the xla path
-2.19.0-rc0    modify/delete on core env.cc (1/5)      conflict: WORKSPACE, Dockerfiles
+2.19.0-rc0    conflict: .bazelrc (3/5); git follows   conflict: WORKSPACE, then Dockerfiles
+              the rename of core env.cc to the xla
+              path, so the decryption patch moves too
 ============  ===========================================================================
 """
 
@@ -834,7 +836,7 @@ def _serving_upstream(gen: Generator, *, filler_files: int, filler_commits: int)
                 f"{docker}/Dockerfile": serving_dockerfile(minor, gpu=False),
                 f"{docker}/Dockerfile.gpu": serving_dockerfile(minor, gpu=True)}
     initial: Files = {
-        "README.md": "# TensorFlow Serving\n\nA flexible, high-performance serving system for machine learning models.\n",
+        "README.md": "# TensorFlow Serving\n\nA flexible, high-performance serving system for ML models.\n",
         "WORKSPACE": serving_workspace("2.4.0"),
         "tensorflow_serving/model_servers/server.cc": "// Model server.\nint main() { return 0; }\n",
         **dockerfiles(4),
@@ -876,7 +878,8 @@ def _cut_release(gen: Generator, project: str, rel: _Release, *, annotated: bool
                         if changelog else f"// Model server.\n// fixed in {version}\nint main() {{ return 0; }}\n"})
         changes = dict(version_files(version))
         if changelog and not suffix and patch == 0:
-            changes["RELEASE.md"] = f"# Release {major}.{minor}.{patch}\n\n* Sandbox release.\n\n" + gen.files[branch]["RELEASE.md"]
+            notes = gen.files[branch]["RELEASE.md"]
+            changes["RELEASE.md"] = f"# Release {major}.{minor}.{patch}\n\n* Sandbox release.\n\n" + notes
         gen.commit(branch, f"Update version for {version} release.", changes)
         tag = tag_fmt.format(version=version)
         gen.tag(tag, branch, f"TensorFlow {version}" if annotated else None)

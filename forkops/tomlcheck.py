@@ -6,6 +6,7 @@ keys become warnings, not errors, so a newer file still loads in an older forkop
 
 from __future__ import annotations
 
+import builtins
 import re
 import tomllib
 from collections.abc import Iterator
@@ -55,19 +56,19 @@ class Checker:
 class Table:
     """One TOML table under a dotted key; every getter records what it read."""
 
-    def __init__(self, checker: Checker, data: dict[str, Any], prefix: str) -> None:
+    def __init__(self, checker: Checker, data: dict[builtins.str, Any], prefix: builtins.str) -> None:
         self.checker = checker
         self.data = data
         self.prefix = prefix
-        self._seen: set[str] = set()
+        self._seen: set[builtins.str] = set()
 
-    def key(self, name: str) -> str:
+    def key(self, name: builtins.str) -> builtins.str:
         return f"{self.prefix}.{name}" if self.prefix else name
 
-    def has(self, name: str) -> bool:
+    def has(self, name: builtins.str) -> bool:
         return name in self.data
 
-    def _get(self, name: str, *, required: bool) -> Any:
+    def _get(self, name: builtins.str, *, required: bool) -> Any:
         self._seen.add(name)
         if name not in self.data:
             if required:
@@ -75,7 +76,7 @@ class Table:
             return None
         return self.data[name]
 
-    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+    def str(self, name: builtins.str, default: builtins.str | None = None, *, required: bool = False) -> builtins.str:
         value = self._get(name, required=required and default is None)
         if value is None:
             return default or ""
@@ -86,13 +87,17 @@ class Table:
             self.checker.problem(self.key(name), "must not be empty")
         return value
 
-    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
+    def choice(
+        self, name: builtins.str, choices: tuple[builtins.str, ...], default: builtins.str | None = None
+    ) -> builtins.str:
         value = self.str(name, default, required=default is None)
         if value and value not in choices:
             self.checker.problem(self.key(name), f"{value!r} is not one of {', '.join(choices)}")
         return value
 
-    def regex(self, name: str, *, required: bool = True, groups: tuple[str, ...] = ()) -> str:
+    def regex(
+        self, name: builtins.str, *, required: bool = True, groups: tuple[builtins.str, ...] = ()
+    ) -> builtins.str:
         value = self.str(name, required=required)
         if not value:
             return value
@@ -106,13 +111,13 @@ class Table:
                 self.checker.problem(self.key(name), f"regular expression needs a (?P<{group}>...) group")
         return value
 
-    def pattern(self, name: str, default: str | None = None) -> str:
+    def pattern(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str:
         value = self.str(name, default, required=default is None)
         if value and value.count("{version}") != 1:
             self.checker.problem(self.key(name), f"{value!r} must contain {{version}} exactly once")
         return value
 
-    def bound(self, name: str) -> VersionBound | None:
+    def bound(self, name: builtins.str) -> VersionBound | None:
         value = self._get(name, required=False)
         if value is None:
             return None
@@ -122,7 +127,7 @@ class Table:
             self.checker.problem(self.key(name), f"{value!r} is not a version bound like 2.11 or 2.11.2")
             return None
 
-    def int(self, name: str, default: int) -> int:
+    def int(self, name: builtins.str, default: builtins.int) -> builtins.int:
         value = self._get(name, required=False)
         if value is None:
             return default
@@ -131,16 +136,16 @@ class Table:
             return default
         return value
 
-    def float(self, name: str, default: float) -> float:
+    def float(self, name: builtins.str, default: builtins.float) -> builtins.float:
         value = self._get(name, required=False)
         if value is None:
             return default
         if not isinstance(value, int | float) or isinstance(value, bool):
             self.checker.problem(self.key(name), f"expected a number, got {_kind(value)}")
             return default
-        return float(value)
+        return builtins.float(value)
 
-    def floats(self, name: str, default: list[float]) -> list[float]:
+    def floats(self, name: builtins.str, default: list[builtins.float]) -> list[builtins.float]:
         value = self._get(name, required=False)
         if value is None:
             return list(default)
@@ -149,9 +154,11 @@ class Table:
         ):
             self.checker.problem(self.key(name), "expected a list of numbers")
             return list(default)
-        return [float(v) for v in value]
+        return [builtins.float(v) for v in value]
 
-    def strs(self, name: str, default: list[str] | None = None, *, required: bool = False) -> list[str]:
+    def strs(
+        self, name: builtins.str, default: list[builtins.str] | None = None, *, required: bool = False
+    ) -> list[builtins.str]:
         value = self._get(name, required=required and default is None)
         if value is None:
             return list(default or [])
@@ -164,11 +171,11 @@ class Table:
             self.checker.problem(self.key(name), "must not be empty")
         return list(value)
 
-    def sub(self, name: str, *, required: bool = False) -> Table:
+    def sub(self, name: builtins.str, *, required: bool = False) -> Table:
         value = self._get(name, required=required)
         return self.checker.table({} if value is None else value, self.key(name))
 
-    def subs(self, name: str) -> Iterator[Table]:
+    def subs(self, name: builtins.str) -> Iterator[Table]:
         """An array of tables (``[[name]]``)."""
         value = self._get(name, required=False)
         if value is None:

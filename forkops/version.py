@@ -128,10 +128,13 @@ def parse_name(pattern: str, name: str) -> Version | None:
 
 
 def nearest(wanted: Version, available: list[Version], count: int = 3) -> list[Version]:
-    """The ``count`` available versions closest to ``wanted`` (for 'did you mean' lines)."""
+    """The ``count`` available versions closest to ``wanted`` (for 'did you mean' lines).
 
-    def distance(v: Version) -> tuple[int, int, int, int]:
-        a, b = v._key(), wanted._key()
-        return (abs(a[0] - b[0]), abs(a[1] - b[1]), abs(a[2] - b[2]), abs(a[3] - b[3]))
+    Release candidates are only suggested for a wanted release candidate."""
+    pool = [v for v in set(available) if wanted.is_rc or not v.is_rc] or list(set(available))
 
-    return sorted(sorted(set(available), key=distance)[:count])
+    def distance(v: Version) -> tuple[int, bool, int]:
+        linear = (v.major - wanted.major) * 1_000_000 + (v.minor - wanted.minor) * 1000 + v.patch - wanted.patch
+        return abs(linear), v.is_rc != wanted.is_rc, abs((v.rc or 0) - (wanted.rc or 0))
+
+    return sorted(sorted(pool, key=distance)[:count])

@@ -86,7 +86,7 @@ def load_file(path: Path) -> Workspace:
         if rel and Path(rel).is_absolute() is False and ".." in Path(rel).parts:
             checker.problem(t.key("path"), "must stay inside the workspace")
         for key, url in (("origin", origin), ("upstream", upstream)):
-            if url and (url.strip() != url or any(c.isspace() for c in url)):
+            if url and (url.strip() != url or "\n" in url or url.startswith("-")):
                 checker.problem(t.key(key), f"{url!r} is not a URL or path git accepts")
         if pb and pb not in playbook_mod.BUILTIN and not (root / pb).expanduser().exists():
             checker.problem(t.key("playbook"), f"{pb!r} is neither a built-in playbook "

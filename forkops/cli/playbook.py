@@ -49,7 +49,7 @@ def show(
     for a in pb.anchors:
         out.print(f"  anchor [bold]{a.name}[/bold]: {a.symbol} must match /{a.must_contain}/")
         for loc in a.locations:
-            out.print(f"    {loc.since or '…'} – {loc.until or '…'}: {loc.path}")
+            out.print(f"    {loc.since or '...'} - {loc.until or '...'}: {loc.path}")
     for s in pb.key_sites:
         out.print(f"  key site [bold]{s.name}[/bold]: {s.value} as {s.encoding} in {', '.join(s.paths)}")
     for p in pb.pins:

@@ -1,0 +1,89 @@
+"""The sandbox must look like the real thing: tags on release branches, the patch stack, moves."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from forkops import anchors, playbook
+from forkops import sandbox as sb_mod
+from forkops.git import Repo
+from forkops.version import Version
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_tags_sit_on_release_branches_not_master(sandbox: sb_mod.Sandbox) -> None:
+    tf = sandbox.upstream["tensorflow"]
+    for tag in ("v2.4.0", "v2.5.0", "v2.11.0", "v2.18.0"):
+        assert git(tf, "cat-file", "-t", tag).strip() == "tag"  # annotated
+        assert subprocess.run(["git", "-C", str(tf), "merge-base", "--is-ancestor", tag, "master"]).returncode == 1
+        minor = tag.split(".")[1]
+        assert git(tf, "branch", "--contains", tag, "--format=%(refname:short)").split() == [f"r2.{minor}"]
+        assert git(tf, "log", "-1", "--format=%s", tag).startswith("Update version for ")
+    sv = sandbox.upstream["serving"]
+    assert git(sv, "cat-file", "-t", "refs/tags/2.18.0").strip() == "commit"  # lightweight
+    assert git(sv, "rev-parse", "refs/tags/2.18.0") != git(sv, "rev-parse", "refs/heads/2.18.0")
+    assert "2.5.0\n" not in git(sv, "tag") and "2.5.1\n" in git(sv, "tag")
+
+
+def test_fork_carries_its_patch_stack(sandbox: sb_mod.Sandbox) -> None:
+    clone = sandbox.clone("tensorflow")
+    subjects = git(clone, "log", "--format=%s", "refs/tags/v2.4.0..b2.4.0").splitlines()
+    assert len(subjects) == 5 and subjects[-1] == "Decrypt models in ReadBinaryProto"
+    # A plain rebase would replay upstream's release-branch commits too: the trap of SPEC section 1.
+    assert "Update version for 2.4.0 release." in git(clone, "log", "--format=%s", "origin/master..b2.4.0")
+    assert git(sandbox.clone("serving"), "rev-parse", "--abbrev-ref", "HEAD").strip() == "b2.4.0"
+
+
+def test_decryption_anchor_moves_like_real_tensorflow(sandbox: sb_mod.Sandbox) -> None:
+    (anchor,) = playbook.load("tensorflow").anchors
+    repo = Repo(sandbox.upstream["tensorflow"])
+    fork = Repo(sandbox.origin["tensorflow"])
+    on_fork = anchors.check(fork, "b2.4.0", anchor, Version.parse("2.4.0"))
+    assert on_fork.ok and on_fork.path == sb_mod.TF_CORE
+    upstream_240 = anchors.check(repo, "v2.4.0", anchor, Version.parse("2.4.0"))
+    assert not upstream_240.ok and upstream_240.path == sb_mod.TF_CORE
+    at_211 = anchors.check(repo, "v2.11.0", anchor, Version.parse("2.11.0"))
+    assert at_211.defined_in == (sb_mod.TF_CORE, sb_mod.TF_TSL) and at_211.path == sb_mod.TF_TSL
+    at_218 = anchors.check(repo, "v2.18.0", anchor, Version.parse("2.18.0"))
+    assert at_218.path == sb_mod.TF_XLA_TSL
+    assert "absl::Status ReadBinaryProto(" in git(repo.path, "show", f"v2.18.0:{sb_mod.TF_XLA_TSL}")
+    at_219 = anchors.check(repo, "v2.19.0-rc0", anchor, Version.parse("2.19.0-rc0"))
+    assert at_219.defined_in == (sb_mod.TF_XLA,)
+
+
+def test_rebase_outcomes_match_the_documented_table(sandbox: sb_mod.Sandbox, tmp_path: Path) -> None:
+    def rebase(name: str, tag: str, base: str) -> tuple[int, list[str], str]:
+        work = tmp_path / f"{name}-{tag}"
+        git(tmp_path, "clone", "-q", str(sandbox.origin[name]), str(work))
+        git(work, "fetch", "-q", "--no-tags", str(sandbox.upstream[name]), f"refs/tags/{tag}:refs/tags/{tag}")
+        proc = subprocess.run(["git", "-C", str(work), "rebase", "--onto", f"refs/tags/{tag}",
+                               f"refs/tags/{base}", "b2.4.0"], capture_output=True, text=True)
+        unmerged = git(work, "diff", "--name-only", "--diff-filter=U").split()
+        where = (work / ".git/rebase-merge/msgnum").read_text().strip() if unmerged else ""
+        return proc.returncode, unmerged, where
+
+    assert rebase("tensorflow", "v2.5.0", "v2.4.0") == (0, [], "")
+    assert rebase("tensorflow", "v2.18.0", "v2.4.0")[1:] == ([".bazelrc"], "3")
+    assert rebase("serving", "2.4.1", "2.4.0") == (0, [], "")
+    assert rebase("serving", "2.18.0", "2.4.0")[1:] == (["WORKSPACE"], "2")
+
+
+def test_resolutions_produce_conflict_free_files() -> None:
+    upstream = sb_mod.serving_workspace("2.18.0", patch=True)
+    fork = sb_mod.fork_workspace(sb_mod.serving_workspace("2.4.0"), "/x/tf.git", "b2.4.0")
+    resolved = sb_mod.resolve("serving", "WORKSPACE", ours=upstream, theirs=fork)
+    assert resolved is not None
+    assert 'branch = "b2.4.0"' in resolved and "tensorflow_http_archive(" not in resolved
+    assert 'patches = ["//third_party/tensorflow:tensorflow.patch"]' in resolved
+    assert "<<<<<<<" not in resolved
+
+
+def test_large_sandbox_builds_quickly(tmp_path: Path) -> None:
+    sb = sb_mod.build(tmp_path / "big", filler_files=500, filler_commits=400, clone=False)
+    count = int(git(sb.upstream["tensorflow"], "rev-list", "--count", "master"))
+    assert count > 400
+    assert int(git(sb.upstream["tensorflow"], "ls-tree", "-r", "--name-only", "v2.18.0").count("\n")) > 500
