@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import stat
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from forkops.errors import BadInput, ConfigError
+from forkops.fsutil import write_atomic
 from forkops.tomlcheck import Checker, load_toml
 
 ENV_VAR = "FORKOPS_KEYS"
@@ -121,3 +124,75 @@ def validate(material: KeyMaterial) -> None:
     """Re-check lengths (for KeyMaterial built in code)."""
     if len(material.key) != CIPHERS.get(material.cipher, -1) or len(material.iv) != 16:
         raise ConfigError([f"{material.source or 'keys'}: model.key: wrong length for {material.cipher}"])
+
+
+# -- generating a new keys file ---------------------------------------------------------------
+# Letters and digits only: safe unescaped in a C string literal, in a Bazel define and in TOML,
+# and never confused with shell or rc-file syntax. 62 symbols give ~5.95 bits each, so the
+# 16 characters of an AES-128 key carry ~95 bits (24 -> ~143, 32 -> ~190).
+PRINTABLE_ALPHABET = string.ascii_letters + string.digits
+
+
+def generate(cipher: str = DEFAULT_CIPHER, *, hex_key: bool = False, random_iv: bool = False) -> KeyMaterial:
+    """A new random key (``secrets``): printable by default, full-entropy bytes with ``hex_key``.
+
+    The IV stays the fork's public default unless ``random_iv``; a random IV follows the key's
+    form (printable, or raw bytes stored as ``iv_hex``).
+    """
+    if cipher not in CIPHERS:
+        raise BadInput(f"unknown cipher {cipher!r} (choose from {', '.join(CIPHERS)})")
+    length = CIPHERS[cipher]
+
+    def printable(n: int) -> bytes:
+        return "".join(secrets.choice(PRINTABLE_ALPHABET) for _ in range(n)).encode("ascii")
+
+    key = secrets.token_bytes(length) if hex_key else printable(length)
+    iv = DEFAULT_IV
+    if random_iv:
+        iv = secrets.token_bytes(16) if hex_key else printable(16)
+    return KeyMaterial(cipher, key, iv, None, key_is_hex=hex_key)
+
+
+def render(material: KeyMaterial) -> str:
+    """keys.toml text for ``material`` (``key_hex``/``iv_hex`` for values that are not plain text)."""
+    validate(material)
+    lines = [
+        "# keys.toml: the model key (see keys.example.toml). NEVER commit this file.",
+        "# Written by `forkops set-key --generate`; keep it mode 0600.",
+        "",
+        "[model]",
+        f'cipher = "{material.cipher}"',
+        _secret_line("key", material.key, as_hex=material.key_is_hex),
+        _secret_line("iv", material.iv, as_hex=not _plain_text(material.iv)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plain_text(value: bytes) -> bool:
+    return all(chr(b) in PRINTABLE_ALPHABET for b in value)
+
+
+def _secret_line(name: str, value: bytes, *, as_hex: bool) -> str:
+    if as_hex or not _plain_text(value):
+        return f'{name}_hex = "{value.hex()}"'
+    return f'{name} = "{value.decode("ascii")}"'
+
+
+def write(path: Path, material: KeyMaterial, *, force: bool = False) -> None:
+    """Create the keys file atomically with mode 0600; refuse to replace one unless ``force``.
+
+    The temporary file is created 0600 (mkstemp) before any byte of the key is written, so the
+    key is never readable by others, not even for a moment.
+    """
+    check_can_write(path, force=force)
+    write_atomic(path, render(material), mode=0o600)
+
+
+def check_can_write(path: Path, *, force: bool) -> None:
+    """BadInput unless ``path`` may be (re)written: absent, or present and ``force``."""
+    if path.is_dir():
+        raise BadInput(f"{path}: is a directory")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise BadInput(f"{path}: a keys file already exists; refusing to overwrite it",
+                       hint="pass --force to replace it (the old key is lost unless you keep a copy)")

@@ -724,6 +724,22 @@ ENTRYPOINT ["/usr/bin/tf_serving_entrypoint.sh"]
 """
 
 
+# What Serving 2.15+ applies to TensorFlow through `patch =` (here: a new header, so that it applies
+# to any TensorFlow tree with `patch -p1`).
+SERVING_TF_PATCH: Files = {
+    "third_party/tensorflow/BUILD": "",
+    "third_party/tensorflow/tensorflow.patch": (
+        "diff --git a/tensorflow/core/platform/serving_compat.h b/tensorflow/core/platform/serving_compat.h\n"
+        "new file mode 100644\n"
+        "--- /dev/null\n"
+        "+++ b/tensorflow/core/platform/serving_compat.h\n"
+        "@@ -0,0 +1,2 @@\n"
+        "+// Added by TensorFlow Serving's tensorflow.patch.\n"
+        "+#define TF_SERVING_COMPAT 1\n"
+    ),
+}
+
+
 def fork_dockerfile_devel(upstream_text: str) -> str:
     """The fork builds from the local checkout: the source fetch becomes ``ADD .``."""
     for fetch in (_GIT_CLONE_FETCH, _CURL_FETCH):
@@ -855,7 +871,8 @@ def _serving_upstream(gen: Generator, *, filler_files: int, filler_commits: int)
         ]),
         _Release(18, ["2.18.0-rc0", "2.18.0"], [
             ("Move to Ubuntu 22.04; fetch sources first in the GPU image", dockerfiles(18)),
-            ("Update TF pin for 2.18 and carry a patch", {"WORKSPACE": serving_workspace("2.18.0", patch=True)}),
+            ("Update TF pin for 2.18 and carry a patch", {"WORKSPACE": serving_workspace("2.18.0", patch=True),
+                                                          **SERVING_TF_PATCH}),
         ]),
         _Release(19, ["2.19.0-rc0"], [
             ("Update TF pin for 2.19", {"WORKSPACE": serving_workspace("2.19.0", patch=True)}),

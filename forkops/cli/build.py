@@ -1,9 +1,300 @@
-"""CLI commands: (not built yet)."""
+"""CLI commands: ``build``, ``smoke`` and ``doctor`` (images from local source, the encrypted-model
+round trip, and whether this machine can do either).
+
+Engines: :mod:`forkops.build`, :mod:`forkops.smoke`, :mod:`forkops.docker`. This module loads the
+workspace and keys, draws the one-line live status and the summary tables, and writes JUnit.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import shlex
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from forkops.cli.common import console, err_console, load_workspace, print_json
+from forkops.errors import BadInput, ExitCode
+
+if TYPE_CHECKING:
+    from forkops.keyfile import KeyMaterial
+    from forkops.playbook import SmokeSpec
+
+KeysOption = Annotated[
+    Path | None,
+    typer.Option("--keys", metavar="FILE", help="keys.toml (default: $FORKOPS_KEYS, else the workspace's)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _keys(explicit: Path | None, root: Path | None) -> KeyMaterial:
+    from forkops import keyfile
+
+    return keyfile.load(keyfile.resolve_path(explicit, root))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A CI cancel (SIGTERM) cleans up like Ctrl-C: containers removed, scratch deleted."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (in-process tests): nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fit(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def build_cmd(
+    version: Annotated[str, typer.Argument(metavar="X.Y.Z", help="Release whose fork branches bX.Y.Z to build.")],
+    gpu: Annotated[bool, typer.Option("--gpu", help="Build the GPU images (Dockerfile.devel-gpu, .gpu).")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Build the CPU and the GPU images.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Stage and print the docker commands only.")] = False,
+    builder: Annotated[str | None, typer.Option("--builder", metavar="NAME", help="buildx builder (BuildKit).")] = None,
+    cache_from: Annotated[list[str] | None, typer.Option("--cache-from", metavar="REF",
+                                                         help="BuildKit cache source for the devel build.")] = None,
+    cache_to: Annotated[list[str] | None, typer.Option("--cache-to", metavar="REF",
+                                                       help="BuildKit cache export for the devel build.")] = None,
+    registry: Annotated[str | None, typer.Option("--registry", metavar="R", help="Tag as R/tensorflow-serving:...")]
+    = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the staged folder (it holds the key).")] = False,
+    keys: KeysOption = None,
+) -> None:
+    """Stage the Serving fork with the TensorFlow fork inside (key in the copy only) and build the
+    devel and serving images."""
+    from forkops import build as engine
+    from forkops.docker import Docker
+    from forkops.version import Version
+
+    ver = Version.parse(version)
+    variants = ("cpu", "gpu") if all_ else ("gpu",) if gpu else ("cpu",)
+    ws = load_workspace()
+    material = _keys(keys, ws.root)
+    serving, tensorflow = engine.forks(ws, ver)
+    spec = serving.playbook.build
+    assert spec is not None
+    docker = Docker()
+    if not dry_run:
+        docker.require_engine()  # before the (long) staging: exit 3 with one line
+    options = engine.BuildOptions(ver, variants, registry, builder, tuple(cache_from or ()), tuple(cache_to or ()))
+    out, err = console(), err_console()
+    with err.status(f"staging {serving.name} {serving.branch} with {tensorflow.name} {tensorflow.branch}..."):
+        stage = engine.stage(serving, tensorflow, material, variants)
+    try:
+        for note in stage.notes:
+            out.print(f"  {note}")
+        steps = engine.commands(spec, options, stage.context, serving)
+        if dry_run:
+            gone = "" if keep else " (removed afterwards; --keep keeps it for inspection)"
+            out.print(f"staged folder: {stage.root}{gone}", markup=False)
+            out.print("would run:")
+            for step in steps:
+                out.print("  " + shlex.join(["docker", *step.args]), markup=False)
+            return
+        log = engine.new_log(ver)
+        with _sigterm_as_interrupt(), err.status("docker build") as status:
+            def show(step: engine.BuildStep, index: int, line: str) -> None:
+                status.update(f"[{index + 1}/{len(steps)}] {step.label}: {_fit(line)}")
+
+            try:
+                report = engine.run_builds(docker, steps, log=log, on_line=show)
+            except engine.BuildFailed as exc:
+                status.stop()
+                err.print(f"[red]{exc.what} failed[/red]; last lines of the build log:")
+                for line in exc.tail:
+                    err.print(f"  {line}", markup=False)
+                err.print(f"full log: {log}", markup=False)
+                raise
+        for step, secs in zip(report.steps, report.seconds, strict=False):
+            df = Path(step.args[step.args.index("--file") + 1]).name
+            out.print(f"[green]built[/green] {step.tag}  ({df}, {secs:.0f} s)")
+        out.print(f"build log: {log}", markup=False)
+    finally:
+        if keep:
+            out.print(f"kept the staged folder {stage.root} (it holds the key: delete it when done)", markup=False)
+        else:
+            stage.remove()
+
+
+def _smoke_spec() -> tuple[SmokeSpec, Path | None]:
+    """The serving playbook's [smoke] (the workspace's if there is one) and the workspace root."""
+    from forkops import playbook, workspace
+    from forkops.playbook import SmokeSpec
+
+    try:
+        workspace.find()
+    except BadInput:  # no workspace: the built-in serving playbook's settings
+        return playbook.load("serving").smoke or SmokeSpec(), None
+    ws = load_workspace()
+    for repo in ws.repos:
+        pb = ws.playbook(repo)
+        if pb.smoke is not None:
+            return pb.smoke, ws.root
+    return SmokeSpec(), ws.root
+
+
+def smoke_cmd(
+    image: Annotated[str, typer.Argument(help="Serving image to test, e.g. tensorflow-serving:2.18.0.")],
+    gpu: Annotated[bool, typer.Option("--gpu", help="GPU image: GPU model, --gpus all / --runtime=nvidia.")] = False,
+    model: Annotated[Path | None, typer.Option("--model", metavar="DIR",
+                                               help="Plaintext model base folder (default: bundled half_plus_two).")]
+    = None,
+    timeout: Annotated[float, typer.Option("--timeout", metavar="S", help="Seconds to wait for AVAILABLE.")] = 120.0,
+    junit: Annotated[Path | None, typer.Option("--junit", metavar="FILE", help="Write JUnit XML.")] = None,
+    serving_version: Annotated[str | None, typer.Option("--serving-version", metavar="X.Y.Z",
+                                                        help="Serving version when the tag does not say.")] = None,
+    keys: KeysOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """Serve the encrypted half_plus_two from IMAGE and check the prediction; the plaintext model and
+    one encrypted under another key must not load."""
+    from forkops import smoke as engine
+    from forkops.docker import Docker
+    from forkops.version import Version
+
+    if timeout <= 0:
+        raise BadInput("--timeout must be a positive number of seconds")
+    docker = Docker()
+    docker.require_engine()  # exit 3 first: nothing else matters without an engine
+    spec, root = _smoke_spec()
+    material = _keys(keys, root)
+    options = engine.SmokeOptions(image, gpu, Version.parse(serving_version) if serving_version else None, timeout)
+    err = err_console()
+    with _sigterm_as_interrupt(), err.status("smoke") as status:
+        report = engine.run(docker, spec, options, material, model=model,
+                            on_status=lambda case, text: status.update(f"{case.key}: {text}"))
+    if junit is not None:
+        junit.write_text(engine.junit_xml(report))
+    if json_:
+        print_json(engine.as_dict(report))
+    else:
+        _smoke_table(report)
+    if not report.ok:
+        raise typer.Exit(ExitCode.NEEDS_PERSON)
+
+
+def _smoke_table(report: Any) -> None:
+    from rich.table import Table
+
+    out = console()
+    flags = f" ({' '.join(report.gpu_flags)})" if report.gpu_flags else ""
+    table = Table(title=f"forkops smoke {report.image}{flags}")
+    for col in ("case", "expected", "result", "detail", "seconds"):
+        table.add_column(col)
+    for r in report.results:
+        verdict = "[green]pass[/green]" if r.ok else "[red]FAIL[/red]"
+        table.add_row(r.case.title, "serves" if r.case.must_serve else "refuses", verdict, r.detail,
+                      f"{r.seconds:.1f}")
+    out.print(table)
+    for r in report.results:
+        if not r.ok and r.logs:
+            out.print(f"last lines of docker logs ({r.case.key}):")
+            for line in r.logs:
+                out.print(f"  {line}", markup=False)
+    out.print("[green]smoke passed[/green]" if report.ok else "[red]smoke FAILED[/red]")
+
+
+def doctor_cmd(keys: KeysOption = None, json_: JsonOption = False) -> None:
+    """Check git, the docker client and engine, buildx, the NVIDIA runtime and the keys file."""
+    checks = _doctor_checks(keys)
+    if json_:
+        print_json([{"check": c, "verdict": v, "detail": d} for c, v, d in checks])
+    else:
+        from rich.table import Table
+
+        table = Table(title="forkops doctor")
+        for col in ("check", "verdict", "detail"):
+            table.add_column(col)
+        style = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+        for check, verdict, detail in checks:
+            table.add_row(check, f"[{style[verdict]}]{verdict}[/{style[verdict]}]", detail)
+        console().print(table)
+    failed = {c for c, v, _ in checks if v == "fail"}
+    if failed & {"git", "docker client", "docker engine"}:
+        if not json_:
+            engine_line = next(d for c, v, d in checks if c in failed and c != "git") if failed - {"git"} else ""
+            print(f"forkops: error: {engine_line or 'git is not usable'}", file=sys.stderr)
+        raise typer.Exit(ExitCode.EXTERNAL)
+    if failed:
+        raise typer.Exit(ExitCode.BAD_INPUT)
+
+
+def _doctor_checks(keys: Path | None) -> list[tuple[str, str, str]]:
+    import json
+
+    from forkops import git, keyfile
+    from forkops.docker import Docker, DockerUnavailable
+    from forkops.errors import ForkopsError
+
+    checks: list[tuple[str, str, str]] = []
+    try:
+        checks.append(("git", "ok", "git {}.{}.{}".format(*git.version())))
+    except ForkopsError as exc:
+        checks.append(("git", "fail", exc.message))
+
+    docker = Docker()
+    engine_ok = False
+    try:
+        checks.append(("docker client", "ok", f"docker {docker.client_version()} at {docker.executable}"))
+        try:
+            eng = docker.engine()
+            checks.append(("docker engine", "ok", f"engine {eng.server} reachable"))
+            engine_ok = True
+        except DockerUnavailable as exc:
+            checks.append(("docker engine", "fail", exc.message))
+        bx = docker.run("buildx", "version", timeout=20)
+        checks.append(("buildx", "ok", bx.stdout.strip()) if bx.ok else
+                      ("buildx", "warn", "not installed: --builder and --cache-from/--cache-to need it"))
+    except DockerUnavailable as exc:
+        checks.append(("docker client", "fail", exc.message))
+        checks.append(("docker engine", "fail", "no Docker engine is reachable (no docker client)"))
+    if engine_ok:
+        info = docker.run("info", "--format", "{{json .Runtimes}}", timeout=20)
+        try:
+            runtimes = json.loads(info.stdout or "null") or {}
+        except ValueError:
+            runtimes = {}
+        checks.append(("nvidia runtime", "ok", "nvidia runtime registered (GPU smoke tests can run)")
+                      if "nvidia" in runtimes else
+                      ("nvidia runtime", "warn", "no nvidia runtime: GPU images cannot be smoke-tested here"))
+    else:
+        checks.append(("nvidia runtime", "skip", "needs a reachable engine"))
+
+    try:
+        root: Path | None
+        try:
+            root = load_workspace().root
+        except BadInput:
+            root = None
+        path = keyfile.resolve_path(keys, root)
+        if not path.exists():
+            checks.append(("keys file", "warn", f"{path} does not exist (forkops set-key --generate)"))
+        else:
+            material = keyfile.load(path)
+            checks.append(("keys file", "ok", f"{path}: private, {material.cipher}, "
+                           f"key {material.key_fingerprint}"))
+    except ForkopsError as exc:
+        checks.append(("keys file", "fail", exc.message))
+    return checks
 
 
 def register(app: typer.Typer) -> None:
-    """Nothing is registered until these commands work."""
+    app.command("build")(build_cmd)
+    app.command("smoke")(smoke_cmd)
+    app.command("doctor")(doctor_cmd)

@@ -1,0 +1,321 @@
+"""The commit/push guard (SPEC section 6): the key never reaches a commit or a push.
+
+``forkops set-key`` installs ``pre-commit`` and ``pre-push`` hooks in every fork clone. They
+run ``<the installing python> -P -m forkops guard hook NAME --keys PATH``: the hook knows only
+the keys file's *path* and reads the key itself, so the key is never on a command line.
+
+What counts as a leak: a blob that contains the key (always) or the IV (only when it is not
+the fork's public default sixteen '7' bytes, which upstream code and docs carry; flagging it
+would block ordinary upstream history) in any supported encoding:
+
+* the raw bytes (a C string literal, a Bazel define, keys.toml itself), case-sensitive;
+* hex digits (``key_hex``, ``openssl -K``), case-insensitive;
+* C ``\\xNN`` escapes, case-insensitive;
+* a C byte array ``0x8b, 0x8b, ...`` (or decimal elements), case-insensitive, with any
+  whitespace or line breaks between elements.
+
+Whole blobs are scanned, not diff lines, so an array split over lines is still seen, and a
+file that already holds the key cannot be committed again without it being noticed.
+
+Which content is scanned: ``pre-commit`` the staged blob of every added or modified path (the
+index git is committing, ``$GIT_INDEX_FILE`` included, so ``git commit -a`` and
+``git commit PATH`` are covered); ``pre-push`` every blob introduced by an outgoing commit.
+Commits reachable from a remote-tracking branch, from the remote's old value of the ref or
+from a tag that is not itself being pushed count as already published (upstream release
+history arrives as tags); scanning them could not stop a leak and would make every push of a
+new fork branch read all of upstream's history. ``forkops guard scan`` reads everything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import stat
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from forkops.errors import BadInput, GitError
+from forkops.git import Repo
+from forkops.keyfile import DEFAULT_IV, KeyMaterial, fingerprint
+
+HOOKS = ("pre-commit", "pre-push")
+MARKER = "# forkops-guard:"
+CHAINED_SUFFIX = ".forkops-chained"
+_ZERO = re.compile(r"0+")
+# rev-list options `guard scan` accepts besides revisions: they only select refs.
+SCAN_OPTIONS = ("--all", "--branches", "--tags", "--remotes", "--glob")
+_WHITESPACE = b" \t\r\n\f\v"
+
+
+# -- matching -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Needle:
+    what: str  # "key" | "iv"
+    fingerprint: str
+    raw: bytes
+    hex: bytes  # lowercase hex digits
+    escaped: bytes  # \xNN\xNN... lowercase
+    array: re.Pattern[bytes]  # on lowercased, whitespace-free text
+
+
+def _needle(what: str, secret: bytes) -> _Needle:
+    elements = [rb"(?:0x0*" + f"{b:x}".encode() + rb"|" + str(b).encode() + rb")" for b in secret]
+    array = re.compile(rb"(?<![0-9a-z])" + rb",".join(elements) + rb"(?![0-9a-z])")
+    return _Needle(what, fingerprint(secret), secret, secret.hex().encode(),
+                   b"".join(b"\\x" + f"{b:02x}".encode() for b in secret), array)
+
+
+class Matcher:
+    """Finds the key (and a non-default IV) in content; reports forms, never the value."""
+
+    def __init__(self, material: KeyMaterial) -> None:
+        self.needles = [_needle("key", material.key)]
+        if material.iv != DEFAULT_IV:
+            self.needles.append(_needle("iv", material.iv))
+
+    def find(self, data: bytes) -> list[tuple[str, str]]:
+        """(what, form) for each secret found in ``data``: what is 'key'/'iv'."""
+        hits: list[tuple[str, str]] = []
+        norm: bytes | None = None
+        for n in self.needles:
+            if n.raw in data:
+                hits.append((n.what, "text"))
+                continue
+            if norm is None:
+                norm = data.lower().translate(None, _WHITESPACE)
+            if n.hex in norm:
+                hits.append((n.what, "hex"))
+            elif n.escaped in norm:
+                hits.append((n.what, "C \\x escapes"))
+            elif n.array.search(norm):
+                hits.append((n.what, "C byte array"))
+        return hits
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A secret found in a blob: where, which secret (by fingerprint), in what form."""
+
+    commit: str | None  # None: the staged content of the index
+    path: str
+    what: str  # "key" | "iv"
+    fingerprint: str
+    form: str
+
+    def describe(self) -> str:
+        where = f"commit {self.commit[:12]} " if self.commit else "staged "
+        return f"{where}{self.path}: the {self.what} ({self.fingerprint}) as {self.form}"
+
+    def as_json(self) -> dict[str, object]:
+        return {"commit": self.commit, "path": self.path, "what": self.what,
+                "fingerprint": self.fingerprint, "form": self.form}
+
+
+def _read_blobs(repo: Repo, shas: list[str], chunk: int = 500) -> Iterator[tuple[str, bytes]]:
+    """(sha, content) for each blob, through ``git cat-file --batch`` (one process per chunk)."""
+    for i in range(0, len(shas), chunk):
+        part = shas[i:i + chunk]
+        proc = repo.run_raw("cat-file", "--batch", input="".join(f"{s}\n" for s in part))
+        if proc.returncode != 0:
+            raise GitError(["cat-file", "--batch"], proc.returncode, proc.stderr.decode("utf-8", "replace"))
+        out = proc.stdout
+        pos = 0
+        while pos < len(out):
+            nl = out.index(b"\n", pos)
+            header = out[pos:nl].split()
+            pos = nl + 1
+            if len(header) < 3:  # "<sha> missing"
+                continue
+            size = int(header[2])
+            yield header[0].decode(), out[pos:pos + size]
+            pos += size + 1
+
+
+def _scan(repo: Repo, entries: list[tuple[str | None, str, str]], matcher: Matcher) -> list[Finding]:
+    """entries: (commit, path, blob sha), first introduction first; each blob is read once."""
+    first: dict[str, tuple[str | None, str]] = {}
+    for commit, path, blob in entries:
+        first.setdefault(blob, (commit, path))
+    findings = []
+    for blob, data in _read_blobs(repo, list(first)):
+        commit, path = first[blob]
+        for what, form in matcher.find(data):
+            fp = next(n.fingerprint for n in matcher.needles if n.what == what)
+            findings.append(Finding(commit, path, what, fp, form))
+    return findings
+
+
+def _raw_entries(tokens: list[str]) -> Iterator[tuple[str, str]]:
+    """(path, new blob sha) from ``-z`` raw diff output; skips deletions and submodules."""
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith(":"):
+            _, new_mode, _, new_sha, status = tok[1:].split(" ")
+            path = tokens[i + 1]
+            i += 2
+            if status.startswith("D") or new_mode == "160000" or _ZERO.fullmatch(new_sha):
+                continue
+            yield path, new_sha
+        else:
+            i += 1
+
+
+def scan_staged(repo: Repo, matcher: Matcher, *, index_file: str | None = None) -> list[Finding]:
+    """Staged blobs of added/modified paths (against HEAD, or everything in a first commit)."""
+    env = {"GIT_INDEX_FILE": os.path.abspath(index_file)} if index_file else None
+    base = repo.rev_parse("HEAD^{commit}") or repo.run(
+        "hash-object", "-t", "tree", "--stdin", input=b"").strip()
+    out = repo.run("diff-index", "--cached", "-z", "--no-renames", "--diff-filter=d", base, env=env)
+    entries: list[tuple[str | None, str, str]] = [(None, path, sha) for path, sha in _raw_entries(out.split("\0"))]
+    return _scan(repo, entries, matcher)
+
+
+def scan_commits(repo: Repo, revs: list[str], matcher: Matcher) -> tuple[int, list[Finding]]:
+    """Blobs introduced by each commit ``git rev-list`` lists for ``revs`` (one per line, as
+    given to ``rev-list --stdin``: ``SHA``, ``^SHA``, ``A..B``; or one of the ref-selecting
+    options in ``SCAN_OPTIONS`` such as ``--all``). Returns (commits, findings)."""
+    opts = [r for r in revs if r.startswith("--")]
+    bad = [o for o in opts if o.split("=", 1)[0] not in SCAN_OPTIONS]
+    if bad:
+        raise BadInput(f"unsupported option {bad[0]!r} (use revisions, ranges or {', '.join(SCAN_OPTIONS)})")
+    lines = "".join(f"{r}\n" for r in revs if not r.startswith("--"))
+    try:
+        listed = repo.run("rev-list", "--reverse", *opts, "--stdin", input=lines)
+    except GitError as exc:
+        raise BadInput(f"not a revision range git understands: {' '.join(revs)}",
+                       hint=exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else None) from None
+    commits = listed.split()
+    if not commits:
+        return 0, []
+    out = repo.run("diff-tree", "--stdin", "-r", "--root", "-m", "--no-renames", "-z",
+                   input="".join(f"{c}\n" for c in commits))
+    entries: list[tuple[str | None, str, str]] = []
+    commit = ""
+    tokens = out.split("\0")
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith(":"):
+            for path, sha in _raw_entries(tokens[i:i + 2]):
+                entries.append((commit, path, sha))
+            i += 2
+        else:
+            if tok:
+                commit = tok.split()[0]
+            i += 1
+    return len(commits), _scan(repo, entries, matcher)
+
+
+def outgoing_revs(repo: Repo, push_lines: Iterable[str]) -> list[str]:
+    """``rev-list --stdin`` lines for what a push sends (git's pre-push stdin lines:
+    ``<local ref> <local sha> <remote ref> <remote sha>``)."""
+    include, exclude, pushed = [], set(), set()
+    for line in push_lines:
+        parts = line.split()
+        if len(parts) != 4:
+            continue
+        local_ref, local_sha, _remote_ref, remote_sha = parts
+        if _ZERO.fullmatch(local_sha):
+            continue  # deleting a remote ref sends nothing
+        include.append(local_sha)
+        pushed.add(local_ref)
+        if not _ZERO.fullmatch(remote_sha) and repo.ok("cat-file", "-e", f"{remote_sha}^{{commit}}"):
+            exclude.add(remote_sha)
+    if not include:
+        return []
+    for ref in repo.refs("refs/remotes/", "refs/tags/"):
+        if ref.name not in pushed:
+            exclude.add(ref.peeled)
+    return include + [f"^{sha}" for sha in sorted(exclude)]
+
+
+# -- hooks ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HookInstall:
+    hook: str
+    path: Path
+    action: str  # "installed" | "updated" | "unchanged"
+    chained: Path | None  # an earlier hook that ours runs first
+
+
+def hooks_dir(repo: Repo) -> Path:
+    """Where git looks for hooks (``core.hooksPath`` honoured), absolute."""
+    p = Path(repo.run("rev-parse", "--git-path", "hooks").strip())
+    return p if p.is_absolute() else (repo.path / p)
+
+
+def hook_script(hook: str, keys_path: Path, python: str) -> str:
+    run = (f"{shlex.quote(python)} -P -m forkops guard hook {hook} "
+           f"--keys {shlex.quote(str(keys_path))} -- \"$@\"")
+    lines = [
+        "#!/bin/sh",
+        f"{MARKER} installed by `forkops set-key`; re-run it to update this file.",
+        "# Refuses a commit or push whose content holds the model key (or a non-default IV).",
+        f"# A hook that was here before was moved to {hook}{CHAINED_SUFFIX}; it runs first and its",
+        "# failure still blocks. The key is read from the keys file, never passed on a command line.",
+        'hooks_dir=$(dirname "$0")',
+        f'chained="$hooks_dir/{hook}{CHAINED_SUFFIX}"',
+    ]
+    if hook == "pre-push":
+        # git feeds the pushed refs on stdin; both hooks need them.
+        lines += [
+            "input=$(cat)",
+            "feed() { if [ -n \"$input\" ]; then printf '%s\\n' \"$input\"; fi; }",
+            'if [ -x "$chained" ]; then feed | "$chained" "$@" || exit $?; fi',
+            f"feed | {run}",
+        ]
+    else:
+        lines += [
+            'if [ -x "$chained" ]; then "$chained" "$@" || exit $?; fi',
+            f"exec {run}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def is_ours(path: Path) -> bool:
+    try:
+        return MARKER.encode() in path.read_bytes()[:512]
+    except OSError:
+        return False
+
+
+def install_hooks(repo_path: Path, keys_path: Path, *, python: str | None = None) -> list[HookInstall]:
+    """Install the guard hooks, chaining (never clobbering) a hook already there. Idempotent."""
+    repo = Repo(repo_path)
+    directory = hooks_dir(repo)
+    directory.mkdir(parents=True, exist_ok=True)
+    results = []
+    for hook in HOOKS:
+        path = directory / hook
+        chained = directory / f"{hook}{CHAINED_SUFFIX}"
+        script = hook_script(hook, keys_path.resolve(), python or sys.executable)
+        if path.exists() or path.is_symlink():
+            if is_ours(path):
+                action = "unchanged" if path.read_text() == script else "updated"
+            else:
+                if chained.exists() or chained.is_symlink():
+                    raise BadInput(f"{path}: an existing hook is in the way and {chained.name} is taken; "
+                                   "merge them by hand, then re-run `forkops set-key`")
+                os.replace(path, chained)  # keeps its mode: it still runs only if it was executable
+                action = "installed"
+        else:
+            action = "installed"
+        if action != "unchanged":
+            tmp = path.with_name(f".{hook}.forkops.tmp")
+            tmp.write_text(script)
+            tmp.chmod(0o755)
+            os.replace(tmp, path)
+        results.append(HookInstall(hook, path, action,
+                                   chained if chained.exists() or chained.is_symlink() else None))
+    return results
+
+
+def installed(repo_path: Path) -> dict[str, bool]:
+    """Which guard hooks are in place and executable."""
+    directory = hooks_dir(Repo(repo_path))
+    return {h: is_ours(directory / h) and bool((directory / h).stat().st_mode & stat.S_IXUSR)
+            for h in HOOKS}

@@ -1,0 +1,546 @@
+"""Exact conflict prediction: what ``git rebase --onto TAG BASE START`` would do, without doing it.
+
+The rebase is simulated commit by commit with ``git merge-tree --write-tree`` (merge-ort, the
+machinery ``git rebase`` itself uses, renames followed the same way). For each patch P of the
+stack ``BASE..START`` (``git rev-list --reverse --no-merges``, exactly the rebase todo list) the
+accumulated result is merged with P using P's parent as the merge base:
+
+* git >= 2.40: ``merge-tree --write-tree --merge-base=P^ ACC P``;
+* git 2.39 (no ``--merge-base``): two throw-away commits whose only common ancestor ``B`` has
+  the tree of ``P^`` -- ``OURS = ACC_TREE + parent B``, ``THEIRS = P^{tree} + parent B`` -- so
+  merge-tree's merge-base computation finds ``B`` and runs the same three-way merge.
+
+Outcome, as a real rebase reports it: the first patch whose merge has conflicts (its sha,
+subject, n of total) and exactly its unmerged paths; patches whose result tree equals the
+accumulated tree are *dropped* (``--empty=drop``, git's default); a patch that was empty to
+begin with is kept (git >= 2.26 keeps commits that start empty). ``git rebase --onto`` looks for
+already-applied patches (patch-id) only between ``<upstream>`` (= BASE) and START; BASE is an
+ancestor of START, so that set is always empty and nothing is skipped up front -- a patch that
+is already upstream shows up as *dropped*, just as in the real rebase.
+
+Invariants (what "nothing left behind" means):
+
+* no worktree, no index, no ref is touched; every object the simulation writes (merged blobs,
+  trees, the throw-away commits) goes to a temporary object directory that has the repository
+  as an alternate (``GIT_OBJECT_DIRECTORY`` + ``GIT_ALTERNATE_OBJECT_DIRECTORIES`` passed
+  explicitly to :class:`forkops.git.Repo`, which applies explicit variables after stripping
+  inherited ones) and is deleted afterwards;
+* :func:`check_repo` may add or update the playbook's upstream remote (the documented flow's
+  ``git remote add tf``) and fetch the upstream release tags it predicts into ``refs/tags``;
+  that is the only thing it writes to the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from forkops import anchors as anchors_mod
+from forkops import git, plan
+from forkops.errors import BadInput, GitError
+from forkops.git import Repo
+from forkops.playbook import Anchor, Playbook
+from forkops.version import TagName, Version, nearest
+
+Strategy = Literal["merge-base", "fake-base"]
+STRATEGIES: tuple[Strategy, ...] = ("merge-base", "fake-base")
+
+# The throw-away commits are deterministic (fixed identity and date): the same prediction
+# writes the same objects, and no user configuration (user.name may be unset in CI) is needed.
+_SIM_IDENTITY = {
+    "GIT_AUTHOR_NAME": "forkops", "GIT_AUTHOR_EMAIL": "forkops@localhost",
+    "GIT_COMMITTER_NAME": "forkops", "GIT_COMMITTER_EMAIL": "forkops@localhost",
+    "GIT_AUTHOR_DATE": "1700000000 +0000", "GIT_COMMITTER_DATE": "1700000000 +0000",
+}
+
+
+# Where the temporary object directory goes: a RAM-backed folder when there is one, since a
+# prediction writes and then deletes thousands of small loose objects (unlinking them on a disk
+# mounted with `discard` costs ~1 ms each); else the usual temporary folder. mkdtemp makes a
+# private (0700) directory with an unpredictable name, so a shared folder is safe.
+SCRATCH_CANDIDATES: tuple[str, ...] = ("/dev/shm",)  # noqa: S108 (mkdtemp: private 0700 dir)
+
+
+def _scratch_parent() -> str | None:
+    for candidate in SCRATCH_CANDIDATES:
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return None
+
+
+def default_strategy() -> Strategy:
+    return "merge-base" if git.has_merge_base_option() else "fake-base"
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Patch:
+    """One commit of the fork's patch stack."""
+
+    sha: str
+    subject: str
+    parent: str
+    tree: str
+    parent_tree: str
+
+    @property
+    def starts_empty(self) -> bool:
+        return self.tree == self.parent_tree
+
+
+@dataclass(frozen=True)
+class Conflict:
+    path: str
+    kind: str  # content, add/add, modify/delete, delete/modify, other -- from the index stages
+
+    def as_json(self) -> dict[str, str]:
+        return {"path": self.path, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class StoppedAt:
+    sha: str
+    subject: str
+    index: int  # 1-based, as git prints "Rebasing (3/5)"
+    total: int
+
+    def as_json(self) -> dict[str, object]:
+        return {"sha": self.sha, "subject": self.subject, "index": self.index, "total": self.total}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What rebasing the stack onto one tag does.
+
+    ``tree`` is the tree HEAD has when the rebase ends: the final result when clean, the result
+    of the patches before the stopping one when it stops (what ``git rebase`` leaves in HEAD)."""
+
+    tag: TagName
+    version: Version | None
+    onto: str  # the commit the tag peels to
+    total: int
+    stopped_at: StoppedAt | None = None
+    conflicts: tuple[Conflict, ...] = ()
+    dropped: tuple[Patch, ...] = ()
+    tree: str | None = None
+    anchors: tuple[anchors_mod.AnchorResult, ...] = ()  # on the predicted tree (clean only)
+    upstream_anchors: tuple[anchors_mod.AnchorResult, ...] = ()  # on the tag itself
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> Literal["clean", "conflict"]:
+        return "conflict" if self.stopped_at is not None else "clean"
+
+    @property
+    def anchors_ok(self) -> bool:
+        return all(a.ok for a in self.anchors)
+
+    @property
+    def compatible(self) -> bool:
+        """Rebases cleanly and every anchor holds on the result: no person needed."""
+        return self.status == "clean" and self.anchors_ok
+
+    @property
+    def conflict_paths(self) -> list[str]:
+        return [c.path for c in self.conflicts]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "tag": str(self.tag),
+            "version": str(self.version) if self.version else None,
+            "onto": self.onto,
+            "status": self.status,
+            "compatible": self.compatible,
+            "commit": self.stopped_at.as_json() if self.stopped_at else None,
+            "conflicts": self.conflict_paths,
+            "conflict_kinds": [c.as_json() for c in self.conflicts],
+            "dropped": [{"sha": p.sha, "subject": p.subject} for p in self.dropped],
+            "tree": self.tree,
+            "anchors": [a.as_json() for a in self.anchors],
+            "upstream_anchors": [a.as_json() for a in self.upstream_anchors],
+        }
+
+
+@dataclass(frozen=True)
+class RepoCheck:
+    """``forkops check`` for one repository."""
+
+    repo: str
+    refs: plan.StackRefs
+    patches: tuple[Patch, ...]
+    results: tuple[Prediction, ...] = field(default=())
+    strategy: Strategy = "fake-base"
+
+    @property
+    def compatible(self) -> bool:
+        return all(r.compatible for r in self.results)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "repo": self.repo,
+            "start": self.refs.start,
+            "start_sha": self.refs.start_sha,
+            "base": str(self.refs.base),
+            "base_sha": self.refs.base_sha,
+            "patches": [{"sha": p.sha, "subject": p.subject} for p in self.patches],
+            "strategy": self.strategy,
+            "results": [r.as_json() for r in self.results],
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# The simulation
+# ---------------------------------------------------------------------------------------
+def load_patches(repo: Repo, shas: Sequence[str]) -> list[Patch]:
+    """Details of ``shas`` (kept in order) in two git calls."""
+    if not shas:
+        return []
+    out = repo.run("log", "--no-walk=unsorted", "--format=%H%x00%T%x00%P%x00%s", *shas)
+    rows = [line.split("\0") for line in out.splitlines() if line]
+    parents: list[str] = []
+    for sha, _tree, parent_list, _subject in rows:
+        if not parent_list:
+            raise BadInput(f"the patch stack contains a root commit ({sha[:12]}); git rebase --onto "
+                           "cannot replay it")
+        parents.append(parent_list.split()[0])
+    parent_trees = repo.lines("rev-parse", *(f"{p}^{{tree}}" for p in parents))
+    return [Patch(sha, subject, parent, tree, ptree)
+            for (sha, tree, _p, subject), parent, ptree in zip(rows, parents, parent_trees, strict=True)]
+
+
+class Simulator:
+    """Replays a patch stack onto any number of commits in a temporary object directory.
+
+    Use as a context manager; the object directory is deleted on exit. ``predict`` may be
+    called from several threads at once (git writes objects atomically).
+    """
+
+    def __init__(self, repo: Repo, patches: Sequence[Patch], *, strategy: Strategy | None = None) -> None:
+        self.strategy: Strategy = strategy or default_strategy()
+        if self.strategy == "merge-base" and not git.has_merge_base_option():
+            raise BadInput("git merge-tree --merge-base needs git >= 2.40 "
+                           f"(this is {'.'.join(map(str, git.version()))})")
+        self.user_repo = repo
+        self.patches = tuple(patches)
+        self._tmp: Path | None = None
+        self.repo = repo
+        self._fake: dict[str, tuple[str, str]] = {}  # patch sha -> (B, THEIRS)
+
+    def __enter__(self) -> Simulator:
+        objects = Path(self.user_repo.run("rev-parse", "--git-path", "objects").strip())
+        if not objects.is_absolute():
+            objects = (self.user_repo.path / objects).resolve()
+        self._tmp = Path(tempfile.mkdtemp(prefix="forkops-predict-", dir=_scratch_parent()))
+        (self._tmp / "objects").mkdir()
+        self.repo = Repo(self.user_repo.path, env={
+            **self.user_repo.extra_env, **_SIM_IDENTITY,
+            "GIT_OBJECT_DIRECTORY": str(self._tmp / "objects"),
+            "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects),
+        })
+        if self.strategy == "fake-base":
+            # B and THEIRS depend only on the patch: made once, shared by every tag.
+            bases = self._commits([(p.parent_tree, ()) for p in self.patches])
+            theirs = self._commits([(p.tree, (b,)) for p, b in zip(self.patches, bases, strict=True)])
+            self._fake = {p.sha: (b, t) for p, b, t in zip(self.patches, bases, theirs, strict=True)}
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        self.repo = self.user_repo
+
+    def _commits(self, specs: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+        """Write one commit per (tree, parents) in a single git call; return their shas.
+
+        The objects are exactly what ``git commit-tree -m 'forkops prediction'`` writes under
+        the fixed identity; ``hash-object -t commit`` validates each one. One process for many
+        commits matters: a check over 40 tags needs hundreds of them.
+        """
+        if not specs:
+            return []
+        assert self._tmp is not None, "use Simulator as a context manager"
+        folder = Path(tempfile.mkdtemp(dir=self._tmp, prefix="commits-"))
+        ident = "forkops <forkops@localhost> 1700000000 +0000"
+        paths = []
+        for i, (tree, parents) in enumerate(specs):
+            body = f"tree {tree}\n" + "".join(f"parent {p}\n" for p in parents)
+            body += f"author {ident}\ncommitter {ident}\n\nforkops prediction\n"
+            path = folder / str(i)
+            path.write_text(body)
+            paths.append(str(path))
+        out = self.repo.run("hash-object", "-t", "commit", "-w", "--stdin-paths", input="\n".join(paths) + "\n")
+        shas = out.split()
+        shutil.rmtree(folder, ignore_errors=True)
+        return shas
+
+    def _merge(self, ours: str, patch: Patch) -> tuple[str, list[Conflict]]:
+        """Three-way merge of ``ours`` (a commit with the accumulated tree; for fake-base, one
+        whose parent is the patch's B) with ``patch`` over the patch's parent. Returns the
+        result tree and the conflicts (empty when clean)."""
+        args = ["merge-tree", "--write-tree", "-z", "--no-messages"]
+        if self.strategy == "merge-base":
+            args += [f"--merge-base={patch.parent}", ours, patch.sha]
+        else:
+            args += [ours, self._fake[patch.sha][1]]
+        proc = self.repo.run_raw(*args)
+        if proc.returncode not in (0, 1):
+            raise GitError(args, proc.returncode, proc.stderr.decode("utf-8", "replace"))
+        fields = proc.stdout.decode("utf-8", "surrogateescape").split("\0")
+        return fields[0].strip(), _conflicts(fields[1:]) if proc.returncode == 1 else []
+
+    def predict(self, tag: TagName, onto: str, version: Version | None) -> Prediction:
+        """Replay the stack onto commit ``onto`` and report like ``git rebase`` would."""
+        return self.predict_many([(tag, onto, version)], workers=1)[0]
+
+    def predict_many(self, targets: Sequence[tuple[TagName, str, Version | None]], *,
+                     anchors: Sequence[Anchor] = (), workers: int | None = None) -> list[Prediction]:
+        """Predict every (tag, commit, version); anchors are evaluated on each clean result and
+        on each tag. Results are in the order of ``targets``.
+
+        The tags advance in lockstep, one patch at a time, so that the commits each step needs
+        are written in one git call; the merges of a step run in parallel threads."""
+        began = time.perf_counter()
+        n = workers or min(4, os.cpu_count() or 1, max(1, len(targets)))
+        onto_trees = self.repo.lines("rev-parse", *(f"{t[1]}^{{tree}}" for t in targets)) if targets else []
+        states = [_Replay(tag, onto, version, onto, tree)
+                  for (tag, onto, version), tree in zip(targets, onto_trees, strict=True)]
+        total = len(self.patches)
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            for index, patch in enumerate(self.patches, start=1):
+                live = [s for s in states if s.stopped_at is None]
+                if not live:
+                    break
+                if self.strategy == "fake-base":
+                    base = self._fake[patch.sha][0]
+                    ours = self._commits([(s.acc_tree, (base,)) for s in live])
+                else:
+                    ours = [s.acc_commit for s in live]
+                outcomes = list(pool.map(self._merge, ours, [patch] * len(ours)))
+                advanced: list[_Replay] = []
+                for s, (tree, conflicts) in zip(live, outcomes, strict=True):
+                    if conflicts:
+                        s.stopped_at = StoppedAt(patch.sha, patch.subject, index, total)
+                        s.conflicts = tuple(conflicts)
+                    elif tree == s.acc_tree and not patch.starts_empty:
+                        s.dropped.append(patch)
+                    else:
+                        s.acc_tree = tree
+                        advanced.append(s)
+                if self.strategy == "merge-base" and advanced:
+                    for s, sha in zip(advanced, self._commits([(s.acc_tree, ()) for s in advanced]), strict=True):
+                        s.acc_commit = sha
+        per_tag = (time.perf_counter() - began) / max(1, len(states))
+        results = [s.prediction(total, per_tag) for s in states]
+        if anchors:
+            results = self._with_anchors(results, anchors)
+        return results
+
+    def _with_anchors(self, results: list[Prediction], anchors: Sequence[Anchor]) -> list[Prediction]:
+        began = time.perf_counter()
+        trees = [r.onto for r in results] + [r.tree for r in results if r.status == "clean" and r.tree]
+        cached = _Prefetched(self.repo, trees, anchors)
+        out = []
+        for r in results:
+            upstream = tuple(anchors_mod.check_all(cached, r.onto, tuple(anchors), r.version))
+            on_result = (tuple(anchors_mod.check_all(cached, r.tree, tuple(anchors), r.version))
+                         if r.status == "clean" and r.tree else ())
+            out.append(replace(r, anchors=on_result, upstream_anchors=upstream))
+        per_tag = (time.perf_counter() - began) / max(1, len(results))
+        return [replace(r, seconds=r.seconds + per_tag) for r in out]
+
+
+@dataclass
+class _Replay:
+    """One tag's rebase in progress."""
+
+    tag: TagName
+    onto: str
+    version: Version | None
+    acc_commit: str
+    acc_tree: str
+    dropped: list[Patch] = field(default_factory=list)
+    stopped_at: StoppedAt | None = None
+    conflicts: tuple[Conflict, ...] = ()
+
+    def prediction(self, total: int, seconds: float) -> Prediction:
+        return Prediction(self.tag, self.version, self.onto, total, self.stopped_at, self.conflicts,
+                          tuple(self.dropped), self.acc_tree, seconds=seconds)
+
+
+class _Prefetched(Repo):
+    """The simulation's repository with the anchors' git reads answered in bulk.
+
+    :func:`forkops.anchors.check` asks, per tree, ``grep_files(tree, symbol, fixed=True)`` and
+    ``show_file(tree, path)`` for each hit. Here those answers come from one ``git grep`` over
+    all trees per symbol and one ``git cat-file --batch`` for every hit -- the same git
+    commands' answers, computed once. Anything not prefetched goes to git as usual.
+    """
+
+    def __init__(self, repo: Repo, trees: Sequence[str], anchors: Sequence[Anchor]) -> None:
+        super().__init__(repo.path, env=repo.extra_env)
+        self._greps: dict[tuple[str, str], list[str]] = {}
+        self._blobs: dict[tuple[str, str], bytes | None] = {}
+        unique = list(dict.fromkeys(trees))
+        for symbol in dict.fromkeys(a.symbol for a in anchors):
+            hits: dict[str, list[str]] = {t: [] for t in unique}
+            for chunk in (unique[i:i + 200] for i in range(0, len(unique), 200)):
+                proc = self.run_raw("grep", "-l", "-F", "-e", symbol, *chunk, "--")
+                if proc.returncode not in (0, 1):
+                    raise GitError(["grep", "-l", symbol], proc.returncode, proc.stderr.decode("utf-8", "replace"))
+                for line in proc.stdout.decode("utf-8", "replace").splitlines():
+                    tree, _, path = line.partition(":")
+                    if tree in hits:
+                        hits[tree].append(path)
+            for tree, paths in hits.items():
+                self._greps[(tree, symbol)] = sorted(paths)
+        wanted = list(dict.fromkeys((t, p) for (t, _s), paths in self._greps.items() for p in paths))
+        if wanted:
+            proc = self.run_raw("cat-file", "--batch", input="".join(f"{t}:{p}\n" for t, p in wanted))
+            if proc.returncode != 0:
+                raise GitError(["cat-file", "--batch"], proc.returncode, proc.stderr.decode("utf-8", "replace"))
+            out: bytes = proc.stdout
+            pos = 0
+            for key in wanted:
+                eol = out.index(b"\n", pos)
+                header = out[pos:eol].split()
+                pos = eol + 1
+                if len(header) == 3 and header[1] == b"blob":
+                    size = int(header[2])
+                    self._blobs[key] = out[pos:pos + size]
+                    pos += size + 1
+                else:
+                    self._blobs[key] = None
+                    if len(header) == 3:  # not a blob (a submodule or tree): skip its content
+                        pos += int(header[2]) + 1
+
+    def grep_files(self, treeish: str, pattern: str, paths: Iterable[str] = (), *, fixed: bool = False) -> list[str]:
+        found = self._greps.get((treeish, pattern)) if fixed and not tuple(paths) else None
+        return list(found) if found is not None else super().grep_files(treeish, pattern, paths, fixed=fixed)
+
+    def show_file(self, treeish: str, path: str) -> bytes | None:
+        if (treeish, path) in self._blobs:
+            return self._blobs[(treeish, path)]
+        return super().show_file(treeish, path)
+
+
+def _conflicts(entries: Iterable[str]) -> list[Conflict]:
+    """Parse merge-tree's conflicted-file section (``MODE OID STAGE<TAB>PATH`` per entry)."""
+    stages: dict[str, set[int]] = {}
+    for entry in entries:
+        if not entry:
+            continue
+        meta, _, path = entry.partition("\t")
+        stages.setdefault(path, set()).add(int(meta.split()[-1]))
+    kinds = {
+        frozenset({1, 2, 3}): "content", frozenset({2, 3}): "add/add",
+        frozenset({1, 2}): "modify/delete",  # upstream modified it, the patch deletes it
+        frozenset({1, 3}): "delete/modify",  # upstream deleted it, the patch modifies it
+    }
+    return [Conflict(p, kinds.get(frozenset(s), "other")) for p, s in sorted(stages.items())]
+
+
+# ---------------------------------------------------------------------------------------
+# forkops check: choosing start, base and tags; fetching; predicting
+# ---------------------------------------------------------------------------------------
+def newest_fork_branch(repo: Repo, pb: Playbook) -> tuple[str, Version]:
+    """The newest ``bX.Y.Z`` (local wins over ``origin/`` at the same version)."""
+    found = [(v, not name.startswith("origin/"), name) for name, v in plan.fork_branches(repo, pb).items()]
+    if not found:
+        raise BadInput(f"no fork branch ({pb.fork_branch}) here or on origin in {repo.path}; pass --from BRANCH")
+    version, _local, name = max(found)
+    return name, version
+
+
+def select_tags(pb: Playbook, remote_tags: dict[TagName, str], *, since: Version | None,
+                wanted: Sequence[str] | None, include_rc: bool) -> list[tuple[TagName, Version]]:
+    """The tags to predict, oldest first: ``wanted`` (tag names or versions; each must exist
+    upstream), else every upstream release newer than ``since`` (rcs only with ``include_rc``)."""
+    have = {tag: v for tag in remote_tags if (v := pb.version_of_tag(tag)) is not None}
+    if wanted:
+        chosen: dict[TagName, Version] = {}
+        for item in wanted:
+            tag = TagName(item)
+            if tag not in have:
+                version = Version.try_parse(item)
+                if version is None:
+                    raise BadInput(f"--tags {item}: not a tag name or version ({pb.upstream_tag})")
+                tag = pb.tag(version)
+                if tag not in have:
+                    near = ", ".join(str(v) for v in nearest(version, list(have.values()))) or "none"
+                    raise BadInput(f"upstream has no tag {tag} (nearest versions: {near})")
+            chosen[tag] = have[tag]
+        return sorted(chosen.items(), key=lambda kv: kv[1])
+    return sorted(((t, v) for t, v in have.items()
+                   if (since is None or v > since) and (include_rc or not v.is_rc)), key=lambda kv: kv[1])
+
+
+def fetch_tags(repo: Repo, remote: str, tags: Sequence[TagName], remote_tags: dict[TagName, str]) -> dict[TagName, str]:
+    """Fetch (in one call) the tags that are missing locally or point elsewhere than upstream;
+    return tag -> the commit it peels to, for every tag of ``tags``."""
+    def local() -> dict[str, str]:
+        return {info.name: info.peeled for info in repo.refs("refs/tags")}
+
+    have = local()
+    missing = [t for t in tags if have.get(t.ref) != remote_tags[t]]
+    if missing:
+        repo.fetch(remote, [f"+{t.ref}:{t.ref}" for t in missing])
+        have = local()
+    return {t: have[t.ref] for t in tags}
+
+
+def open_clone(path: Path, origin: str, *, clone_missing: bool,
+               progress: Callable[[str, float | None], None] | None = None) -> Repo:
+    """The fork clone at ``path``; cloned from ``origin`` when missing and ``clone_missing``."""
+    repo = Repo(path)
+    if repo.is_repo():
+        return repo
+    if path.exists() and any(path.iterdir()):
+        raise BadInput(f"{path} exists but is not a git repository")
+    if not clone_missing:
+        raise BadInput(f"no clone at {path}: run `forkops upgrade` or `git clone {origin} {path}`")
+    return git.clone(origin, path, progress=progress)
+
+
+def check_repo(name: str, repo: Repo, pb: Playbook, upstream_url: str | None, *,
+               start: str | None = None, base: str | None = None, since: str | Version | None = None,
+               tags: Sequence[str] | None = None, include_rc: bool = False,
+               strategy: Strategy | None = None, workers: int | None = None) -> RepoCheck:
+    """``forkops check`` for one clone.
+
+    start: ``--from`` or the newest fork branch; base: ``--base`` or the newest upstream release
+    tag reachable from start (plan.stack_refs, as upgrade chooses it); tags: ``--tags`` or every
+    upstream release newer than ``since`` (default: the base's version). ``upstream_url`` (when
+    given) is set as the playbook's upstream remote first.
+    """
+    remote = pb.upstream_remote
+    if upstream_url is not None:
+        repo.set_remote(remote, upstream_url)
+    start_name = start or newest_fork_branch(repo, pb)[0]
+    leaf = start_name.removeprefix("origin/")
+    target = pb.version_of_fork_branch(leaf) or Version(0, 0, 0)  # only used when start is None
+    refs = plan.stack_refs(repo, pb, target=target, start=start_name, base=base, remote=remote)
+    if isinstance(since, str):
+        since = Version.parse(since)
+    if since is None:
+        since = pb.version_of_tag(refs.base)
+    remote_tags = plan.remote_release_tags(repo, pb, remote)
+    chosen = select_tags(pb, remote_tags, since=since, wanted=tags, include_rc=include_rc)
+    commits = fetch_tags(repo, remote, [t for t, _ in chosen], remote_tags)
+    patches = load_patches(repo, plan.patch_stack(repo, refs))
+    with Simulator(repo, patches, strategy=strategy) as sim:
+        targets = [(t, commits[t], v) for t, v in chosen]
+        results = sim.predict_many(targets, anchors=pb.anchors, workers=workers)
+        used = sim.strategy
+    return RepoCheck(name, refs, tuple(patches), tuple(results), used)

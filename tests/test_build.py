@@ -1,0 +1,469 @@
+"""``forkops build``: staging and rewrites on real repositories, docker at the process boundary.
+
+The sandbox forks only have ``b2.4.0`` (whose Dockerfiles already say ``ADD .`` and whose
+WORKSPACE uses git_repository). For upstream-shaped files the tests commit fixtures on top in
+real git: 2.4-style (git clone fetch), 2.18-style (curl | tar, GPU fetch near line 33,
+``patch =``) and 2.20-style (``patch`` and ``patch_cmds``). Docker is the stand-in executable in
+tests/standins (there is no Docker engine here); it records every invocation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from forkops import build, keys
+from forkops import sandbox as sb_mod
+from forkops.errors import NeedsPerson
+from forkops.playbook import BuildSpec
+from forkops.playbook import load as load_playbook
+from forkops.version import Version
+from tests.clihelp import run_cli
+
+STANDINS = Path(__file__).parent / "standins"
+KEY = b"Tst-Key-0123ABCD"  # test data, not a real key
+DOCKER_DIR = sb_mod.SERVING_DOCKER
+SPEC = load_playbook("serving").build
+assert SPEC is not None
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def write_keys(ws: Path) -> Path:
+    path = ws / "keys.toml"
+    path.write_text(f'[model]\ncipher = "aes-128-cbc"\nkey = "{KEY.decode()}"\n')
+    path.chmod(0o600)
+    return path
+
+
+def commit_files(repo: Path, branch: str, start: str, files: dict[str, str], message: str) -> None:
+    git(repo, "checkout", "-q", "-b", branch, start)
+    for rel, text in files.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    git(repo, "checkout", "-q", start)
+
+
+def tf_readme_patch(tf: Path) -> str:
+    """A real -p1 patch against the TF fork's README (what Serving's tensorflow.patch is)."""
+    old = git(tf, "show", "b2.4.0:README.md").splitlines(keepends=True)
+    new = [*old, "\n", "Patched by Serving's tensorflow.patch.\n"]
+    return "".join(difflib.unified_diff(old, new, "a/README.md", "b/README.md"))
+
+
+WORKSPACE_2_20 = """workspace(name = "tf_serving")
+
+# ===== TensorFlow dependency =====
+load("//tensorflow_serving:repo.bzl", "tensorflow_http_archive")
+
+tensorflow_http_archive(
+    name = "org_tensorflow",
+    sha256 = "0e9eb1d2ab7a9a1a2b1e0d9e3c4b5a69788f0e8c1d2b3a4f5e6d7c8b9a0f1e2d",
+    git_commit = "5bc9d26649cca274750ad3625bd93422617eed4b",  # 2.20.0
+    patch = "//third_party/tensorflow:tensorflow.patch",
+    patch_cmds = [
+        # XLA's copy of a header moved; keep the old include working.
+        "echo 'patch_cmds ran' > PATCH_CMDS_RAN",
+        \"\"\"sed -i 's/An end-to-end/An end-to-end (patch_cmds)/' README.md\"\"\",
+    ],
+)
+
+load("//tensorflow_serving:workspace.bzl", "tf_serving_workspace")
+
+tf_serving_workspace()
+"""
+
+# A 2.20-style devel file whose curl fetch is split over continuation lines.
+DOCKERFILE_2_20_SPLIT = sb_mod.serving_dockerfile_devel(18, gpu=False).replace(
+    "RUN curl -sSL --retry 5 https://github.com/tensorflow/serving/tarball/"
+    "${TF_SERVING_VERSION_GIT_COMMIT} | tar",
+    "RUN curl -sSL --retry 5 \\\n"
+    "    https://github.com/tensorflow/serving/tarball/${TF_SERVING_VERSION_GIT_COMMIT} \\\n"
+    "    | tar",
+)
+
+
+def style_files(style: str, tf: Path) -> dict[str, str]:
+    minor = {"2.4": 4, "2.18": 18, "2.20": 18}[style]
+    files = {
+        f"{DOCKER_DIR}/Dockerfile.devel": sb_mod.serving_dockerfile_devel(minor, gpu=False),
+        f"{DOCKER_DIR}/Dockerfile.devel-gpu": sb_mod.serving_dockerfile_devel(minor, gpu=True),
+    }
+    if style == "2.4":
+        files["WORKSPACE"] = sb_mod.serving_workspace("2.4.0")
+    elif style == "2.18":
+        files["WORKSPACE"] = sb_mod.serving_workspace("2.18.0", patch=True)
+        files["third_party/tensorflow/tensorflow.patch"] = tf_readme_patch(tf)
+        files["third_party/tensorflow/BUILD"] = ""
+    else:
+        files["WORKSPACE"] = WORKSPACE_2_20
+        files[f"{DOCKER_DIR}/Dockerfile.devel"] = DOCKERFILE_2_20_SPLIT
+        files["third_party/tensorflow/tensorflow.patch"] = tf_readme_patch(tf)
+        files["third_party/tensorflow/BUILD"] = ""
+    return files
+
+
+VERSIONS = {"2.4": "2.4.7", "2.18": "2.18.0", "2.20": "2.20.0"}
+
+
+@pytest.fixture
+def ws(sandbox: sb_mod.Sandbox, monkeypatch: pytest.MonkeyPatch) -> sb_mod.Sandbox:
+    """The sandbox workspace with a keys file and fork branches for each fixture style."""
+    write_keys(sandbox.workspace)
+    tf, sv = sandbox.clone("tensorflow"), sandbox.clone("serving")
+    for style, version in VERSIONS.items():
+        git(tf, "branch", f"b{version}", "b2.4.0")
+        commit_files(sv, f"b{version}", "b2.4.0", style_files(style, tf), f"{style}-style build files")
+    monkeypatch.chdir(sandbox.workspace)
+    return sandbox
+
+
+@pytest.fixture
+def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stand-in docker first on PATH; returns its state folder (calls.jsonl, config.json)."""
+    state = tmp_path / "docker-state"
+    state.mkdir()
+    monkeypatch.setenv("PATH", f"{STANDINS}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STANDIN_DOCKER_STATE", str(state))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    return state
+
+
+def calls(state: Path) -> list[dict[str, object]]:
+    path = state / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def snapshot(repo: Path) -> dict[str, str]:
+    """Every file of the checkout (worktree and .git) -> sha256, plus refs and status."""
+    out = {}
+    for path in sorted(repo.rglob("*")):
+        if path.is_file() and path.name != "index":  # git may refresh the index's stat cache
+            out[str(path.relative_to(repo))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    out["<refs>"] = git(repo, "for-each-ref")
+    out["<status>"] = git(repo, "status", "--porcelain", "--ignored")
+    return out
+
+
+def key_forms() -> list[bytes]:
+    return [KEY, keys.encode(KEY, "c-bytes").encode(), keys.encode(KEY, "c-string").encode()]
+
+
+def files_with_key(root: Path) -> list[str]:
+    forms = key_forms()
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and any(f in p.read_bytes() for f in forms))
+
+
+def forks_for(ws: sb_mod.Sandbox, version: str) -> tuple[build.Fork, build.Fork]:
+    from forkops import workspace
+
+    return build.forks(workspace.load(ws.workspace), Version.parse(version))
+
+
+def material() -> object:
+    from forkops import keyfile
+
+    return keyfile.load(Path("keys.toml").resolve())
+
+
+# ---------------------------------------------------------------------------------------
+# pure rewrites
+# ---------------------------------------------------------------------------------------
+def test_dockerfile_2_4_git_clone_continued_lines_replaced() -> None:
+    text = sb_mod.serving_dockerfile_devel(4, gpu=False)
+    rw = build.rewrite_dockerfile(text, SPEC, "Dockerfile.devel")
+    assert "git clone" not in rw.text and "git remote add upstream" not in rw.text
+    assert "git checkout ${TF_SERVING_VERSION_GIT_COMMIT}" not in rw.text  # the whole continued RUN
+    assert rw.text.count("ADD . /tensorflow-serving") == 1
+    # The replacement sits where the fetch was: right after WORKDIR /tensorflow-serving.
+    lines = rw.text.splitlines()
+    add = lines.index("ADD . /tensorflow-serving")
+    assert lines[add - 2] == "WORKDIR /tensorflow-serving"
+    assert "bazel build" in rw.text and rw.text.endswith('CMD ["/bin/bash"]\n')
+
+
+def test_dockerfile_2_18_gpu_fetch_near_line_33() -> None:
+    text = sb_mod.serving_dockerfile_devel(18, gpu=True)
+    line_no = next(i for i, line in enumerate(text.splitlines(), 1) if "tarball" in line)
+    assert 25 <= line_no <= 40, line_no  # the fixture is what the issue describes
+    rw = build.rewrite_dockerfile(text, SPEC, "Dockerfile.devel-gpu")
+    assert "tarball" not in rw.text and "ADD . /tensorflow-serving" in rw.text
+    assert rw.text.splitlines()[line_no] == "ADD . /tensorflow-serving"  # after the forkops comment
+    assert "apt-get install" in rw.text  # the toolchain after the fetch is untouched
+
+
+def test_dockerfile_fetch_split_over_continuations() -> None:
+    assert "tarball/${TF_SERVING_VERSION_GIT_COMMIT} \\\n    | tar" in DOCKERFILE_2_20_SPLIT  # really split
+    rw = build.rewrite_dockerfile(DOCKERFILE_2_20_SPLIT, SPEC, "Dockerfile.devel")
+    assert "tarball" not in rw.text and "| tar" not in rw.text and "ADD . /tensorflow-serving" in rw.text
+
+
+def test_dockerfile_already_rewritten_is_reported_not_an_error() -> None:
+    text = sb_mod.fork_dockerfile_devel(sb_mod.serving_dockerfile_devel(4, gpu=False))
+    rw = build.rewrite_dockerfile(text, SPEC, "Dockerfile.devel")
+    assert rw.already and rw.text == text and "already" in rw.note
+
+
+def test_dockerfile_without_fetch_is_an_error_naming_file_and_patterns() -> None:
+    text = "FROM ubuntu:22.04\nRUN wget https://example.com/src.tgz && tar xzf src.tgz\n"
+    with pytest.raises(NeedsPerson) as err:
+        build.rewrite_dockerfile(text, SPEC, "tensorflow_serving/tools/docker/Dockerfile.devel-gpu")
+    assert "Dockerfile.devel-gpu" in err.value.message and "git\\s+clone" in err.value.message
+
+
+def test_workspace_2_4_http_archive_becomes_local_repository() -> None:
+    rw = build.rewrite_workspace(sb_mod.serving_workspace("2.4.0"), SPEC, "WORKSPACE", "/tensorflow-serving/tensorflow")
+    assert rw.rule == "tensorflow_http_archive" and not rw.carried
+    assert 'local_repository(\n    name = "org_tensorflow",\n    path = "/tensorflow-serving/tensorflow",\n)' in rw.text
+    assert "git_commit =" not in rw.text and "tf_serving_workspace()" in rw.text
+
+
+def test_workspace_2_18_patch_is_carried_with_strip_1() -> None:
+    rw = build.rewrite_workspace(sb_mod.serving_workspace("2.18.0", patch=True), SPEC, "WORKSPACE", "/t/tf")
+    assert rw.carried.files == (("third_party/tensorflow/tensorflow.patch", ("-p1",)),)
+    assert "patch =" not in rw.text
+
+
+def test_workspace_2_20_patch_cmds_are_carried() -> None:
+    rw = build.rewrite_workspace(WORKSPACE_2_20, SPEC, "WORKSPACE", "/t/tf")
+    assert len(rw.carried.commands) == 2 and rw.carried.commands[0].startswith("echo")
+    assert "patch_cmds" not in rw.text and "sed -i" not in rw.text
+
+
+def test_workspace_fork_git_repository_with_patches_uses_patch_args() -> None:
+    text = sb_mod.fork_workspace(sb_mod.serving_workspace("2.18.0", patch=True), "/x/tf.git", "b2.18.0")
+    rw = build.rewrite_workspace(text, SPEC, "WORKSPACE", "/t/tf")
+    assert rw.rule == "git_repository"
+    assert rw.carried.files == (("third_party/tensorflow/tensorflow.patch", ("-p0",)),)  # Bazel's default
+
+
+def test_workspace_local_repository_at_the_path_is_already_rewritten() -> None:
+    text = 'workspace(name = "tf_serving")\nlocal_repository(name = "org_tensorflow", path = "/t/tf")\n'
+    rw = build.rewrite_workspace(text, SPEC, "WORKSPACE", "/t/tf")
+    assert rw.already and rw.text == text
+
+
+def test_workspace_without_the_rule_is_an_error() -> None:
+    with pytest.raises(NeedsPerson, match='WORKSPACE: no repository rule with name = "org_tensorflow"'):
+        build.rewrite_workspace('workspace(name = "x")\n', SPEC, "WORKSPACE", "/t/tf")
+
+
+# ---------------------------------------------------------------------------------------
+# staging on real repositories
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("style", ["2.4", "2.18", "2.20"])
+def test_stage_upstream_styles(ws: sb_mod.Sandbox, tmp_path: Path, style: str) -> None:
+    tf_clone, sv_clone = ws.clone("tensorflow"), ws.clone("serving")
+    before = {p: snapshot(p) for p in (tf_clone, sv_clone)}
+    serving, tensorflow = forks_for(ws, VERSIONS[style])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    st = build.stage(serving, tensorflow, material(), ("cpu", "gpu"), scratch_parent=scratch)  # type: ignore[arg-type]
+    try:
+        assert stat.S_IMODE(st.root.stat().st_mode) == 0o700
+        ctx = st.context
+        assert not (ctx / ".git").exists() and not (ctx / "tensorflow" / ".git").exists()
+        # The TF fork's tree is inside, byte for byte apart from the key sites and patches.
+        assert (ctx / "tensorflow/tensorflow/tools/cryptfile/cryptfile.cc").is_file()
+        assert (ctx / "tensorflow_serving/model_servers/server.cc").is_file()
+        workspace = (ctx / "WORKSPACE").read_text()
+        assert 'path = "/tensorflow-serving/tensorflow"' in workspace and "git_commit =" not in workspace
+        for name in ("Dockerfile.devel", "Dockerfile.devel-gpu"):
+            text = (ctx / DOCKER_DIR / name).read_text()
+            assert "ADD . /tensorflow-serving" in text
+            assert "git clone" not in text and "tarball" not in text
+        readme = (ctx / "tensorflow/README.md").read_text()
+        if style in ("2.18", "2.20"):
+            assert "Patched by Serving's tensorflow.patch." in readme
+        if style == "2.20":
+            assert (ctx / "tensorflow/PATCH_CMDS_RAN").read_text() == "patch_cmds ran\n"
+            assert "An end-to-end (patch_cmds)" in readme
+        # The key is in the staged TF tree's sites, and only there.
+        assert st.key_sites >= 4
+        with_key = files_with_key(st.root)
+        assert with_key and all(p.startswith("context/tensorflow/") for p in with_key)
+        assert "context/tensorflow/.bazelrc" in with_key
+        assert "context/tensorflow/tensorflow/tools/cryptfile/cryptfile.cc" in with_key
+        assert any("workspace" in n.lower() and "local_repository" in n for n in st.notes)
+    finally:
+        st.remove()
+    assert not st.root.exists()
+    for repo, snap in before.items():
+        assert snapshot(repo) == snap  # the user's checkouts: byte-identical, refs and status unchanged
+        assert files_with_key(repo) == []
+
+
+def test_stage_fork_branch_already_local(ws: sb_mod.Sandbox, tmp_path: Path) -> None:
+    serving, tensorflow = forks_for(ws, "2.4.0")
+    st = build.stage(serving, tensorflow, material(), ("cpu",), scratch_parent=tmp_path)  # type: ignore[arg-type]
+    try:
+        notes = "\n".join(st.notes)
+        assert "already builds from local source" in notes
+        assert "git_repository -> local_repository" in notes
+    finally:
+        st.remove()
+
+
+def test_stage_failure_leaves_nothing(ws: sb_mod.Sandbox, tmp_path: Path) -> None:
+    sv = ws.clone("serving")
+    commit_files(sv, "b2.19.0", "b2.4.0", {f"{DOCKER_DIR}/Dockerfile.devel": "FROM ubuntu\nRUN make\n"}, "no fetch")
+    git(ws.clone("tensorflow"), "branch", "b2.19.0", "b2.4.0")
+    serving, tensorflow = forks_for(ws, "2.19.0")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(NeedsPerson, match=r"Dockerfile\.devel: no source fetch"):
+        build.stage(serving, tensorflow, material(), ("cpu",), scratch_parent=scratch)  # type: ignore[arg-type]
+    assert list(scratch.iterdir()) == []  # the scratch folder (with the key) is gone
+
+
+# ---------------------------------------------------------------------------------------
+# docker commands at the process boundary
+# ---------------------------------------------------------------------------------------
+def build_calls(state: Path) -> list[list[str]]:
+    return [c["argv"] for c in calls(state) if "build" in c["argv"][:2]]  # type: ignore[operator,misc]
+
+
+def test_build_cpu_commands(ws: sb_mod.Sandbox, standin: Path) -> None:
+    res = run_cli("build", "2.18.0", "--registry", "registry.example.com/ml")
+    assert res.code == 0, res.err
+    runs = calls(standin)
+    assert runs[0]["argv"][0] == "version"  # type: ignore[index]
+    argv = build_calls(standin)
+    assert len(argv) == 2
+    ctx = argv[0][-1]
+    sha = git(ws.clone("serving"), "rev-parse", "b2.18.0").strip()
+    labels = ["--build-arg", "TF_SERVING_VERSION_GIT_BRANCH=b2.18.0", "--build-arg",
+              f"TF_SERVING_VERSION_GIT_COMMIT={sha}"]
+    assert argv[0] == ["build", "--file", f"{ctx}/{DOCKER_DIR}/Dockerfile.devel", "--tag",
+                       "registry.example.com/ml/tensorflow-serving:2.18.0-devel", *labels, ctx]
+    assert argv[1] == ["build", "--file", f"{ctx}/{DOCKER_DIR}/Dockerfile", "--tag",
+                       "registry.example.com/ml/tensorflow-serving:2.18.0", "--build-arg",
+                       "TF_SERVING_BUILD_IMAGE=registry.example.com/ml/tensorflow-serving:2.18.0-devel", *labels, ctx]
+    devel_call = next(c for c in calls(standin) if c["argv"] == argv[0])
+    assert "ADD . /tensorflow-serving" in str(devel_call["dockerfile_text"])
+    assert devel_call["context_has_tensorflow"] and not devel_call["context_has_git"]
+    assert devel_call["BUILDKIT_PROGRESS"] == "plain"
+    assert not Path(ctx).exists()  # staged folder removed afterwards
+    assert "registry.example.com/ml/tensorflow-serving:2.18.0" in res.out
+
+
+def test_build_all_gpu_commands_and_no_key_in_any_argument(ws: sb_mod.Sandbox, standin: Path) -> None:
+    res = run_cli("build", "2.18.0", "--all")
+    assert res.code == 0, res.err
+    argv = build_calls(standin)
+    tags = [a[a.index("--tag") + 1] for a in argv]
+    assert tags == ["tensorflow-serving:2.18.0-devel", "tensorflow-serving:2.18.0",
+                    "tensorflow-serving:2.18.0-devel-gpu", "tensorflow-serving:2.18.0-gpu"]
+    files = [Path(a[a.index("--file") + 1]).name for a in argv]
+    assert files == ["Dockerfile.devel", "Dockerfile", "Dockerfile.devel-gpu", "Dockerfile.gpu"]
+    assert "TF_SERVING_BUILD_IMAGE=tensorflow-serving:2.18.0-devel-gpu" in argv[3]
+    everything = json.dumps([c["argv"] for c in calls(standin)]).encode()
+    assert not any(form in everything for form in key_forms())
+    assert KEY.decode() not in res.out + res.err
+
+
+def test_build_buildx_with_builder_and_cache(ws: sb_mod.Sandbox, standin: Path) -> None:
+    res = run_cli("build", "2.18.0", "--gpu", "--builder", "ci", "--cache-from", "type=registry,ref=r/c:gpu",
+                  "--cache-to", "type=registry,ref=r/c:gpu,mode=max")
+    assert res.code == 0, res.err
+    devel, serving = build_calls(standin)
+    front = ["buildx", "build", "--builder", "ci", "--load", "--progress=plain"]
+    assert devel[:10] == [*front, "--cache-from", "type=registry,ref=r/c:gpu",
+                          "--cache-to", "type=registry,ref=r/c:gpu,mode=max"]
+    assert devel[10] == "--file" and devel[11].endswith("/Dockerfile.devel-gpu")
+    assert devel[12:14] == ["--tag", "tensorflow-serving:2.18.0-devel-gpu"]
+    assert serving[:6] == front and "--cache-to" not in serving  # the cache is the devel build's
+    assert serving[serving.index("--tag") + 1] == "tensorflow-serving:2.18.0-gpu"
+
+
+def test_build_dry_run_prints_commands_and_runs_no_docker(ws: sb_mod.Sandbox, standin: Path) -> None:
+    (standin / "config.json").write_text(json.dumps({"engine": False}))
+    res = run_cli("build", "2.4.7", "--dry-run", "--all", "--keep")
+    assert res.code == 0, res.err
+    assert calls(standin) == []  # not even `docker version`
+    staged = Path(re.search(r"staged folder: (\S+)", res.out).group(1))  # type: ignore[union-attr]
+    try:
+        assert "docker build --file" in res.out and res.out.count("docker build") == 4
+        assert f"{staged}/context/{DOCKER_DIR}/Dockerfile.devel-gpu" in res.out
+        assert stat.S_IMODE(staged.stat().st_mode) == 0o700
+        assert "kept the staged folder" in res.out
+    finally:
+        shutil.rmtree(staged)
+
+
+def test_build_failure_shows_log_tail_and_removes_stage(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
+    (standin / "config.json").write_text(json.dumps({"fail_tags": ["tensorflow-serving:2.18.0-devel"]}))
+    res = run_cli("build", "2.18.0")
+    assert res.code == 3
+    assert "did not complete successfully" in res.err  # the tail of the build log
+    log = Path(re.search(r"full log: (\S+\.log)", res.err).group(1))  # type: ignore[union-attr]
+    assert "ERROR: failed to solve" in log.read_text()
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert len(build_calls(standin)) == 1  # the serving image is not attempted
+    assert not any(p.name.startswith("forkops-build-") and p.is_dir() for p in (tmp_path / "tmp").iterdir())
+
+
+def test_build_without_engine_exits_3_before_staging(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
+    (standin / "config.json").write_text(json.dumps({"engine": False}))
+    res = run_cli("build", "2.18.0")
+    assert res.code == 3
+    assert res.err.strip().splitlines() == [
+        "forkops: error: no Docker engine is reachable: Cannot connect to the Docker daemon at "
+        "unix:///var/run/docker.sock. Is the docker daemon running?"]
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_build_missing_branch_is_bad_input(ws: sb_mod.Sandbox, standin: Path) -> None:
+    res = run_cli("build", "2.99.0", "--dry-run")
+    assert res.code == 2 and "no branch b2.99.0" in res.err
+
+
+def test_build_interrupt_removes_stage(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
+    """SIGINT during `docker build` (a real subprocess): the staged folder with the key is removed."""
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    (slow / "docker").write_text(  # the stand-in, slowed down so the test can interrupt a build
+        "#!/bin/sh\n"
+        f'if [ "$1" = build ]; then echo started; touch {standin}/build-started; exec sleep 30; fi\n'
+        f'exec {sys.executable} {STANDINS}/docker "$@"\n')
+    (slow / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{slow}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "forkops", "build", "2.18.0"], cwd=ws.workspace, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (standin / "build-started").exists():  # staging done, `docker build` running
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    assert any(p.is_dir() for p in (tmp_path / "tmp").iterdir())
+    proc.send_signal(2)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    left = [p for p in (tmp_path / "tmp").iterdir() if p.is_dir()]
+    assert left == []
+
+
+def test_build_spec_defaults_match_playbook() -> None:
+    assert BuildSpec(source_fetch=SPEC.source_fetch) == SPEC
