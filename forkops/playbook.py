@@ -142,7 +142,13 @@ class Playbook:
 
 
 def builtin_path(name: str) -> Path:
-    return Path(str(resources.files("forkops.playbooks").joinpath(f"{name}.toml")))
+    """The shipped playbook file. Installed, it is package data (``forkops.playbooks``); in a
+    source checkout that is imported directly (``python -m pytest`` from the repository), the
+    package maps to the top-level ``playbooks/`` folder, which is used instead."""
+    try:
+        return Path(str(resources.files("forkops.playbooks").joinpath(f"{name}.toml")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "playbooks" / f"{name}.toml"
 
 
 def load(ref: str, *, base_dir: Path | None = None) -> Playbook:
