@@ -15,10 +15,14 @@ user's checkouts:
   replaced by ``ADD . /tensorflow-serving``. A fork that already did so is reported, not an
   error; a file with neither is an error naming the file and the patterns looked for.
 * The key and IV are written into the staged TensorFlow tree's key sites (``forkops.keys``).
+  Bazel reads only the main workspace's ``.bazelrc``, so each bazel-define key site found in
+  the TensorFlow tree is also appended to the staged Serving ``.bazelrc``.
 
 Invariants: the user's checkouts are only read (``git archive``); the key is written only
-below the scratch folder and never appears in a docker argument; the scratch folder is
-removed at the end unless the caller keeps it.
+below the scratch folder and never appears in a docker argument; build output is redacted
+(:class:`LogRedactor`) before it reaches the log, the status line or an error; the scratch
+folder is removed at the end unless the caller keeps it, and one whose build was killed
+(SIGKILL cannot be caught) is removed by the next build (:func:`remove_stale_stages`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forkops.docker import Docker, DockerFailed
-from forkops.errors import BadInput, NeedsPerson
+from forkops.errors import BadInput, ConfigError, ExternalError, NeedsPerson
 from forkops.git import Repo
 from forkops.playbook import BuildSpec, Playbook
 from forkops.version import Version
@@ -281,14 +285,21 @@ def rewrite_workspace(text: str, spec: BuildSpec, path: str, local_path: str) ->
 
 
 def apply_carried(carried: CarriedPatches, *, serving_root: Path, tf_root: Path, path: str) -> None:
-    """Apply patch files (``patch --batch``) then ``patch_cmds`` (``bash -c``) in ``tf_root``."""
+    """Apply patch files (``patch --batch``) then ``patch_cmds`` (``bash -c``) in ``tf_root``.
+
+    A patch that does not apply, or a command that fails, is NeedsPerson (exit 1): the fork's
+    patch no longer fits the fork's TensorFlow, which a person must reconcile. The message names
+    the patch file and its first failing hunk. A missing ``patch``/``bash`` is ExternalError
+    (exit 3), like a missing git or docker.
+    """
     for rel, args in carried.files:
         patch_file = serving_root / rel
         if not patch_file.is_file():
             raise NeedsPerson(f"{path}: org_tensorflow's patch {rel} does not exist in the Serving fork")
         proc = _run(["patch", "--batch", "--forward", "-d", str(tf_root), "-i", str(patch_file), *args])
         if proc.returncode != 0:
-            raise NeedsPerson(f"{path}: patch {rel} does not apply to the TensorFlow fork: {_last(proc)}")
+            raise NeedsPerson(f"{path}: patch {rel} does not apply to the TensorFlow fork: {_first_failure(proc)}",
+                              hint=f"update {rel} in the Serving fork for this TensorFlow fork branch")
     for cmd in carried.commands:
         proc = _run(["bash", "-c", cmd], cwd=tf_root)
         if proc.returncode != 0:
@@ -299,7 +310,24 @@ def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProces
     try:
         return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
-        raise BadInput(f"{argv[0]} is not installed; it is needed to apply org_tensorflow's patches") from None
+        raise ExternalError(f"{argv[0]} is not installed; it is needed to apply org_tensorflow's patches") from None
+
+
+# GNU patch's words for a hunk that did not apply, a file it could not find, a patch already in.
+_PATCH_FAILURE = re.compile(r"Hunk #\d+ FAILED|can't find file to patch|No file to patch|"
+                            r"Reversed \(or previously applied\) patch detected|malformed patch|"
+                            r"Only garbage was found")
+
+
+def _first_failure(proc: subprocess.CompletedProcess[str]) -> str:
+    """``FILE: Hunk #N FAILED at L.`` (the first failing hunk and the file it patches)."""
+    target = ""
+    for line in (proc.stdout + "\n" + proc.stderr).splitlines():
+        if line.startswith(("patching file ", "checking file ")):
+            target = line.split(" file ", 1)[1].strip().strip("'")
+        elif _PATCH_FAILURE.search(line):
+            return f"{target}: {line.strip()}" if target else line.strip()
+    return _last(proc)
 
 
 def _last(proc: subprocess.CompletedProcess[str]) -> str:
@@ -335,6 +363,69 @@ class Stage:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def keep(self) -> None:
+        """Mark the folder as kept on purpose, so a later build's cleanup leaves it alone."""
+        (self.root / OWNER_FILE).write_text(KEPT + "\n")
+
+
+# The staging folder records its owner so that a later build can remove a folder (holding the
+# key) that a SIGKILLed build could not clean up. SIGKILL cannot be caught; this is the mitigation.
+STAGE_PREFIX = "forkops-build-"
+OWNER_FILE = ".forkops-owner"  # "<pid> <process start time>", or KEPT
+KEPT = "kept"
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux /proc), or "-" if unknown.
+
+    Recorded beside the pid so that a recycled pid is not mistaken for the owner."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "-"
+    fields = stat_line.rsplit(")", 1)[-1].split()  # the command name may hold spaces and ')'
+    return fields[19] if len(fields) > 19 else "-"
+
+
+def _owner_alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's: not ours to judge
+    return start == "-" or _start_time(pid) in ("-", start)
+
+
+def remove_stale_stages(parent: Path) -> list[Path]:
+    """Remove ``forkops-build-*`` folders in ``parent`` whose owning build process is dead.
+
+    Only folders of this user with an owner file naming a dead process are removed; a folder
+    marked kept (``--keep``), without an owner file (made by an older forkops, or by hand) or
+    owned by a live process stays. Returns the removed folders.
+    """
+    removed: list[Path] = []
+    uid = os.getuid()
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(STAGE_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != uid:
+                continue
+            words = (Path(entry.path) / OWNER_FILE).read_text().split()
+        except OSError:
+            continue
+        if len(words) != 2 or not words[0].isdigit():
+            continue  # KEPT, or not a file we wrote
+        if not _owner_alive(int(words[0]), words[1]):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def forks(ws: Workspace, version: Version) -> tuple[Fork, Fork]:
@@ -379,11 +470,21 @@ def stage(
     *,
     scratch_parent: Path | None = None,
 ) -> Stage:
-    """Stage the build context (see the module docstring). On error nothing is left behind."""
-    root = Path(tempfile.mkdtemp(prefix="forkops-build-", dir=scratch_parent))
+    """Stage the build context (see the module docstring). On error nothing is left behind.
+
+    First removes staging folders left in the same temp folder by builds that were killed
+    (see :func:`remove_stale_stages`); the new folder records this process as its owner.
+    """
+    parent = scratch_parent or Path(tempfile.gettempdir())
+    stale = remove_stale_stages(parent)
+    root = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=parent))
     os.chmod(root, 0o700)  # mkdtemp already does; say it where the key will live
     st = Stage(root, root / "context", serving, tensorflow)
+    if stale:
+        st.notes.append(f"removed {len(stale)} staging folder(s) left by killed builds: "
+                        + ", ".join(str(p) for p in stale))
     try:
+        (root / OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
         _stage_into(st, material, variants)
     except BaseException:
         st.remove()
@@ -426,8 +527,67 @@ def _stage_into(st: Stage, material: KeyMaterial, variants: Sequence[str]) -> No
     if st.key_sites == 0:
         raise NeedsPerson(f"{st.tensorflow.name} {st.tensorflow.branch}: no key site found in the staged tree; "
                           "the image would not decrypt models with your key")
+    defines = carry_bazel_defines(tf_root, st.context, st.tensorflow.playbook, material)
     st.notes.append(f"key {material.key_fingerprint} written into {st.key_sites} key site(s) of the staged "
                     "TensorFlow tree only")
+    if defines:
+        st.notes.append(f"{BAZELRC}: added {', '.join(f'--define={n}' for n in defines)} to the staged Serving "
+                        "tree (Bazel does not read the .bazelrc of a local_repository)")
+
+
+BAZELRC = ".bazelrc"
+# What precedes a bazel-define site's value: `--define=NAME=` or `--define NAME=`.
+_DEFINE_NAME = re.compile(r"--define[=\s]+([A-Za-z_][A-Za-z0-9_.-]*)=$")
+
+
+def carry_bazel_defines(tf_root: Path, serving_root: Path, playbook: Playbook, material: KeyMaterial) -> list[str]:
+    """Repeat the TensorFlow tree's bazel-define key sites in the Serving tree's ``.bazelrc``.
+
+    TensorFlow is a ``local_repository`` in the Serving build, and Bazel reads only the main
+    workspace's ``.bazelrc``, so a ``--define`` in TensorFlow's would not reach the build. For
+    every bazel-define site instance found in ``tf_root``, ``build --define=NAME=<value>`` is
+    appended to ``serving_root/.bazelrc`` (created if absent), value encoded with
+    :func:`forkops.keys.encode` from ``material``: the value is written to that file only, never
+    on a command line. ConfigError (nothing written) if the value cannot be a define (a
+    ``key_hex`` key), or NeedsPerson if a site's match does not say the define's name.
+    Returns the define names written.
+    """
+    from forkops import keys
+
+    lines: dict[str, str] = {}
+    problems: list[str] = []
+    for site in playbook.key_sites:
+        if site.encoding != "bazel-define":
+            continue
+        for rel in site.paths:
+            full = tf_root / rel
+            if not full.is_file():
+                continue
+            text = full.read_bytes().decode("utf-8", "surrogateescape")
+            for m in site.regex.finditer(text):
+                line_no = text.count("\n", 0, m.start()) + 1
+                name = _DEFINE_NAME.search(text[m.start():m.start("value")])
+                if name is None:
+                    raise NeedsPerson(f"{rel}:{line_no}: key site {site.name!r} does not match as "
+                                      "`--define=NAME=VALUE`; cannot repeat it in the Serving .bazelrc")
+                secret = material.key if site.value == "key" else material.iv
+                try:
+                    value = keys.encode(secret, "bazel-define")
+                except keys.Unencodable as exc:
+                    problems.append(f"{rel}:{line_no}: key site {site.name!r} refused: {exc}")
+                    continue
+                lines[name.group(1)] = f"build --define={name.group(1)}={value}\n"
+    if problems:
+        raise ConfigError(problems)
+    if not lines:
+        return []
+    rc = serving_root / BAZELRC
+    old = rc.read_bytes() if rc.is_file() else b""
+    sep = b"" if not old or old.endswith(b"\n") else b"\n"
+    block = ("\n# forkops build: TensorFlow is a local_repository here, and Bazel does not read its .bazelrc;\n"
+             "# its key define(s), repeated (staged copy only).\n" + "".join(lines.values()))
+    rc.write_bytes(old + sep + block.encode())  # below the 0700 staging folder
+    return list(lines)
 
 
 # ---------------------------------------------------------------------------------------
@@ -518,15 +678,73 @@ class BuildFailed(DockerFailed):
     """A docker build failed; ``tail`` holds its last lines, ``log`` the full log."""
 
 
+class LogRedactor:
+    """Replaces the key (and a non-default IV) in a line of build output with ``<key FP>``.
+
+    Bazel echoes rc options (``--announce_rc``: ``--define=MODEL_ENCRYPT_KEY=...``) and a
+    compiler error may quote a key site, so every line of build output passes through here
+    before it reaches the log, the live status or the failure tail. Detection is
+    :class:`forkops.guard.Matcher` (every encoding the guard knows); the spans are located the
+    same way (raw bytes as they are; hex, ``\\xNN`` and byte arrays case- and
+    whitespace-insensitively). Invariant: a returned line never holds a secret the Matcher
+    finds; if a hit cannot be located, the whole line is withheld.
+    """
+
+    def __init__(self, material: KeyMaterial) -> None:
+        from forkops.guard import Matcher
+
+        self.matcher = Matcher(material)
+
+    def __call__(self, line: bytes) -> bytes:
+        if not self.matcher.find(line):
+            return line
+        body = line.rstrip(b"\r\n")
+        end = line[len(body):]
+        keep = [i for i, c in enumerate(body) if c not in b" \t\r\n\f\v"]  # norm index -> line index
+        norm = body.lower().translate(None, b" \t\r\n\f\v")
+        spans: list[tuple[int, int, str]] = []
+        for n in self.matcher.needles:
+            label = f"<{n.what} {n.fingerprint}>"
+            spans += [(a, a + len(n.raw), label) for a in _occurrences(body, n.raw)]
+            found = [(a, a + len(f)) for f in (n.hex, n.escaped) for a in _occurrences(norm, f)]
+            found += [m.span() for m in n.array.finditer(norm)]
+            spans += [(keep[a], keep[b - 1] + 1, label) for a, b in found if b > a]
+        out, pos = bytearray(), 0
+        for a, b, label in sorted(spans):
+            if b <= pos:
+                continue
+            out += body[pos:max(a, pos)] + label.encode()
+            pos = b
+        out += body[pos:]
+        if self.matcher.find(bytes(out)):
+            fps = ", ".join(f"{n.what} {n.fingerprint}" for n in self.matcher.needles)
+            return f"<line withheld: it holds key material ({fps})>".encode() + end
+        return bytes(out) + end
+
+
+def _occurrences(data: bytes, needle: bytes) -> list[int]:
+    found, i = [], data.find(needle)
+    while needle and i >= 0:
+        found.append(i)
+        i = data.find(needle, i + 1)
+    return found
+
+
 def run_builds(
     docker: Docker,
     steps: Sequence[BuildStep],
     *,
     log: Path,
+    material: KeyMaterial,
     on_line: Callable[[BuildStep, int, str], None] | None = None,
 ) -> BuildReport:
-    """Run each step in order; stop at the first failure with BuildFailed."""
+    """Run each step in order; stop at the first failure with BuildFailed.
+
+    Every output line is redacted (:class:`LogRedactor`) before the log, ``on_line`` and the
+    failure tail see it.
+    """
     report = BuildReport(list(steps), log)
+    redact = LogRedactor(material)
     # BUILDKIT_PROGRESS=plain: line-oriented output from BuildKit; the classic builder ignores it.
     env = {"BUILDKIT_PROGRESS": "plain"}
     for index, step in enumerate(steps):
@@ -536,7 +754,7 @@ def run_builds(
             if on_line is not None:
                 on_line(step, index, line)
 
-        code, tail = docker.stream(step.args, log=log, on_line=forward, env=env)
+        code, tail = docker.stream(step.args, log=log, on_line=forward, env=env, redact=redact)
         report.seconds.append(time.monotonic() - started)
         if code != 0:
             raise BuildFailed(f"docker build of {step.tag} ({step.label})", code, tail, log)

@@ -104,31 +104,41 @@ class Docker:
         log: Path,
         on_line: Callable[[str], None] | None = None,
         env: Mapping[str, str] | None = None,
+        redact: Callable[[bytes], bytes] | None = None,
     ) -> tuple[int, list[str]]:
         """Run ``docker ARGS`` with stdout+stderr appended to ``log`` line by line.
 
         Returns (exit code, last lines). ``on_line`` sees every line (for a live status).
+        ``redact`` rewrites each raw output line (bytes, before decoding) first: only its
+        result reaches the log, ``on_line`` and the returned tail.
         A KeyboardInterrupt terminates the child before propagating.
         """
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         argv = self._argv(args)
+
+        def clean(raw: bytes) -> str:
+            return (redact(raw) if redact is not None else raw).decode("utf-8", "replace")
+
         with log.open("a", encoding="utf-8") as fh:
-            fh.write("$ docker " + " ".join(args) + "\n")
+            fh.write(clean(("$ docker " + " ".join(args) + "\n").encode()))
             fh.flush()
             try:
+                # Bytes, so redaction sees the output exactly as docker wrote it.
                 proc = subprocess.Popen(
                     argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=self._env(env), text=True, errors="replace", bufsize=1,
+                    env=self._env(env),
                 )
             except FileNotFoundError:
                 raise DockerUnavailable(f"docker is not installed ({self.executable} not found)") from None
             try:
                 assert proc.stdout is not None
-                for line in proc.stdout:
+                for raw in proc.stdout:
+                    line = clean(raw)
                     fh.write(line)
-                    tail.append(line.rstrip("\n"))
+                    fh.flush()
+                    tail.append(line.rstrip("\r\n"))
                     if on_line is not None:
-                        on_line(line.rstrip("\n"))
+                        on_line(line.rstrip("\r\n"))
                 code = proc.wait()
             except BaseException:
                 proc.terminate()

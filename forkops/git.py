@@ -222,6 +222,22 @@ class Repo:
         return self.run("hash-object", "-w", "--stdin", input=data).strip()
 
 
+# Index stages of an unmerged path during a rebase: 1 the merge base, 2 HEAD (the new upstream
+# side, with the patches applied so far), 3 the fork's commit being replayed.
+_KIND_BY_STAGES = {
+    frozenset({1, 2, 3}): "content",
+    frozenset({2, 3}): "add/add",
+    frozenset({1, 2}): "modify/delete",  # upstream modified it, the fork's commit deletes it
+    frozenset({1, 3}): "delete/modify",  # upstream deleted it, the fork's commit modifies it
+}
+
+
+def conflict_kind(stages: Iterable[int]) -> str:
+    """The kind of conflict an unmerged path has, from the index stages present. A path with a
+    single non-base stage only arises from rename conflicts (rename/rename, rename/delete)."""
+    return _KIND_BY_STAGES.get(frozenset(stages), "rename")
+
+
 def clone(url: str, path: Path, *, progress: Callable[[str, float | None], None] | None = None) -> Repo:
     """Clone ``url`` into ``path`` with GitPython, reporting (stage, fraction) to ``progress``."""
     import git as gitpython  # lazy: importing GitPython costs ~0.1 s

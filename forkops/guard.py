@@ -20,10 +20,24 @@ file that already holds the key cannot be committed again without it being notic
 Which content is scanned: ``pre-commit`` the staged blob of every added or modified path (the
 index git is committing, ``$GIT_INDEX_FILE`` included, so ``git commit -a`` and
 ``git commit PATH`` are covered); ``pre-push`` every blob introduced by an outgoing commit.
-Commits reachable from a remote-tracking branch, from the remote's old value of the ref or
-from a tag that is not itself being pushed count as already published (upstream release
-history arrives as tags); scanning them could not stop a leak and would make every push of a
-new fork branch read all of upstream's history. ``forkops guard scan`` reads everything.
+
+Which history a push may skip (it is already published, or it is upstream's):
+
+* commits reachable from the remote-tracking refs of the remote being pushed to
+  (``refs/remotes/<remote>/*``; a push to a bare URL uses the remotes with that URL) and from
+  the remote's old values of the pushed refs (git's pre-push stdin);
+* commits reachable from the upstream remote's tracking refs (``refs/remotes/tf/*``) and from
+  *confirmed* upstream release tags: a local tag whose name matches the playbook's upstream tag
+  pattern and which ``git ls-remote`` of the workspace's upstream URL reports with the same
+  commit. Upstream content never holds the private key, and skipping it keeps the push of a
+  new fork branch (rebased onto a new release tag) from reading all of upstream's history.
+
+Nothing else hides history: not a local-only tag (``git tag wip`` on a leak must not let it
+through), not a tag named like a release that upstream does not have at that commit, not the
+tracking refs of other remotes. Outside a workspace (no playbook) only the first rule applies;
+when upstream cannot be listed the tags are simply not trusted (slower, never less safe).
+Upstream is asked only about release tags that would actually hide outgoing history.
+``forkops guard scan`` reads everything.
 """
 
 from __future__ import annotations
@@ -37,9 +51,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from forkops.errors import BadInput, GitError
+from forkops.errors import BadInput, ForkopsError, GitError
 from forkops.git import Repo
 from forkops.keyfile import DEFAULT_IV, KeyMaterial, fingerprint
+from forkops.playbook import Playbook
 
 HOOKS = ("pre-commit", "pre-push")
 MARKER = "# forkops-guard:"
@@ -210,10 +225,74 @@ def scan_commits(repo: Repo, revs: list[str], matcher: Matcher) -> tuple[int, li
     return len(commits), _scan(repo, entries, matcher)
 
 
-def outgoing_revs(repo: Repo, push_lines: Iterable[str]) -> list[str]:
-    """``rev-list --stdin`` lines for what a push sends (git's pre-push stdin lines:
-    ``<local ref> <local sha> <remote ref> <remote sha>``)."""
-    include, exclude, pushed = [], set(), set()
+@dataclass(frozen=True)
+class Upstream:
+    """A fork clone's upstream as its workspace describes it: the playbook (its upstream remote
+    name and release tag pattern) and the URL whose tag list confirms a local release tag."""
+
+    playbook: Playbook
+    url: str
+
+
+def upstream_of(repo_path: Path) -> Upstream | None:
+    """The upstream of the clone at ``repo_path`` if it belongs to a forkops workspace whose
+    playbook loads; None otherwise (then no tag is trusted)."""
+    from forkops import workspace  # only the pre-push hook needs it
+
+    try:
+        top = Path(Repo(repo_path).run("rev-parse", "--show-toplevel").strip()).resolve()
+        ws = workspace.load(top)
+        for rc in ws.repos:
+            if rc.path.resolve() == top:
+                return Upstream(ws.playbook(rc), rc.upstream)
+    except (ForkopsError, OSError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What a push sends: ``revs`` as ``rev-list --stdin`` lines (empty: nothing to scan), the
+    upstream release tags whose history was skipped, and notes for the person pushing."""
+
+    revs: list[str]
+    trusted_tags: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def _remote_names(repo: Repo, remote: str | None) -> tuple[list[str], list[str]]:
+    """(all configured remotes, the ones ``remote`` means): a name, or a URL (git passes the
+    URL as the remote when pushing to one that is not configured)."""
+    names = repo.lines("remote")
+    if remote is None:
+        return names, []
+    if remote in names:
+        return names, [remote]
+    proc = repo.run_raw("config", "--get-regexp", r"^remote\..*\.(push)?url$")
+    matched = []
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(" ")
+        name = key[len("remote."):].rsplit(".", 1)[0]
+        if value == remote and name in names and name not in matched:
+            matched.append(name)
+    return names, matched
+
+
+def _tracking_refs(repo: Repo, remote: str, names: list[str]) -> list[str]:
+    """Commits of ``refs/remotes/<remote>/*``, not those of a remote named ``<remote>/x``."""
+    nested = [f"refs/remotes/{n}/" for n in names if n != remote and n.startswith(f"{remote}/")]
+    return [r.peeled for r in repo.refs(f"refs/remotes/{remote}/")
+            if not any(r.name.startswith(p) for p in nested)]
+
+
+def outgoing(repo: Repo, push_lines: Iterable[str], *, remote: str | None,
+             upstream: Upstream | None) -> Outgoing:
+    """What a push to ``remote`` (the hook's first argument) sends, from git's pre-push stdin
+    lines ``<local ref> <local sha> <remote ref> <remote sha>``. See the module docstring for
+    which history counts as published; everything else reachable from a pushed sha is sent."""
+    include: list[str] = []
+    exclude: set[str] = set()
+    pushed: set[str] = set()
     for line in push_lines:
         parts = line.split()
         if len(parts) != 4:
@@ -226,11 +305,47 @@ def outgoing_revs(repo: Repo, push_lines: Iterable[str]) -> list[str]:
         if not _ZERO.fullmatch(remote_sha) and repo.ok("cat-file", "-e", f"{remote_sha}^{{commit}}"):
             exclude.add(remote_sha)
     if not include:
-        return []
-    for ref in repo.refs("refs/remotes/", "refs/tags/"):
-        if ref.name not in pushed:
-            exclude.add(ref.peeled)
-    return include + [f"^{sha}" for sha in sorted(exclude)]
+        return Outgoing([])
+    names, targets = _remote_names(repo, remote)
+    for name in targets:
+        exclude.update(_tracking_refs(repo, name, names))
+    if upstream is not None and upstream.playbook.upstream_remote in names:
+        exclude.update(_tracking_refs(repo, upstream.playbook.upstream_remote, names))
+    trusted, notes = _trusted_tags(repo, include, exclude, pushed, upstream)
+    exclude.update(trusted.values())
+    return Outgoing(include + [f"^{sha}" for sha in sorted(exclude)], tuple(sorted(trusted)), notes)
+
+
+def _trusted_tags(repo: Repo, include: list[str], exclude: set[str], pushed: set[str],
+                  upstream: Upstream | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Upstream release tags (name -> commit) that would hide outgoing history and that
+    upstream confirms: same name, same commit. Upstream is asked only when such a tag exists."""
+    if upstream is None:
+        return {}, ()
+    # Tags reachable from a pushed sha and from nothing already excluded: only these matter.
+    args = [f"--merged={sha}" for sha in include] + [f"--no-merged={sha}" for sha in sorted(exclude)]
+    fmt = "--format=%(refname)%00%(objectname)%00%(*objectname)"
+    proc = repo.run_raw("for-each-ref", fmt, *args, "refs/tags/")
+    if proc.returncode != 0:  # e.g. a pushed tag of a tree: then trust no tag (the safe side)
+        return {}, ()
+    candidates: dict[str, str] = {}
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        ref, sha, peeled = line.split("\0")
+        name = ref.removeprefix("refs/tags/")
+        if ref not in pushed and upstream.playbook.version_of_tag(name) is not None:
+            candidates[name] = peeled or sha
+    if not candidates:
+        return {}, ()
+    try:
+        published = repo.ls_remote_tags(upstream.url)
+    except ForkopsError:
+        # The URL is not echoed: it may carry credentials.
+        return {}, (f"could not list upstream's tags, so {len(candidates)} release tag(s) are not "
+                    "trusted: their history is checked too (slower)",)
+    trusted = {n: c for n, c in candidates.items() if published.get(n) == c}
+    notes = tuple(f"tag {n} is not upstream's release tag at that commit: its history is checked"
+                  for n in sorted(set(candidates) - set(trusted)))
+    return trusted, notes
 
 
 # -- hooks ----------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from typing import Literal
 from forkops import anchors as anchors_mod
 from forkops import git, plan
 from forkops.errors import BadInput, GitError
-from forkops.git import Repo
+from forkops.git import Repo, conflict_kind
 from forkops.playbook import Anchor, Playbook
 from forkops.version import TagName, Version, nearest
 
@@ -101,7 +101,7 @@ class Patch:
 @dataclass(frozen=True)
 class Conflict:
     path: str
-    kind: str  # content, add/add, modify/delete, delete/modify, other -- from the index stages
+    kind: str  # content, add/add, modify/delete, delete/modify, rename -- git.conflict_kind
 
     def as_json(self) -> dict[str, str]:
         return {"path": self.path, "kind": self.kind}
@@ -443,12 +443,7 @@ def _conflicts(entries: Iterable[str]) -> list[Conflict]:
             continue
         meta, _, path = entry.partition("\t")
         stages.setdefault(path, set()).add(int(meta.split()[-1]))
-    kinds = {
-        frozenset({1, 2, 3}): "content", frozenset({2, 3}): "add/add",
-        frozenset({1, 2}): "modify/delete",  # upstream modified it, the patch deletes it
-        frozenset({1, 3}): "delete/modify",  # upstream deleted it, the patch modifies it
-    }
-    return [Conflict(p, kinds.get(frozenset(s), "other")) for p, s in sorted(stages.items())]
+    return [Conflict(p, conflict_kind(s)) for p, s in sorted(stages.items())]
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,7 +3,11 @@
 Per repository the run goes through these phases, each idempotent so that a run killed at any
 point (``kill -9`` included) is completed by ``--continue`` or undone by ``--abort``:
 
-``prepared``  backups recorded (``refs/forkops/backup/<run>/...`` + the state file), nothing moved;
+``prepared``  backups recorded (``refs/forkops/backup/<run>/...`` + the state file), nothing moved.
+              Every repository of the run is planned first (all input checked, only the upstream
+              tags needed fetched, and deleted again on a refusal), then all are recorded: bad
+              input for any repository moves nothing anywhere. A rebase git refuses to start
+              (untracked files in the way) returns the repository to this phase;
 ``rebasing``  ``tfX.Y.Z`` and ``bX.Y.Z`` created, ``git rebase --merge --onto`` running or stopped;
 ``anchors``   the rebase finished; anchors are checked, a moved patch is re-applied;
 ``pin``       pin rules (Serving's TensorFlow pin) are moved to ``bX.Y.Z``;
@@ -16,14 +20,14 @@ the per-repository state file ``.git/forkops/upgrade.json`` says what the run is
 it touched (original values; ``null`` = the ref did not exist); the backup refs keep the original
 commits reachable. The run as a whole (version, order of repositories, options) is
 ``<workspace>/.forkops/run.json`` (ignored by git through its own ``.gitignore``).
-Every state file is written atomically (temp file + rename).
+Every state file is written atomically (temp file + rename). Every ``git rebase`` runs with
+``_REBASE_CONFIG``, so the user's rebase settings cannot change what it does.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
 import tempfile
@@ -34,11 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from forkops import anchors as anchors_mod
+from forkops import keyfile, plan
 from forkops import pins as pins_mod
-from forkops import plan
 from forkops.errors import BadInput, ForkopsError, GitError, NeedsPerson
 from forkops.fsutil import write_atomic
-from forkops.git import Repo, clone
+from forkops.git import Repo, clone, conflict_kind
+from forkops.keyfile import KeyMaterial
 from forkops.playbook import Playbook
 from forkops.version import Version
 from forkops.workspace import RepoConfig, Workspace
@@ -52,14 +57,15 @@ CRASH_ENV = "FORKOPS_TEST_CRASH_AT"  # test hook: SIGKILL ourselves at a named s
 Log = Callable[[str], None]
 Progress = Callable[[str, float | None], None]
 
-# git's ort merge reports each conflict as "CONFLICT (<kind>): <text naming the paths>".
-_CONFLICT_RE = re.compile(r"^CONFLICT \((?P<kind>[^)]+)\): (?P<text>.*)$", re.MULTILINE)
-_KIND_BY_STAGES = {
-    frozenset({1, 2, 3}): "content",
-    frozenset({2, 3}): "add/add",
-    frozenset({1, 2}): "modify/delete",
-    frozenset({1, 3}): "modify/delete",
-}
+# Every rebase command runs with these: the user's own config must not change what the rebase
+# does. rebase.updateRefs would move other branches pointing into the stack (refs forkops never
+# recorded, so --abort could not restore them) and adds update-ref steps to the count;
+# autoSquash/rebaseMerges reorder or keep commits `forkops check` does not predict; autoStash
+# would hide a dirty worktree; rerere.autoUpdate would stage a remembered resolution unreviewed.
+_REBASE_CONFIG = ("-c", "rebase.updateRefs=false", "-c", "rebase.autoSquash=false",
+                  "-c", "rebase.rebaseMerges=false", "-c", "rebase.autoStash=false",
+                  "-c", "rerere.autoUpdate=false")
+MASKED = "<key site: masked>"
 
 
 def _crash_point(name: str) -> None:
@@ -129,7 +135,7 @@ class RepoState:
     reapplied: list[dict[str, str]] = field(default_factory=list)
     pinned: list[dict[str, str]] = field(default_factory=list)
     failure: dict[str, Any] | None = None
-    conflict_kinds: dict[str, Any] | None = None  # {"commit": sha, "kinds": {path: kind}}
+    pins_skipped: list[str] = field(default_factory=list)  # pin names the person --skip'ped
     pushed: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -284,44 +290,90 @@ def _new_run_id() -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Preparing one repository: everything is checked and recorded before anything moves
+# Planning and preparing: everything is checked for every repository before anything moves
 # ---------------------------------------------------------------------------------------
-def _prepare(ws: Workspace, rc: RepoConfig, run: RunState, log: Log) -> RepoState:
-    repo = ensure_clone(rc)
+def _untracked_in_the_way(repo: Repo, treeish: str) -> list[str]:
+    """Untracked (not ignored) files that checking out ``treeish`` would overwrite: the same
+    path, a file where the tree has a folder, or a file inside a folder the tree has as a file.
+    git refuses the whole rebase for them; ignored files it overwrites silently."""
+    untracked = [p for p in repo.run("ls-files", "--others", "--exclude-standard", "-z").split("\0") if p]
+    if not untracked:
+        return []
+    files = {p for p in repo.run("ls-tree", "-r", "--name-only", "-z", treeish).split("\0") if p}
+    folders = {f[:i] for f in files for i, c in enumerate(f) if c == "/"}
+
+    def parents(path: str) -> list[str]:
+        return [path[:i] for i, c in enumerate(path) if c == "/"]
+
+    return sorted(u for u in untracked if u in files or u in folders or any(d in files for d in parents(u)))
+
+
+def _plan(ws: Workspace, rc: RepoConfig, run: RunState, progress: Progress | None = None) -> RepoState:
+    """One repository's part of the run, fully checked (BadInput on any bad input), written
+    nowhere. It only fetches the upstream tags it needs; a refusal deletes those again, so a
+    refused plan leaves every ref as it was."""
+    repo = ensure_clone(rc, progress)
     pb = ws.playbook(rc)
     version = Version.parse(run.version)
     check_startable(repo, pb, rc.name)
     remote = pb.upstream_remote
     repo.set_remote(remote, rc.upstream)
     tags_before = _tag_refs(repo)
-    tag, onto_sha = plan.fetch_tag(repo, pb, remote, version)
-    refs = plan.stack_refs(repo, pb, target=version, start=run.start, base=run.base, remote=remote)
-    onto, branch = plan.branch_names(pb, version)
-    remote_heads = _origin_heads(repo, [onto, branch])
-    _check_target(repo, onto, onto_sha, f"tag {tag}", remote_heads.get(onto), force=run.force)
-    _check_target(repo, branch, refs.start_sha, f"the start branch {refs.start}", remote_heads.get(branch),
-                  force=run.force)
-    picked = plan.patch_stack(repo, refs)
+    try:
+        tag, onto_sha = plan.fetch_tag(repo, pb, remote, version)
+        refs = plan.stack_refs(repo, pb, target=version, start=run.start, base=run.base, remote=remote)
+        onto, branch = plan.branch_names(pb, version)
+        remote_heads = _origin_heads(repo, [onto, branch])
+        _check_target(repo, onto, onto_sha, f"tag {tag}", remote_heads.get(onto), force=run.force)
+        _check_target(repo, branch, refs.start_sha, f"the start branch {refs.start}",
+                      remote_heads.get(branch), force=run.force)
+        in_the_way = _untracked_in_the_way(repo, onto_sha)
+        if in_the_way:
+            shown = ", ".join(in_the_way[:5]) + (" ..." if len(in_the_way) > 5 else "")
+            raise BadInput(f"{rc.name}: untracked files in {repo.path} would be overwritten by "
+                           f"checking out {tag} ({shown}); move or remove them first")
+        picked = plan.patch_stack(repo, refs)
+    except ForkopsError:
+        _drop_tags(repo, _tag_refs(repo) - tags_before)
+        raise
     head_sha = repo.head()
     assert head_sha is not None
     branch_ref = repo.run_raw("symbolic-ref", "--quiet", "HEAD").stdout.decode().strip() or None
-
     touched: dict[str, str | None] = {ref: None for ref in sorted(_tag_refs(repo) - tags_before)}
     for short in (onto, branch):
         touched[f"refs/heads/{short}"] = repo.rev_parse(f"refs/heads/{short}")
-    st = RepoState(
+    return RepoState(
         run=run.id, repo=rc.name, version=run.version, phase="prepared", branch=branch, onto=onto,
         tag=str(tag), onto_sha=onto_sha, base=str(refs.base), base_sha=refs.base_sha, start=refs.start,
         start_sha=refs.start_sha, head_ref=branch_ref, head_sha=head_sha, refs=touched, picked=picked,
     )
-    # Backup refs first, the state file second: a crash between them leaves refs nothing reads.
-    lines = [f"update refs/forkops/backup/{run.id}/HEAD {head_sha}"]
-    lines += [f"update {_backup_ref(run.id, ref)} {sha}" for ref, sha in touched.items() if sha]
+
+
+def _drop_tags(repo: Repo, tags: set[str]) -> None:
+    if tags:
+        repo.run("update-ref", "--stdin", input="".join(f"delete {t}\n" for t in sorted(tags)))
+
+
+def _drop_plan(repo: Repo, st: RepoState) -> None:
+    """Undo a plan that was never recorded: delete the tags it fetched."""
+    _drop_tags(repo, {ref for ref, sha in st.refs.items() if sha is None and ref.startswith("refs/tags/")})
+
+
+def _record(repo: Repo, st: RepoState, log: Log) -> None:
+    """Backup refs first, the state file second: a crash between them leaves refs nothing reads."""
+    lines = [f"update {_backup_ref(st.run, 'HEAD')} {st.head_sha}"]
+    lines += [f"update {_backup_ref(st.run, ref)} {sha}" for ref, sha in st.refs.items() if sha]
     repo.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
     _save_state(repo, st)
-    log(f"{rc.name}: upgrading to {version}: {branch} from {refs.start} ({len(picked)} patches on "
-        f"{refs.base}), onto {onto} ({tag})")
+    log(f"{st.repo}: upgrading to {st.version}: {st.branch} from {st.start} ({len(st.picked)} patches "
+        f"on {st.base}), onto {st.onto} ({st.tag})")
     _crash_point("after-backup")
+
+
+def _prepare(ws: Workspace, rc: RepoConfig, run: RunState, log: Log) -> RepoState:
+    """Plan and record one repository (a run whose preparation was interrupted by a crash)."""
+    st = _plan(ws, rc, run)
+    _record(Repo(rc.path), st, log)
     return st
 
 
@@ -377,40 +429,50 @@ def unmerged(repo: Repo) -> dict[str, set[int]]:
     return stages
 
 
-def conflict_kinds(stages: dict[str, set[int]], messages: str = "") -> list[dict[str, str]]:
-    """Each unmerged path with its kind: content, add/add, modify/delete or rename.
+def conflict_kinds(stages: dict[str, set[int]]) -> list[dict[str, str]]:
+    """Each unmerged path with its kind, from its index stages (``forkops.git.conflict_kind``,
+    the same naming ``forkops check`` uses), sorted by path."""
+    return [{"path": p, "kind": conflict_kind(s)} for p, s in sorted(stages.items())]
 
-    git's CONFLICT lines name the kind when forkops saw them; otherwise the stages decide
-    (a path with only "ours" or only "theirs", or only the base, comes from a rename)."""
-    by_message: dict[str, str] = {}
-    for m in _CONFLICT_RE.finditer(messages):
-        kind = m.group("kind")
-        norm = ("rename" if "rename" in kind or kind in ("file location", "directory/file")
-                else kind if kind in ("content", "add/add", "modify/delete") else "content")
-        for path in stages:
-            if re.search(rf"(^|[\s'\"]){re.escape(path)}($|[\s,.'\"])", m.group("text")):
-                by_message.setdefault(path, norm)
-                if norm == "rename":
-                    by_message[path] = norm
-    return [{"path": p, "kind": by_message.get(p) or _KIND_BY_STAGES.get(frozenset(s), "rename")}
-            for p, s in sorted(stages.items())]
+
+class _RebaseRefused(Exception):
+    """git refused to start the rebase and changed nothing (e.g. untracked files in the way)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def _git_complaint(stderr: str) -> list[str]:
+    """git's own reason from a refusal: its ``error:``/``fatal:`` lines with the paths listed
+    under them, without the generic trailer ("could not detach HEAD")."""
+    lines: list[str] = []
+    for line in stderr.splitlines():
+        if line.startswith("\t") and lines:
+            lines[-1] += ("" if lines[-1].endswith(":") else ",") + " " + line.strip()
+        elif line.startswith(("error: ", "fatal: ")) and "could not detach HEAD" not in line:
+            lines.append(line.split(": ", 1)[1].strip())
+    return lines or [line for line in stderr.splitlines() if line.strip()][-1:] or ["no error output"]
 
 
 def _run_rebase(repo: Repo, st: RepoState, args: list[str]) -> bool:
-    """Run a ``git rebase`` command; True when the rebase finished, False when it stopped."""
-    proc = repo.run_raw("rebase", *args, env={"GIT_EDITOR": "true"})
+    """Run a ``git rebase`` command; True when the rebase finished, False when it stopped.
+
+    Raises _RebaseRefused when a starting rebase failed before it began (no rebase state,
+    the branch untouched): the caller rolls back and reports it as bad input."""
+    proc = repo.run_raw(*_REBASE_CONFIG, "rebase", *args, env={"GIT_EDITOR": "true"})
     output = proc.stdout.decode("utf-8", "replace") + "\n" + proc.stderr.decode("utf-8", "replace")
     if _rebase_dir(repo).is_dir():
-        pos = rebase_position(repo)
-        stages = unmerged(repo)
-        st.conflict_kinds = {"commit": pos["commit"] if pos else "",
-                             "kinds": {c["path"]: c["kind"] for c in conflict_kinds(stages, output)}}
-        if not stages:
-            st.notes = [line for line in output.splitlines() if line.strip()][-3:]
+        # A stop without unmerged files (an empty commit, untracked files in the way): git's
+        # last lines say why; with unmerged files, status lists them instead.
+        st.notes = [] if unmerged(repo) else [ln for ln in output.splitlines() if ln.strip()][-3:]
         _save_state(repo, st)
         _crash_point("after-rebase-stop")
         return False
     if proc.returncode != 0:
+        starting = args[0] not in ("--continue", "--skip")
+        if starting and repo.rev_parse(f"refs/heads/{st.branch}") == st.start_sha:
+            raise _RebaseRefused(_git_complaint(proc.stderr.decode("utf-8", "replace")))
         raise GitError(["rebase", *args], proc.returncode, output)
     return True
 
@@ -469,31 +531,99 @@ def _reapply(repo: Repo, st: RepoState, res: anchors_mod.AnchorResult) -> tuple[
     return _commit_file(repo, res.path, proc.stdout, message), ""
 
 
-def _anchor_failure(repo: Repo, st: RepoState, res: anchors_mod.AnchorResult, detail: str) -> dict[str, Any]:
+def _site_value_spans(text: str, pb: Playbook) -> list[tuple[int, int]]:
+    """Spans of every key site's ``value`` group in ``text``, also where the text is a diff:
+    each line is matched once more without its ``+``/``-``/`` `` column (a pattern anchored
+    with ``^`` would miss it otherwise), and those spans are mapped back."""
+    stripped: list[str] = []
+    where: list[int] = []  # original offset of each character of the stripped text
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        cut = 1 if line[:1] in ("+", "-", " ") else 0
+        stripped.append(line[cut:])
+        where.extend(range(pos + cut, pos + len(line)))
+        pos += len(line)
+    where.append(pos)
+    plain = "".join(stripped)
+    spans = []
+    for site in pb.key_sites:
+        spans += [m.span("value") for m in site.regex.finditer(text)]
+        spans += [(where[m.start("value")], where[m.end("value")]) for m in site.regex.finditer(plain)]
+    return spans
+
+
+def mask_secrets(text: str, pb: Playbook, material: KeyMaterial | None) -> str:
+    """``text`` (e.g. the fork's diff of a key site file, shown and stored on an anchor failure)
+    with every key site value replaced by ``<key site: masked>``; with ``material``, every line
+    that still holds the key or IV in a form the commit guard knows is replaced too, and a text
+    that holds it across lines even then is withheld whole."""
+    spans = sorted(_site_value_spans(text, pb))
+    merged: list[list[int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    for a, b in reversed(merged):
+        text = text[:a] + MASKED + text[b:]
+    if material is None:
+        return text
+    from forkops.guard import Matcher
+
+    matcher = Matcher(material)
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if matcher.find(line.encode("utf-8", "surrogateescape")):
+            mark = line[:1] if line[:1] in ("+", "-", " ") else ""
+            line = f"{mark}<line masked: it holds the key>" + ("\n" if line.endswith("\n") else "")
+        lines.append(line)
+    text = "".join(lines)
+    plain = "".join(ln[1:] if ln[:1] in ("+", "-", " ") else ln for ln in text.splitlines(keepends=True))
+    if any(matcher.find(t.encode("utf-8", "surrogateescape")) for t in (text, plain)):
+        return "<the fork's change is withheld: it holds the key>"
+    return text
+
+
+def _key_material(ws: Workspace) -> KeyMaterial | None:
+    """The workspace's key, when a usable keys file exists (only to recognise it in text)."""
+    path = keyfile.resolve_path(None, ws.root)
+    if not path.is_file():
+        return None
+    try:
+        return keyfile.load(path)
+    except ForkopsError:
+        return None  # a keys file forkops refuses to read: the key site masking still applies
+
+
+def _anchor_failure(ws: Workspace, repo: Repo, pb: Playbook, st: RepoState, res: anchors_mod.AnchorResult,
+                    detail: str) -> dict[str, Any]:
     change = ""
     if res.left_behind:
         old = res.left_behind[0]
-        change = repo.run("diff", st.base_sha, st.start_sha, "--", old, check=False)[:4000]
+        # Old-style forks commit the key in this very file: mask before it is shown or stored,
+        # and only then shorten it (a cut could leave a key site's value half matched).
+        diff = repo.run("diff", st.base_sha, st.start_sha, "--", old, check=False)
+        change = mask_secrets(diff, pb, _key_material(ws))[:4000]
     return {"kind": "anchor", "anchor": res.name, "message": detail or res.detail, "path": res.path,
             "defined_in": list(res.defined_in), "patched_in": list(res.patched_in), "change": change}
 
 
-def _check_anchors(repo: Repo, pb: Playbook, st: RepoState, log: Log) -> dict[str, Any] | None:
+def _check_anchors(ws: Workspace, repo: Repo, pb: Playbook, st: RepoState, log: Log) -> dict[str, Any] | None:
     version = Version.parse(st.version)
     for res in anchors_mod.check_all(repo, "HEAD", pb.anchors, version):
         if res.ok:
             log(f"{st.repo}: anchor {res.name}: ok ({res.path})")
             continue
         if not (res.left_behind and res.path):
-            return _anchor_failure(repo, st, res, "")
+            return _anchor_failure(ws, repo, pb, st, res, "")
         commit, detail = _reapply(repo, st, res)
         if commit is None:
-            return _anchor_failure(repo, st, res, detail)
+            return _anchor_failure(ws, repo, pb, st, res, detail)
         _crash_point("after-reapply")
         anchor = next(a for a in pb.anchors if a.name == res.name)
         again = anchors_mod.check(repo, "HEAD", anchor, version)
         if not again.ok or again.path != res.path:
-            return _anchor_failure(repo, st, again, f"re-applied to {res.path}, but: {again.detail}")
+            return _anchor_failure(ws, repo, pb, st, again, f"re-applied to {res.path}, but: {again.detail}")
         st.reapplied.append({"anchor": res.name, "from": res.left_behind[0], "to": res.path, "commit": commit})
         log(f"{st.repo}: anchor {res.name}: re-applied the patch to {res.path} "
             f"(moved from {res.left_behind[0]}) in {commit[:12]}")
@@ -501,21 +631,35 @@ def _check_anchors(repo: Repo, pb: Playbook, st: RepoState, log: Log) -> dict[st
 
 
 def _apply_pins(repo: Repo, pb: Playbook, st: RepoState, log: Log) -> dict[str, Any] | None:
+    """Move every pin to the new branch (one commit each); a failure dict when one cannot be.
+    Re-run by --continue: a pin already right is left alone, one fixed by hand is accepted."""
     version = Version.parse(st.version)
     for pin in pb.pins:
+        if pin.name in st.pins_skipped:
+            continue
         blob = repo.show_file("HEAD", pin.file)
         if blob is None:
             return {"kind": "pin", "pin": pin.name, "path": pin.file,
-                    "message": f"pin {pin.name}: {pin.file} does not exist on {st.branch}"}
-        edit = pins_mod.apply(pb, pin, version, blob.decode("utf-8"))
+                    "message": f"pin {pin.name}: {pin.file} does not exist on {st.branch}; add it "
+                               f"by hand and commit, or `forkops upgrade --skip` to finish without it"}
+        # Any bytes round-trip: a WORKSPACE is not guaranteed to be UTF-8.
+        edit = pins_mod.apply(pb, pin, version, blob.decode("utf-8", "surrogateescape"))
+        if edit.skip is not None:
+            if edit.skip not in st.notes:
+                st.notes.append(edit.skip)
+            log(f"{st.repo}: pin {pin.name}: {edit.skip}")
+            continue
         if not edit.ok:
+            what = (f"{pin.name} is a {edit.rule}, not pinned to a branch of the fork" if edit.rule
+                    else f"no rule named {pin.name}")
             return {"kind": "pin", "pin": pin.name, "path": pin.file,
-                    "message": f"pin {pin.name}: {pin.file} has no match for /{pin.pattern}/; "
-                               f"point it at {edit.wanted} by hand, commit, then --continue"}
+                    "message": f"pin {pin.name}: {pin.file} has no match for /{pin.pattern}/ ({what}); "
+                               f"point it at {edit.wanted} by hand and commit, then --continue; or "
+                               f"`forkops upgrade --skip` to finish without this pin"}
         if edit.text is None:
             log(f"{st.repo}: pin {pin.name} already names {edit.wanted}")
             continue
-        commit = _commit_file(repo, pin.file, edit.text.encode(),
+        commit = _commit_file(repo, pin.file, edit.text.encode("utf-8", "surrogateescape"),
                               f"Pin {pin.name} to {edit.wanted} (was {edit.found})\n\n"
                               f"forkops upgrade {st.version}: {pin.file} now builds against {edit.wanted}.\n")
         st.pinned.append({"pin": pin.name, "file": pin.file, "from": edit.found or "", "to": edit.wanted,
@@ -529,8 +673,6 @@ def _reapply_key(ws: Workspace, repo: Repo, pb: Playbook, st: RepoState, log: Lo
     """Write the key into the new branch's key sites (working tree only), when a keys file exists."""
     if not pb.key_sites:
         return
-    from forkops import keyfile
-
     path = keyfile.resolve_path(None, ws.root)
     if not path.is_file():
         return
@@ -554,6 +696,7 @@ def _advance(ws: Workspace, rc: RepoConfig, st: RepoState, action: str | None, l
     repo = Repo(rc.path)
     pb = ws.playbook(rc)
     if st.phase == "prepared":
+        check_startable(repo, pb, st.repo)
         if repo.current_branch() in (st.onto, st.branch):
             # --force replaces a branch that is checked out: leave it first, so moving the ref
             # does not leave the worktree looking modified.
@@ -584,18 +727,27 @@ def _advance(ws: Workspace, rc: RepoConfig, st: RepoState, action: str | None, l
             if not _run_rebase(repo, st, args):
                 return False
         elif not _rebase_done(repo, st):
-            if repo.operation_in_progress() is not None:
-                raise BadInput(f"{rc.name}: a {repo.operation_in_progress()} forkops did not start is "
-                               f"in progress in {repo.path}; finish or abort it first")
-            check_startable(repo, pb, rc.name)
+            check_startable(repo, pb, st.repo)
             log(f"{rc.name}: git rebase --onto {st.onto} {st.base} {st.branch}")
-            if not _run_rebase(repo, st, ["--merge", "--no-rerere-autoupdate", "--onto", st.onto_sha,
-                                          st.base_sha, st.branch]):
+            try:
+                finished = _run_rebase(repo, st, ["--merge", "--no-rerere-autoupdate", "--onto",
+                                                  st.onto_sha, st.base_sha, st.branch])
+            except _RebaseRefused as exc:
+                # Nothing was rebased: undo the branches made for it, so the refusal leaves the
+                # repository as it was; the run waits in `prepared` for --continue or --abort.
+                st.notes = [f"git refused to start the rebase: {'; '.join(exc.lines)}"]
+                _back_to_prepared(repo, st)
+                untracked = any("untracked" in line for line in exc.lines)
+                raise BadInput(
+                    f"{rc.name}: git refused to start the rebase: {'; '.join(exc.lines)}",
+                    hint=("move or remove those untracked files" if untracked else "fix what git names")
+                    + f" in {repo.path}, then `forkops upgrade --continue` (or `--abort`); "
+                      f"{st.branch} and {st.onto} were not created") from None
+            if not finished:
                 return False
         if action == "skip":
             raise BadInput(f"{rc.name}: nothing to skip: the rebase is not stopped on a commit")
         st.dropped = _dropped(repo, st)
-        st.conflict_kinds = None
         st.notes = []
         st.phase = "anchors"
         _save_state(repo, st)
@@ -604,14 +756,21 @@ def _advance(ws: Workspace, rc: RepoConfig, st: RepoState, action: str | None, l
         if action is None:
             return False
         if action == "skip":
-            raise BadInput(f"{rc.name}: nothing to skip: the upgrade stopped on a failed "
-                           f"{st.failure.get('kind', 'anchor')}, not on a commit")
+            if st.failure.get("kind") != "pin":
+                raise BadInput(f"{rc.name}: nothing to skip: the upgrade stopped on a failed anchor, "
+                               f"not on a commit; fix it on {st.branch} and commit, or --abort")
+            # The way out of a pin the fork cannot express: finish without it, on record.
+            name = str(st.failure.get("pin"))
+            st.pins_skipped.append(name)
+            st.notes.append(f"pin {name} skipped (--skip): {st.failure.get('path')} does not name "
+                            f"{st.branch}; point it there by hand if the build needs it")
+            log(f"{rc.name}: {st.notes[-1]}")
         _on_branch_and_clean(repo, pb, st)
         st.failure = None
         _save_state(repo, st)
     if st.phase == "anchors":
         _on_branch_and_clean(repo, pb, st)
-        st.failure = _check_anchors(repo, pb, st, log)
+        st.failure = _check_anchors(ws, repo, pb, st, log)
         if st.failure is None:
             st.phase = "pin"
         _save_state(repo, st)
@@ -634,6 +793,27 @@ def _advance(ws: Workspace, rc: RepoConfig, st: RepoState, action: str | None, l
         log(f"{rc.name}: {st.branch} is ready ({len(st.picked) - len(st.dropped) - len(st.skipped)} of "
             f"{len(st.picked)} patches on {st.onto})")
     return st.phase in ("finished", "done")
+
+
+def _back_to_prepared(repo: Repo, st: RepoState) -> None:
+    """Undo the ``prepared`` -> ``rebasing`` step: the branches it made get their values from
+    before the run back (or go), HEAD returns to where it was. Fetched tags stay recorded for
+    --abort. The worktree is not forced: git refused before it changed anything."""
+    repo.run("checkout", "--quiet", "--detach", st.head_sha)
+    lines = []
+    for ref, sha in st.refs.items():
+        if not ref.startswith("refs/heads/"):
+            continue
+        if sha is not None:
+            lines.append(f"update {ref} {sha}")
+        elif repo.rev_parse(ref) is not None:
+            lines.append(f"delete {ref}")
+    if lines:
+        repo.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
+    if st.head_ref is not None:
+        repo.run("symbolic-ref", "HEAD", st.head_ref)
+    st.phase = "prepared"
+    _save_state(repo, st)
 
 
 def _on_branch_and_clean(repo: Repo, pb: Playbook, st: RepoState) -> None:
@@ -697,37 +877,29 @@ def _active_run(ws: Workspace) -> RunState | None:
 
 
 def start(ws: Workspace, opts: Options, *, log: Log = _quiet, progress: Progress | None = None) -> Outcome:
-    """``forkops upgrade X.Y.Z``: check every repository, then run them in order."""
+    """``forkops upgrade X.Y.Z``: plan every repository (all input checked), record them all,
+    then run them in order. Bad input for any repository moves nothing anywhere."""
     active = _active_run(ws)
     if active is not None:
         raise BadInput(f"an upgrade to {active.version} is in progress; run `forkops upgrade --continue`, "
                        f"`--skip` or `--abort` (see `forkops status`)")
     configs = ws.select(opts.repo)
-    # Everything checkable is checked for every repository before the first one moves.
-    for rc in configs[1:]:  # the first one is checked by its preparation right below
-        repo = ensure_clone(rc, progress)
-        pb = ws.playbook(rc)
-        check_startable(repo, pb, rc.name)
-        repo.set_remote(pb.upstream_remote, rc.upstream)
-        _check_remote_tag(repo, pb, opts.version)
     run = RunState(id=_new_run_id(), version=str(opts.version), repos=[rc.name for rc in configs],
                    start=opts.start, base=opts.base, push=opts.push, force=opts.force,
                    force_with_lease=opts.force_with_lease)
-    # The run file first, so a crash inside the preparation leaves a run that --continue and
-    # --abort know; a refusal (exit 2) removes it again: then nothing was started.
-    _save_run(ws, run)
+    plans: list[tuple[Repo, RepoState]] = []
     try:
-        _prepare(ws, configs[0], run, log)
+        for rc in configs:
+            plans.append((Repo(rc.path), _plan(ws, rc, run, progress)))
     except ForkopsError:
-        _run_path(ws).unlink(missing_ok=True)
+        for repo, st in plans:
+            _drop_plan(repo, st)
         raise
+    # The run file first, so a crash while recording leaves a run --continue and --abort know.
+    _save_run(ws, run)
+    for repo, st in plans:
+        _record(repo, st, log)
     return _drive(ws, run, None, log)
-
-
-def _check_remote_tag(repo: Repo, pb: Playbook, version: Version) -> None:
-    tags = plan.remote_release_tags(repo, pb, pb.upstream_remote)
-    if pb.tag(version) not in tags:
-        plan.fetch_tag(repo, pb, pb.upstream_remote, version, tags)  # raises with the nearest versions
 
 
 def resume(ws: Workspace, *, skip: bool = False, push: bool = False, force_with_lease: bool = False,
@@ -769,8 +941,9 @@ def abort(ws: Workspace, *, log: Log = _quiet) -> Outcome:
 def _abort_repo(repo: Repo, st: RepoState, log: Log) -> None:
     st.phase = "aborting"
     _save_state(repo, st)
-    if _rebase_dir(repo).is_dir() and _our_rebase(repo, st) and not repo.ok("rebase", "--abort"):
-        repo.run("rebase", "--quit")
+    if _rebase_dir(repo).is_dir() and _our_rebase(repo, st) and not repo.ok(
+            *_REBASE_CONFIG, "rebase", "--abort"):
+        repo.run(*_REBASE_CONFIG, "rebase", "--quit")
     _crash_point("abort-after-rebase")
     # Detach at the original commit first: the branch HEAD was on may be a ref being restored.
     repo.run("checkout", "--quiet", "--force", "--detach", st.head_sha)
@@ -817,10 +990,7 @@ def repo_status(repo: Repo, st: RepoState, run: RunState | None) -> dict[str, An
         data["state"] = "conflict"
         data["stopped_at"] = pos
         stages = unmerged(repo)
-        known = (st.conflict_kinds or {}).get("kinds", {}) if (
-            pos and (st.conflict_kinds or {}).get("commit") == pos["commit"]) else {}
-        data["conflicts"] = [{"path": c["path"], "kind": known.get(c["path"], c["kind"])}
-                             for c in conflict_kinds(stages)]
+        data["conflicts"] = conflict_kinds(stages)
         if stages:
             data["next"] = [f"resolve each file listed (edit it, or `git mergetool`) in {repo.path}",
                             "`git add <file>` (or `git rm <file>`) for each resolved file",
@@ -833,8 +1003,12 @@ def repo_status(repo: Repo, st: RepoState, run: RunState | None) -> dict[str, An
     if st.failure is not None:
         data["state"] = "anchor-failed"
         data["next"] = [f"fix it by hand on {st.branch} in {repo.path} and commit",
-                        "forkops upgrade --continue  (checks again)",
-                        "(or: forkops upgrade --abort to undo the run)"]
+                        "forkops upgrade --continue  (checks again)"]
+        if st.failure.get("kind") == "pin":
+            data["next"].append("(or: forkops upgrade --skip to finish without this pin, "
+                                "--abort to undo the run)")
+        else:
+            data["next"].append("(or: forkops upgrade --abort to undo the run)")
         return data
     if st.phase == "finished":
         data["next"] = ["forkops upgrade --continue  (the next repository of the run)"]
@@ -866,7 +1040,11 @@ def status(ws: Workspace) -> dict[str, Any]:
         current = next((by_name[n] for n in order if n in by_name and by_name[n]["phase"] == "finished"), None)
     if current is None:
         current = by_name[order[-1]] if order and order[-1] in by_name else (entries[-1] if entries else None)
-    repos = [{"repo": n, "state": by_name[n]["state"] if n in by_name else "pending",
+
+    def waiting(n: str) -> bool:  # not started yet: no state, or prepared behind the current one
+        return n not in by_name or (by_name[n] is not current and by_name[n]["phase"] == "prepared")
+
+    repos = [{"repo": n, "state": "pending" if waiting(n) else by_name[n]["state"],
               "phase": by_name[n]["phase"] if n in by_name else "pending"} for n in order]
     result = dict(current) if current is not None else {
         "repo": order[0] if order else None, "version": run.version if run else None, "state": "idle",

@@ -25,13 +25,14 @@ import pytest
 
 from forkops import build, keys
 from forkops import sandbox as sb_mod
-from forkops.errors import NeedsPerson
+from forkops.errors import ConfigError, ExternalError, NeedsPerson
 from forkops.playbook import BuildSpec
 from forkops.playbook import load as load_playbook
 from forkops.version import Version
 from tests.clihelp import run_cli
 
 STANDINS = Path(__file__).parent / "standins"
+SOURCE = str(Path(__file__).resolve().parents[1])  # subprocesses run this checkout, not an installed copy
 KEY = b"Tst-Key-0123ABCD"  # test data, not a real key
 DOCKER_DIR = sb_mod.SERVING_DOCKER
 SPEC = load_playbook("serving").build
@@ -301,11 +302,13 @@ def test_stage_upstream_styles(ws: sb_mod.Sandbox, tmp_path: Path, style: str) -
         if style == "2.20":
             assert (ctx / "tensorflow/PATCH_CMDS_RAN").read_text() == "patch_cmds ran\n"
             assert "An end-to-end (patch_cmds)" in readme
-        # The key is in the staged TF tree's sites, and only there.
+        # The key is in the staged TF tree's sites, and in the staged Serving .bazelrc (Bazel does
+        # not read a local_repository's .bazelrc); nowhere else.
         assert st.key_sites >= 4
         with_key = files_with_key(st.root)
-        assert with_key and all(p.startswith("context/tensorflow/") for p in with_key)
+        assert with_key and all(p.startswith("context/tensorflow/") or p == "context/.bazelrc" for p in with_key)
         assert "context/tensorflow/.bazelrc" in with_key
+        assert f"build --define=MODEL_ENCRYPT_KEY={KEY.decode()}\n" in (ctx / ".bazelrc").read_text()
         assert "context/tensorflow/tensorflow/tools/cryptfile/cryptfile.cc" in with_key
         assert any("workspace" in n.lower() and "local_repository" in n for n in st.notes)
     finally:
@@ -364,6 +367,8 @@ def test_build_cpu_commands(ws: sb_mod.Sandbox, standin: Path) -> None:
                        "TF_SERVING_BUILD_IMAGE=registry.example.com/ml/tensorflow-serving:2.18.0-devel", *labels, ctx]
     devel_call = next(c for c in calls(standin) if c["argv"] == argv[0])
     assert "ADD . /tensorflow-serving" in str(devel_call["dockerfile_text"])
+    # The context docker received carries the key define in Serving's own .bazelrc.
+    assert f"build --define=MODEL_ENCRYPT_KEY={KEY.decode()}\n" in str(devel_call["context_bazelrc"])
     assert devel_call["context_has_tensorflow"] and not devel_call["context_has_git"]
     assert devel_call["BUILDKIT_PROGRESS"] == "plain"
     assert not Path(ctx).exists()  # staged folder removed afterwards
@@ -450,7 +455,7 @@ def test_build_interrupt_removes_stage(ws: sb_mod.Sandbox, standin: Path, tmp_pa
         f'if [ "$1" = build ]; then echo started; touch {standin}/build-started; exec sleep 30; fi\n'
         f'exec {sys.executable} {STANDINS}/docker "$@"\n')
     (slow / "docker").chmod(0o755)
-    env = {**os.environ, "PATH": f"{slow}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{slow}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": SOURCE}
     proc = subprocess.Popen([sys.executable, "-m", "forkops", "build", "2.18.0"], cwd=ws.workspace, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
@@ -467,3 +472,244 @@ def test_build_interrupt_removes_stage(ws: sb_mod.Sandbox, standin: Path, tmp_pa
 
 def test_build_spec_defaults_match_playbook() -> None:
     assert BuildSpec(source_fetch=SPEC.source_fetch) == SPEC
+
+
+# ---------------------------------------------------------------------------------------
+# carried patches: missing tools are exit 3, a patch that does not apply is exit 1
+# ---------------------------------------------------------------------------------------
+def patch_trees(tmp_path: Path, patch_text: str) -> tuple[Path, Path, build.CarriedPatches]:
+    serving, tf = tmp_path / "serving", tmp_path / "tf"
+    (serving / "third_party/tensorflow").mkdir(parents=True)
+    tf.mkdir()
+    (tf / "README.md").write_text("one\ntwo\nthree\n")
+    (serving / "third_party/tensorflow/tensorflow.patch").write_text(patch_text)
+    return serving, tf, build.CarriedPatches((("third_party/tensorflow/tensorflow.patch", ("-p1",)),))
+
+
+def test_missing_patch_or_bash_is_an_external_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    serving, tf, carried = patch_trees(tmp_path, "")
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # neither patch nor bash can be found
+    with pytest.raises(ExternalError, match=r"^patch is not installed") as err:
+        build.apply_carried(carried, serving_root=serving, tf_root=tf, path="WORKSPACE")
+    assert err.value.exit_code == 3
+    with pytest.raises(ExternalError, match=r"^bash is not installed"):
+        build.apply_carried(build.CarriedPatches((), ("true",)), serving_root=serving, tf_root=tf, path="WORKSPACE")
+
+
+def test_patch_that_does_not_apply_names_file_and_first_failing_hunk(tmp_path: Path) -> None:
+    stale = ("--- a/README.md\n+++ b/README.md\n@@ -1,3 +1,3 @@\n one\n-zwei\n+two and a half\n three\n"
+             "@@ -10,2 +10,2 @@\n-ten\n+TEN\n eleven\n")
+    serving, tf, carried = patch_trees(tmp_path, stale)
+    with pytest.raises(NeedsPerson) as err:
+        build.apply_carried(carried, serving_root=serving, tf_root=tf, path="WORKSPACE")
+    assert err.value.exit_code == 1
+    assert err.value.message == ("WORKSPACE: patch third_party/tensorflow/tensorflow.patch does not apply to the "
+                                 "TensorFlow fork: README.md: Hunk #1 FAILED at 1.")
+    assert (tf / "README.md").read_text() == "one\ntwo\nthree\n"
+
+
+def test_build_with_stale_serving_patch_exits_1(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
+    sv = ws.clone("serving")
+    stale = "--- a/README.md\n+++ b/README.md\n@@ -1,1 +1,1 @@\n-No such line in the fork\n+Patched\n"
+    git(sv, "checkout", "-q", "b2.18.0")
+    (sv / "third_party/tensorflow/tensorflow.patch").write_text(stale)
+    git(sv, "commit", "-q", "-am", "a patch that no longer applies")
+    git(sv, "checkout", "-q", "b2.4.0")
+    res = run_cli("build", "2.18.0")
+    assert res.code == 1, res.err
+    assert "patch third_party/tensorflow/tensorflow.patch does not apply" in res.err
+    assert "README.md: Hunk #1 FAILED" in res.err
+    assert build_calls(standin) == []
+    assert [p for p in (tmp_path / "tmp").iterdir() if p.is_dir()] == []
+
+
+# ---------------------------------------------------------------------------------------
+# the key define reaches the Serving build's own .bazelrc
+# ---------------------------------------------------------------------------------------
+def test_key_define_appended_to_existing_serving_bazelrc(ws: sb_mod.Sandbox, standin: Path) -> None:
+    sv = ws.clone("serving")
+    serving_rc = "# Serving's own options\nbuild --action_env=PYTHON_BIN_PATH=/usr/bin/python3\nbuild -c opt"
+    git(sv, "checkout", "-q", "b2.18.0")
+    (sv / ".bazelrc").write_text(serving_rc)  # no final newline: the define must still be its own line
+    git(sv, "add", ".bazelrc")
+    git(sv, "commit", "-q", "-m", "serving .bazelrc")
+    git(sv, "checkout", "-q", "b2.4.0")
+    before = {p: snapshot(p) for p in (ws.clone("tensorflow"), sv)}
+    res = run_cli("build", "2.18.0")
+    assert res.code == 0, res.err
+    assert "--define=MODEL_ENCRYPT_KEY to the staged Serving tree" in res.out
+    rc = str(next(c for c in calls(standin) if "build" in c["argv"][:2])["context_bazelrc"])  # type: ignore[operator]
+    assert rc.startswith(serving_rc + "\n")
+    assert rc.splitlines()[-1] == f"build --define=MODEL_ENCRYPT_KEY={KEY.decode()}"
+    for repo, snap in before.items():  # the user's checkouts: untouched, no key anywhere
+        assert snapshot(repo) == snap and files_with_key(repo) == []
+    everything = json.dumps([c["argv"] for c in calls(standin)]).encode()
+    assert not any(form in everything for form in key_forms())
+    assert KEY.decode() not in res.out + res.err
+
+
+def test_hex_key_cannot_be_a_serving_define(tmp_path: Path) -> None:
+    from forkops import keyfile
+
+    tf, serving = tmp_path / "tf", tmp_path / "serving"
+    tf.mkdir()
+    serving.mkdir()
+    (tf / ".bazelrc").write_text("build --define=MODEL_ENCRYPT_KEY=placeholder\n")
+    (serving / ".bazelrc").write_text("build -c opt\n")
+    hexed = keyfile.KeyMaterial("aes-128-cbc", bytes(range(0x80, 0x90)), keyfile.DEFAULT_IV, None, key_is_hex=True)
+    with pytest.raises(ConfigError) as err:
+        build.carry_bazel_defines(tf, serving, load_playbook("tensorflow"), hexed)
+    assert err.value.message.startswith(".bazelrc:1: key site 'bazelrc key define' refused: a Bazel define")
+    assert (serving / ".bazelrc").read_text() == "build -c opt\n"  # nothing written
+    assert bytes(range(0x80, 0x90)).hex() not in err.value.message
+
+
+# ---------------------------------------------------------------------------------------
+# the build log never holds the key
+# ---------------------------------------------------------------------------------------
+def announce_rc(value: str) -> str:
+    return ("INFO: Reading rc options for 'build' from /tensorflow-serving/.bazelrc: 'build' options: "
+            f"--define=grpc_no_ares=true --define=MODEL_ENCRYPT_KEY={value} --copt=-O2")
+
+
+def test_redactor_replaces_every_encoding_with_the_fingerprint() -> None:
+    from forkops import keyfile
+    from forkops.guard import Matcher
+
+    iv = b"Iv-0123456789abc"
+    mat = keyfile.KeyMaterial("aes-128-cbc", KEY, iv, None)
+    redact = build.LogRedactor(mat)
+    fp, ivfp = mat.key_fingerprint, mat.iv_fingerprint
+    arr = ", ".join(f"0x{b:02X}" for b in KEY)
+    lines = {
+        announce_rc(KEY.decode()): announce_rc(f"<key {fp}>"),
+        f"key hex {KEY.hex().upper()} end": f"key hex <key {fp}> end",
+        f"spaced {' '.join(KEY.hex()[i:i + 2] for i in range(0, 32, 2))}.": f"spaced <key {fp}>.",
+        f"cc:12: static const char kKey[] = {{{arr}}};": f"cc:12: static const char kKey[] = {{<key {fp}>}};",
+        "esc " + "".join(f"\\x{b:02x}" for b in KEY) + " and iv " + iv.decode():
+            f"esc <key {fp}> and iv <iv {ivfp}>",
+        "decimal = {" + ",".join(str(b) for b in KEY) + "}": f"decimal = {{<key {fp}>}}",
+        "#5 DONE 0.1s": "#5 DONE 0.1s",
+    }
+    for line, want in lines.items():
+        got = redact((line + "\n").encode())
+        assert got == (want + "\n").encode(), line
+        assert Matcher(mat).find(got) == []
+
+
+def test_run_builds_redacts_log_status_and_tail(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
+    from forkops.docker import Docker
+    from forkops.guard import Matcher
+
+    (standin / "config.json").write_text(json.dumps({
+        "build_lines": [announce_rc(KEY.decode()), f"ERROR: key {KEY.hex()} rejected"],
+        "fail_tags": ["tensorflow-serving:2.18.0-devel"]}))
+    mat = material()
+    step = build.BuildStep("cpu", "devel", "tensorflow-serving:2.18.0-devel",
+                           ("build", "--tag", "tensorflow-serving:2.18.0-devel", str(tmp_path)))
+    log = tmp_path / "build.log"
+    seen: list[str] = []
+    with pytest.raises(build.BuildFailed) as err:
+        build.run_builds(Docker(), [step], log=log, material=mat,  # type: ignore[arg-type]
+                         on_line=lambda _s, _i, line: seen.append(line))
+    fp = mat.key_fingerprint  # type: ignore[attr-defined]
+    assert seen[0] == announce_rc(f"<key {fp}>") and seen[1] == f"ERROR: key <key {fp}> rejected"
+    assert err.value.tail[:2] == seen[:2]
+    matcher = Matcher(mat)  # type: ignore[arg-type]
+    for text in (log.read_text(), "\n".join(seen), "\n".join(err.value.tail), str(err.value)):
+        assert matcher.find(text.encode()) == [] and f"<key {fp}>" in log.read_text()
+
+
+def test_build_failure_output_and_log_never_hold_the_key(ws: sb_mod.Sandbox, standin: Path) -> None:
+    from forkops.guard import Matcher
+
+    (standin / "config.json").write_text(json.dumps({
+        "build_lines": ["#1 [internal] load build definition", announce_rc(KEY.decode())],
+        "fail_tags": ["tensorflow-serving:2.18.0-devel"]}))
+    res = run_cli("build", "2.18.0")
+    assert res.code == 3
+    log = Path(re.search(r"full log: (\S+\.log)", res.err).group(1))  # type: ignore[union-attr]
+    text = log.read_text()
+    fp = material().key_fingerprint  # type: ignore[attr-defined]
+    assert announce_rc(f"<key {fp}>") in text  # the line is there, the key is not
+    assert announce_rc(f"<key {fp}>") in " ".join(res.err.split())  # in the failure tail
+    matcher = Matcher(material())  # type: ignore[arg-type]
+    for data in (text, res.out, res.err):
+        assert matcher.find(data.encode()) == []
+        assert not any(form in data.encode() for form in key_forms())
+
+
+# ---------------------------------------------------------------------------------------
+# staging folders left by a killed build
+# ---------------------------------------------------------------------------------------
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_remove_stale_stages_only_removes_folders_of_dead_builds(tmp_path: Path) -> None:
+    def folder(name: str, owner: str | None) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "secret").write_bytes(KEY)
+        if owner is not None:
+            (path / build.OWNER_FILE).write_text(owner)
+        return path
+
+    me = f"{os.getpid()} {build._start_time(os.getpid())}\n"
+    dead = folder("forkops-build-dead", f"{dead_pid()} -\n")
+    recycled = folder("forkops-build-recycled", f"{os.getpid()} 1\n")  # our pid, another start time
+    alive = folder("forkops-build-alive", me)
+    kept = folder("forkops-build-kept", "kept\n")
+    unknown = folder("forkops-build-noowner", None)
+    other = folder("someone-else", f"{dead_pid()} -\n")
+    (tmp_path / "forkops-build-2.18.0-x.log").write_text("a log file, not a staging folder")
+    removed = build.remove_stale_stages(tmp_path)
+    assert sorted(removed) == sorted([dead, recycled])
+    assert not dead.exists() and not recycled.exists()
+    assert all(p.exists() for p in (alive, kept, unknown, other, tmp_path / "forkops-build-2.18.0-x.log"))
+
+
+def test_killed_build_folder_is_removed_by_the_next_build(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
+    """kill -9 cannot be caught: the folder with the key stays until the next build removes it."""
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    (slow / "docker").write_text(  # the stand-in, slowed down so the test can kill a build
+        "#!/bin/sh\n"
+        f'if [ "$1" = build ]; then echo started; touch {standin}/build-started; exec sleep 30; fi\n'
+        f'exec {sys.executable} {STANDINS}/docker "$@"\n')
+    (slow / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{slow}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": SOURCE}
+    proc = subprocess.Popen([sys.executable, "-m", "forkops", "build", "2.18.0"], cwd=ws.workspace, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (standin / "build-started").exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, 9)  # the build and its stand-in docker child: the group started here
+        proc.wait()
+    left = [p for p in (tmp_path / "tmp").iterdir() if p.is_dir()]
+    assert len(left) == 1 and left[0].name.startswith("forkops-build-")
+    assert files_with_key(left[0])  # the key really was left behind
+    res = run_cli("build", "2.18.0", "--dry-run")
+    assert res.code == 0, res.err
+    assert not left[0].exists()
+    assert f"removed 1 staging folder(s) left by killed builds: {left[0]}" in " ".join(res.out.split())
+    assert [p for p in (tmp_path / "tmp").iterdir() if p.is_dir()] == []
+
+
+def test_kept_stage_survives_the_next_build(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
+    res = run_cli("build", "2.18.0", "--dry-run", "--keep")
+    assert res.code == 0, res.err
+    kept = Path(re.search(r"staged folder: (\S+)", res.out).group(1))  # type: ignore[union-attr]
+    try:
+        assert (kept / build.OWNER_FILE).read_text() == "kept\n"
+        assert run_cli("build", "2.18.0", "--dry-run").code == 0
+        assert kept.exists()
+    finally:
+        shutil.rmtree(kept)

@@ -4,6 +4,7 @@ and `git push` processes; `forkops guard scan` over real history."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,12 +15,16 @@ from forkops.git import Repo
 from forkops.sandbox import TF_CORE, Sandbox
 from tests.test_keys import CRYPTFILE, KEY, assert_clean, cli, write_keys
 
+CHECKOUT = Path(guard.__file__).resolve().parents[1]
 IV = bytes.fromhex("00112233445566778899aabbccddeeff")
 
 
 @pytest.fixture
 def ws(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(sandbox.workspace)
+    # The hooks git runs must import this checkout's forkops, the code that installed them,
+    # whatever copy (editable or not) happens to be installed in site-packages.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])))
     write_keys(sandbox.workspace / "keys.toml")
     return sandbox.workspace
 
@@ -109,6 +114,79 @@ def test_push_of_a_commit_with_the_key_is_refused(ws: Path) -> None:
 
     git(tf, "reset", "-q", "--hard", "HEAD~2")
     git(tf, "push", "-q", "origin", "HEAD:refs/heads/new-branch")  # allowed again
+
+
+def checked(proc: subprocess.CompletedProcess[str]) -> int:
+    """How many outgoing commits the pre-push hook scanned (its success line)."""
+    m = re.search(r"forkops guard: checked (\d+) outgoing commit\(s\)", proc.stderr)
+    assert m, proc.stderr
+    return int(m.group(1))
+
+
+def count(repo: Path, *revs: str) -> int:
+    return int(git(repo, "rev-list", "--count", *revs).stdout)
+
+
+def test_a_local_tag_does_not_hide_a_key_commit(ws: Path, sandbox: Sandbox) -> None:
+    tf = ws / "tensorflow"
+    origin = Repo(sandbox.origin["tensorflow"])
+    assert cli("set-key").code == 0
+    # The reviewer's repro, verbatim.
+    git(tf, "checkout", "-b", "leaktest")
+    git(tf, "commit", "-qam", "oops", "--no-verify")
+    git(tf, "tag", "wip")
+    proc = git(tf, "push", "origin", "leaktest", ok=False)
+    assert "refusing the push" in proc.stderr and " .bazelrc: the key" in proc.stderr
+    git(tf, "tag", "-d", "wip")
+    git(tf, "push", "origin", "leaktest", ok=False)
+
+    # A tag named like a release that upstream lacks, or has at another commit, hides nothing.
+    for tag in ("v9.9.9", "v2.4.1"):
+        git(tf, "tag", "-f", tag, "leaktest")
+        proc = git(tf, "push", "origin", "leaktest", ok=False)
+        assert f"tag {tag} is not upstream's release tag at that commit" in proc.stderr
+    git(tf, "fetch", "-q", "--no-tags", sandbox.upstream_url("tensorflow"), "+refs/tags/v2.4.1:refs/tags/v2.4.1")
+    # Nor does a remote-tracking ref of another remote, nor a push by URL instead of by name.
+    git(tf, "remote", "add", "mirror", str(ws.parent / "elsewhere.git"))
+    git(tf, "update-ref", "refs/remotes/mirror/leaktest", "leaktest")
+    git(tf, "push", "origin", "leaktest", ok=False)
+    git(tf, "push", str(origin.path), "leaktest", ok=False)
+    assert origin.rev_parse("refs/heads/leaktest") is None
+
+    git(tf, "reset", "-q", "--hard", "HEAD~1")  # the leak is gone: the same push goes through
+    clean_change(tf)
+    git(tf, "commit", "-m", "clean")
+    assert checked(git(tf, "push", "origin", "leaktest")) == 1
+
+
+def test_new_fork_branch_on_an_upstream_tag_skips_upstream_history(ws: Path, sandbox: Sandbox) -> None:
+    tf = ws / "tensorflow"
+    git(tf, "remote", "add", "--no-tags", "tf", sandbox.upstream_url("tensorflow"))
+    git(tf, "fetch", "-q", "--no-tags", "tf", "+refs/tags/v2.11.0:refs/tags/v2.11.0")
+    git(tf, "checkout", "-q", "-b", "b2.11.0")
+    git(tf, "rebase", "-q", "--onto", "v2.11.0", "v2.4.0")
+    assert cli("set-key").code == 0  # the key is in the worktree, not in a commit
+
+    fork_commits = count(tf, "v2.11.0..b2.11.0")
+    upstream_commits = count(tf, "v2.4.0..v2.11.0")
+    assert 0 < fork_commits < upstream_commits
+    # Outside a workspace nothing confirms the tag: the same push would read upstream's history.
+    repo = Repo(tf)
+    line = f"refs/heads/b2.11.0 {repo.rev_parse('HEAD')} refs/heads/b2.11.0 {'0' * 40}"
+    safe = guard.outgoing(repo, [line], remote="origin", upstream=None)
+    matcher = guard.Matcher(keyfile.load(ws / "keys.toml"))
+    unpublished = count(tf, "HEAD", "--not", "--remotes=origin")
+    assert guard.scan_commits(repo, safe.revs, matcher)[0] == unpublished > fork_commits
+    assert safe.trusted_tags == ()
+
+    proc = git(tf, "push", "origin", "b2.11.0")
+    assert checked(proc) == fork_commits and "upstream tag(s) v2.11.0 skipped" in proc.stderr
+    assert Repo(sandbox.origin["tensorflow"]).rev_parse("refs/heads/b2.11.0") == repo.rev_parse("HEAD")
+
+    # A push by URL still knows which remote it goes to: only the new commit is read.
+    clean_change(tf)
+    git(tf, "commit", "-m", "clean")
+    assert checked(git(tf, "push", str(sandbox.origin["tensorflow"]), "HEAD:refs/heads/topic")) == 1
 
 
 def test_custom_iv_is_guarded_default_iv_is_not(ws: Path) -> None:

@@ -22,6 +22,7 @@ from tests.clihelp import Result, run_cli
 TF_XLA_TSL = sandbox_mod.TF_XLA_TSL
 TF_TSL = sandbox_mod.TF_TSL
 TF_CORE = sandbox_mod.TF_CORE
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
@@ -87,6 +88,8 @@ def forkops_child(sb: Sandbox, *args: str, crash_at: str | None = None) -> subpr
     env.pop("FORKOPS_TEST_CRASH_AT", None)
     if crash_at:
         env["FORKOPS_TEST_CRASH_AT"] = crash_at
+    # The child must run this checkout's forkops, not whatever copy site-packages holds.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "forkops", *args], cwd=sb.workspace, env=env,
                           capture_output=True, text=True, check=False)
 
@@ -211,7 +214,9 @@ def test_serving_two_stops_abort_after_one_and_after_two(
     assert snapshot(sv) == before
 
 
-def test_skip_then_pin_not_found_stops_like_an_anchor(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("way_out", ["fix-by-hand", "skip"])
+def test_skip_then_pin_not_found_stops_like_an_anchor(
+        sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, way_out: str) -> None:
     sv = sandbox.clone("serving")
     assert cli(sandbox, "upgrade", "2.18.0", "--repo", "serving", monkeypatch=monkeypatch).code == 1
     res = cli(sandbox, "upgrade", "--skip", monkeypatch=monkeypatch)  # drops "Build against the TF fork"
@@ -219,16 +224,28 @@ def test_skip_then_pin_not_found_stops_like_an_anchor(sandbox: Sandbox, monkeypa
     assert status_json(sandbox, monkeypatch)["stopped_at"]["index"] == 3
     resolve_all(sv, "serving")
     res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
-    # Without the WORKSPACE commit the pin rule matches nothing: a stop that needs a person.
+    # Without the WORKSPACE commit org_tensorflow is upstream's http archive again: the pin has
+    # nothing to move, a stop that needs a person.
     assert res.code == 1, res.out + res.err
     data = status_json(sandbox, monkeypatch)
     assert data["state"] == "anchor-failed"
     assert data["failure"]["kind"] == "pin" and "WORKSPACE has no match" in data["failure"]["message"]
+    assert "tensorflow_http_archive" in data["failure"]["message"]
     assert "Build against the TensorFlow fork" not in subjects(sv, "tf2.18.0..b2.18.0")
     assert data["skipped"] and git(sv, "log", "-1", "--format=%s", data["skipped"][0]).strip() == (
         "Build against the TensorFlow fork")
-    # nothing to skip at a failed pin
-    assert cli(sandbox, "upgrade", "--skip", monkeypatch=monkeypatch).code == 2
+    # --continue without a fix checks again and says how to get out (no endless loop)
+    res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
+    assert res.code == 1 and "forkops upgrade --skip" in res.out
+    assert any("--skip" in step for step in status_json(sandbox, monkeypatch)["next"])
+    if way_out == "skip":
+        res = cli(sandbox, "upgrade", "--skip", monkeypatch=monkeypatch)
+        assert res.code == 0, res.out + res.err
+        data = status_json(sandbox, monkeypatch)
+        assert data["state"] == "done" and data["pinned"] == []
+        assert any("pin org_tensorflow skipped (--skip)" in n for n in data["notes"])
+        assert git(sv, "show", "b2.18.0:WORKSPACE") == git(sv, "show", "tf2.18.0:WORKSPACE")
+        return
     # the person fixes the pin by hand and continues
     ws = (sv / "WORKSPACE").read_text()
     upstream_pin = ws.index("tensorflow_http_archive(\n")
@@ -239,6 +256,15 @@ def test_skip_then_pin_not_found_stops_like_an_anchor(sandbox: Sandbox, monkeypa
     res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
     assert res.code == 0, res.out + res.err
     assert 'branch = "b2.18.0"' in git(sv, "show", "b2.18.0:WORKSPACE")
+
+
+def test_skip_refused_at_a_failed_anchor(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    tf = sandbox.clone("tensorflow")
+    _anchor_fails_on_2_11(tf)
+    assert cli(sandbox, "upgrade", "2.11.0", "--repo", "tensorflow", monkeypatch=monkeypatch).code == 1
+    res = cli(sandbox, "upgrade", "--skip", monkeypatch=monkeypatch)
+    assert res.code == 2 and "failed anchor" in res.err
+    assert status_json(sandbox, monkeypatch)["state"] == "anchor-failed"
 
 
 def test_both_repos_one_run_with_push(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -339,8 +365,9 @@ def test_modify_delete_conflict(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatc
     res = cli(sandbox, "upgrade", "2.4.2", "--repo", "tensorflow", monkeypatch=monkeypatch)
     assert res.code == 1, res.out + res.err
     data = status_json(sandbox, monkeypatch)
-    assert data["conflicts"] == [{"path": "README.md", "kind": "modify/delete"}]
-    assert "modify/delete" in res.out
+    # upstream deleted it, the fork modifies it: named by forkops.git.conflict_kind, as `check` does
+    assert data["conflicts"] == [{"path": "README.md", "kind": "delete/modify"}]
+    assert "delete/modify" in res.out
     where, subject, paths = plain_rebase(sandbox, "tensorflow", "v2.4.2", "v2.4.0", tmp_path)
     assert (where, subject, paths) == ("5/5", data["stopped_at"]["subject"], {"README.md"})
 
@@ -472,3 +499,191 @@ def test_missing_clone_is_cloned_from_origin(sandbox: Sandbox, monkeypatch: pyte
     assert res.code == 0, res.out + res.err
     assert "cloned" in res.err
     assert git(sandbox.clone("tensorflow"), "rev-parse", "--abbrev-ref", "HEAD").strip() == "b2.5.0"
+
+
+# ---------------------------------------------------------------------------------------
+# Review findings: each test fails on the engine as it was before its fix
+# ---------------------------------------------------------------------------------------
+def test_user_rebase_config_does_not_change_the_rebase(
+        sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    tf = sandbox.clone("tensorflow")
+    # rebase.updateRefs would move every branch pointing into the stack (and count its
+    # update-ref steps); --abort could not restore refs forkops never recorded.
+    for key, value in (("rebase.updateRefs", "true"), ("rebase.autoSquash", "true"),
+                       ("rebase.autoStash", "true"), ("rebase.rebaseMerges", "true")):
+        git(tf, "config", key, value)
+    git(tf, "branch", "wip", "b2.4.0~2")
+    before = snapshot(tf)
+    for finish in (False, True):
+        res = cli(sandbox, "upgrade", "2.18.0", "--repo", "tensorflow", monkeypatch=monkeypatch)
+        assert res.code == 1, res.out + res.err
+        stop = status_json(sandbox, monkeypatch)["stopped_at"]
+        assert (stop["index"], stop["total"], stop["subject"]) == (3, 5, "Link Crypto++ and define the model key")
+        if not finish:
+            where, subject, _ = plain_rebase(sandbox, "tensorflow", "v2.18.0", "v2.4.0", tmp_path)
+            assert (where, subject) == ("3/5", stop["subject"])  # git without the user's config
+            assert cli(sandbox, "upgrade", "--abort", monkeypatch=monkeypatch).code == 0
+            assert snapshot(tf) == before  # every ref (wip and b2.4.0 included) as it was
+    resolve_all(tf, "tensorflow")
+    res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
+    assert res.code == 0, res.out + res.err
+    assert git(tf, "rev-parse", "wip", "b2.4.0") == git(tf, "rev-parse", "b2.4.0~2", "b2.4.0")
+    def kept(text: str) -> list[str]:  # all but what the run adds: its branches, tag and backups
+        return [ln for ln in text.splitlines() if "2.18.0" not in ln and "refs/forkops/" not in ln]
+
+    assert kept(snapshot(tf)[0]) == kept(before[0])
+
+
+def test_bad_input_in_a_later_repo_moves_nothing_anywhere(
+        sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    tf, sv = sandbox.clone("tensorflow"), sandbox.clone("serving")
+    git(sandbox.origin["serving"], "branch", "b2.11.0", "master")  # a different b2.11.0 on origin
+    before = snapshot(tf), snapshot(sv)
+    res = cli(sandbox, "upgrade", "2.11.0", monkeypatch=monkeypatch)
+    assert res.code == 2, res.out + res.err
+    assert "origin already has branch b2.11.0" in res.err
+    assert (snapshot(tf), snapshot(sv)) == before  # TensorFlow was not rebased, no tag was left
+    assert not (sandbox.workspace / ".forkops" / "run.json").exists()
+    assert not (tf / ".git" / "forkops" / "upgrade.json").exists()
+    assert not (sv / ".git" / "forkops" / "upgrade.json").exists()
+    assert cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch).code == 2
+    # --from that the later repository lacks: refused before TensorFlow moves too
+    git(sandbox.origin["serving"], "branch", "-D", "b2.11.0")
+    git(tf, "branch", "b2.3.9", "b2.4.0")
+    res = cli(sandbox, "upgrade", "2.11.0", "--from", "b2.3.9", monkeypatch=monkeypatch)
+    assert res.code == 2 and "no branch 'b2.3.9'" in res.err
+    git(tf, "branch", "-D", "b2.3.9")
+    assert (snapshot(tf), snapshot(sv)) == before
+
+
+def _commit_workspace(sv: Path, old: str, new: str, message: str) -> None:
+    text = (sv / "WORKSPACE").read_text()
+    assert old in text
+    (sv / "WORKSPACE").write_text(text.replace(old, new, 1))
+    git(sv, "commit", "--quiet", "-am", message)
+
+
+@pytest.mark.parametrize("shape", ["local_repository", "commit"])
+def test_pin_without_a_branch_is_skipped_with_a_note(
+        sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, shape: str) -> None:
+    sv = sandbox.clone("serving")
+    text = (sv / "WORKSPACE").read_text()
+    block = text[text.index("git_repository(\n"):text.index(")\n", text.index("git_repository(\n")) + 2]
+    if shape == "local_repository":
+        _commit_workspace(sv, block, 'local_repository(\n    name = "org_tensorflow",\n'
+                                     '    path = "../tensorflow",\n)\n', "Build against the local TF checkout")
+        note = "org_tensorflow is a local_repository; nothing to pin"
+    else:
+        _commit_workspace(sv, 'branch = "b2.4.0"', 'commit = "' + "ab" * 20 + '"', "Pin TF by commit")
+        note = "org_tensorflow is a git_repository pinned by commit; nothing to pin"
+    res = cli(sandbox, "upgrade", "2.4.1", "--repo", "serving", monkeypatch=monkeypatch)
+    assert res.code == 0, res.out + res.err
+    assert note in res.out
+    data = status_json(sandbox, monkeypatch)
+    assert data["state"] == "done" and data["pinned"] == [] and any(note in n for n in data["notes"])
+    assert git(sv, "show", "b2.4.1:WORKSPACE") == git(sv, "show", "b2.4.0:WORKSPACE")
+    assert len(subjects(sv, "tf2.4.1..b2.4.1")) == 6  # the five patches + the WORKSPACE change
+
+
+def test_pin_keeps_non_utf8_bytes(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    sv = sandbox.clone("serving")
+    with (sv / "WORKSPACE").open("ab") as fh:
+        fh.write(b"# maintained by Fran\xe7ois (latin-1)\n")
+    git(sv, "commit", "--quiet", "-am", "Credit the maintainer")
+    res = cli(sandbox, "upgrade", "2.4.1", "--repo", "serving", monkeypatch=monkeypatch)
+    assert res.code == 0, res.out + res.err
+    data = subprocess.run(["git", "-C", str(sv), "show", "b2.4.1:WORKSPACE"], capture_output=True,
+                          check=True).stdout
+    assert b"Fran\xe7ois" in data and b'branch = "b2.4.1"' in data
+    old = subprocess.run(["git", "-C", str(sv), "show", "b2.4.0:WORKSPACE"], capture_output=True,
+                         check=True).stdout
+    assert data == old.replace(b'branch = "b2.4.0"', b'branch = "b2.4.1"')
+
+
+KEY = b"Abcdefgh12345678"
+
+
+def _anchor_fails_on_2_11(tf: Path, *, key: bytes | None = None) -> None:
+    """Fork commits that make the 2.11 re-apply conflict (the fork edits a line upstream's move
+    changed); with ``key``, an old-style fork that committed the key in env.cc (shape (a))."""
+    text = (tf / TF_CORE).read_text()
+    if key is not None:
+        placeholder = ", ".join(f"0x{b:02x}" for b in sandbox_mod.PLACEHOLDER_KEY)
+        text = text.replace(placeholder, ", ".join(f"0x{b:02x}" for b in key), 1)
+        text = text.replace("constexpr size_t kCopyFileBufferSize",
+                            f"// key as hex, for openssl: {key.hex()}\nconstexpr size_t kCopyFileBufferSize", 1)
+    text = text.replace("namespace tensorflow {", "namespace tensorflow {  // private fork", 1)
+    (tf / TF_CORE).write_text(text)
+    git(tf, "commit", "--quiet", "-am", "Our key; mark the fork's namespace")
+
+
+def test_anchor_failure_masks_the_key(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    tf = sandbox.clone("tensorflow")
+    _anchor_fails_on_2_11(tf, key=KEY)
+    keys = sandbox.workspace / "keys.toml"
+    keys.write_text(f'[model]\nkey = "{KEY.decode()}"\n')
+    keys.chmod(0o600)
+    res = cli(sandbox, "upgrade", "2.11.0", "--repo", "tensorflow", monkeypatch=monkeypatch)
+    assert res.code == 1, res.out + res.err
+    data = status_json(sandbox, monkeypatch)
+    assert data["state"] == "anchor-failed" and "conflicting hunks" in data["failure"]["message"]
+    change = data["failure"]["change"]
+    assert "byte key[CryptoPP::AES::DEFAULT_KEYLENGTH] = <key site: masked>;" in change
+    assert "<line masked: it holds the key>" in change  # the hex comment, found by the guard's Matcher
+    assert "private fork" in change  # the rest of the change is still shown
+    stored = (tf / ".git" / "forkops" / "upgrade.json").read_text()
+    array = ", ".join(f"0x{b:02x}" for b in KEY)
+    for text in (res.out, res.err, stored, change):
+        for form in (KEY.decode(), KEY.hex(), array, array[:30]):
+            assert form not in text
+    # printed as it is: no markup escapes, no stray backslashes
+    assert "byte key[CryptoPP::AES::DEFAULT_KEYLENGTH] = <key site: masked>;" in res.out
+    assert "\\[" not in res.out
+
+
+def test_mask_secrets_without_keys_file_and_in_a_bazelrc_diff() -> None:
+    from forkops import playbook
+    from forkops.upgrade import mask_secrets
+
+    pb = playbook.load("tensorflow")
+    diff = ("diff --git a/.bazelrc b/.bazelrc\n@@ -1,2 +1,3 @@\n build -c opt\n"
+            "+build --define=MODEL_ENCRYPT_KEY=Abcdefgh12345678\n"
+            "+byte key[16] = {0x41, 0x62,\n+    0x63};\n")
+    out = mask_secrets(diff, pb, None)
+    assert "Abcdefgh12345678" not in out and "0x41" not in out and "0x63" not in out
+    assert "+build --define=MODEL_ENCRYPT_KEY=<key site: masked>\n" in out
+    assert out.startswith("diff --git a/.bazelrc b/.bazelrc\n@@ -1,2 +1,3 @@\n build -c opt\n")
+
+
+def test_untracked_files_in_the_way(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    tf = sandbox.clone("tensorflow")
+    _upstream_release(sandbox, "tensorflow", "v2.4.2", {"tools/new_tool.py": "print('upstream')\n"},
+                      "Add a tool")
+    (tf / "tools").mkdir()
+    (tf / "tools" / "new_tool.py").write_text("print('mine')\n")
+    before = snapshot(tf)
+    # found while planning: refused before anything moves
+    res = cli(sandbox, "upgrade", "2.4.2", "--repo", "tensorflow", monkeypatch=monkeypatch)
+    assert res.code == 2, res.out + res.err
+    assert "untracked files" in res.err and "tools/new_tool.py" in res.err
+    assert snapshot(tf) == before and not (sandbox.workspace / ".forkops" / "run.json").exists()
+    # appearing after the plan (here: after a crash): git refuses to start the rebase
+    (tf / "tools" / "new_tool.py").unlink()
+    proc = forkops_child(sandbox, "upgrade", "2.4.2", "--repo", "tensorflow", crash_at="after-backup")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (tf / "tools" / "new_tool.py").write_text("print('mine')\n")
+    res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
+    assert res.code == 2, res.out + res.err
+    first = res.err.splitlines()[0]
+    assert "git refused to start the rebase" in first and "untracked working tree files" in first
+    assert "tools/new_tool.py" in first and "move or remove" in res.err
+    # rolled back: no branch made for the rebase, HEAD where it was; the run waits
+    assert git(tf, "branch", "--list", "b2.4.2", "tf2.4.2") == ""
+    assert snapshot(tf)[1:] == before[1:]
+    data = status_json(sandbox, monkeypatch)
+    assert data["repo"] == "tensorflow" and any("untracked" in n for n in data["notes"])
+    assert any("--continue" in step for step in data["next"])
+    (tf / "tools" / "new_tool.py").unlink()
+    res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
+    assert res.code == 0, res.out + res.err
+    assert git(tf, "show", "b2.4.2:tools/new_tool.py") == "print('upstream')\n"

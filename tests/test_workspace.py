@@ -71,3 +71,22 @@ def test_cli_global_options(tmp_path: Path) -> None:
     assert res.code == 2
     res = run_cli("--help")
     assert res.code == 0 and "playbook" in res.out
+
+
+def test_unexpected_error_prints_one_line_and_keeps_the_details(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    from forkops import playbook
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(playbook, "load", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    res = run_cli("playbook", "show", "serving")
+    assert res.code == 3
+    (line,) = res.err.splitlines()
+    assert line.startswith("forkops: internal error (RuntimeError); details in ")
+    log = Path(line.rsplit(" ", 1)[1])
+    assert log.parent == tmp_path and "RuntimeError: boom" in log.read_text()
+    assert "Traceback" not in res.err

@@ -77,7 +77,18 @@ def build_cmd(
     keys: KeysOption = None,
 ) -> None:
     """Stage the Serving fork with the TensorFlow fork inside (key in the copy only) and build the
-    devel and serving images."""
+    devel and serving images.
+
+    The key goes into the staged TensorFlow tree's key sites, and its Bazel define also into the
+    staged Serving .bazelrc (Bazel ignores a local_repository's .bazelrc). The build log (0600)
+    shows the key's fingerprint wherever the key would appear. Staging folders
+    (forkops-build-* in the temp folder) left by a killed build are removed by the next build.
+
+    Exit 1: a patch the Serving WORKSPACE applied to TensorFlow does not apply (the patch file
+    and its first failing hunk are named), or a file to rewrite is not as expected. Exit 2: bad
+    input (no bX.Y.Z branch, a key_hex key with a Bazel define site). Exit 3: docker, patch or
+    bash missing, no Docker engine, or a docker build failed.
+    """
     from forkops import build as engine
     from forkops.docker import Docker
     from forkops.version import Version
@@ -113,7 +124,7 @@ def build_cmd(
                 status.update(f"[{index + 1}/{len(steps)}] {step.label}: {_fit(line)}")
 
             try:
-                report = engine.run_builds(docker, steps, log=log, on_line=show)
+                report = engine.run_builds(docker, steps, log=log, material=material, on_line=show)
             except engine.BuildFailed as exc:
                 status.stop()
                 err.print(f"[red]{exc.what} failed[/red]; last lines of the build log:")
@@ -127,6 +138,7 @@ def build_cmd(
         out.print(f"build log: {log}", markup=False)
     finally:
         if keep:
+            stage.keep()
             out.print(f"kept the staged folder {stage.root} (it holds the key: delete it when done)", markup=False)
         else:
             stage.remove()

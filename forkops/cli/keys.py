@@ -368,9 +368,19 @@ def hook_pre_push(
 
     matcher = guard.Matcher(_hook_keys(keys))
     repo = Repo(Path.cwd())
-    revs = guard.outgoing_revs(repo, sys.stdin.read().splitlines())
-    _, findings = guard.scan_commits(repo, revs, matcher) if revs else (0, [])
+    # git runs the hook as `pre-push <remote name or URL> <URL>`.
+    remote = args[0] if args else None
+    sent = guard.outgoing(repo, sys.stdin.read().splitlines(), remote=remote,
+                          upstream=guard.upstream_of(repo.path))
+    err = err_console()
+    for note in sent.notes:
+        err.print(f"forkops guard: note: {note}", markup=False, highlight=False)
+    count, findings = guard.scan_commits(repo, sent.revs, matcher) if sent.revs else (0, [])
     _refuse("push", findings, "rewrite those commits without the key (e.g. `git rebase -i`), then push")
+    if sent.revs:
+        skipped = f" (history of upstream tag(s) {', '.join(sent.trusted_tags)} skipped)" if sent.trusted_tags else ""
+        err.print(f"forkops guard: checked {count} outgoing commit(s): no key{skipped}",
+                  markup=False, highlight=False)
 
 
 def _hook_keys(path: Path) -> KeyMaterial:

@@ -148,7 +148,8 @@ def render_status(out: Console, data: dict[str, Any]) -> None:
             out.print(f"  the symbol lives now in: {escape(failure['path'])}")
         if failure.get("change"):
             out.print("  the fork's change that must be carried there:")
-            out.print(escape(failure["change"]), markup=False)
+            # markup=False prints the text as it is: escaping it as well would add backslashes.
+            out.print(failure["change"], markup=False, highlight=False)
     for note in data.get("notes") or []:
         out.print(f"  {escape(note)}")
     if data.get("next"):
