@@ -26,11 +26,11 @@ def median_wall(cmd: list[str], runs: int) -> float:
 
 
 def heavy_modules_loaded() -> list[str]:
-    code = ("import sys; from forkops.cli import app; "
-            "print(' '.join(m for m in ('git', 'cryptography', 'forkops.sandbox', 'forkops.upgrade') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    return out.split()
+    code = ("import sys, io, contextlib; from forkops.cli import main; "
+            "contextlib.redirect_stdout(io.StringIO()).__enter__(); main(['--help']); "
+            "sys.stderr.write(' '.join(m for m in ('typer', 'rich', 'git', 'cryptography', 'forkops.sandbox', "
+            "'forkops.upgrade') if m in sys.modules))")
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stderr.split()
 
 
 def main() -> None:
@@ -39,10 +39,13 @@ def main() -> None:
     args = parser.parse_args()
     baseline = median_wall([sys.executable, "-c", "pass"], args.runs)
     forkops = median_wall([sys.executable, "-m", "forkops", "--help"], args.runs)
+    command = median_wall([sys.executable, "-m", "forkops", "playbook", "show", "serving"], args.runs)
     print(f"python -c pass (baseline): median {baseline * 1000:.0f} ms over {args.runs} runs")
     print(f"forkops --help:            median {forkops * 1000:.0f} ms over {args.runs} runs")
     print(f"ratio forkops/baseline:    {forkops / baseline:.1f}x   target: forkops <= 150 ms -> "
           f"{'met' if forkops <= 0.15 else 'NOT met'}")
+    print(f"for comparison, a command that builds the typer app (playbook show serving): "
+          f"median {command * 1000:.0f} ms")
     print(f"heavy modules imported by the CLI at start-up: {heavy_modules_loaded() or 'none'}")
 
 

@@ -1,70 +1,51 @@
 """The forkops command line: parses, calls one engine function per command, prints, and maps
 errors to exit codes in one place (:func:`main`).
 
-Engine modules are imported inside the commands that need them so ``forkops --help`` stays
-fast (GitPython and cryptography are not imported for it).
+``forkops``, ``forkops -h/--help`` and ``forkops --version`` are answered without importing
+typer (``help_text.py``; a test keeps it identical to what typer prints), so they stay fast. Every
+other invocation builds the typer app (``app.py``); engine modules are imported inside the
+commands that need them.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
+import shutil
 import sys
 import tempfile
 import traceback
-from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from forkops import __version__
-from forkops.errors import BadInput, ConfigError, ExitCode, ForkopsError
+from forkops.errors import ConfigError, ExitCode, ForkopsError
 
-app = typer.Typer(
-    name="forkops",
-    help="Keep private TensorFlow and TensorFlow Serving forks current with upstream.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain click help: rendering help with rich costs ~0.15 s of imports
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-# Each module registers its commands; only commands that work are registered.
-COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "build", "playbook")
+_FAST_HELP = (["--help"], ["-h"])
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"forkops {__version__}")
-        raise typer.Exit()
+def _fast_path(args: list[str]) -> bool:
+    """Answer top-level help and --version from static text (typer costs ~0.1 s to import and
+    to build every command). Only at the width the static text was rendered for."""
+    if args == ["--version"]:
+        print(f"forkops {__version__}")
+        return True
+    if args in _FAST_HELP and shutil.get_terminal_size().columns >= 80 and not os.environ.get("FORKOPS_NO_FAST_HELP"):
+        from forkops.cli.help_text import TOP_HELP
 
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
-    ] = False,
-    directory: Annotated[
-        Path | None, typer.Option("-C", metavar="DIR", help="Run as if forkops was started in DIR (like git -C).")
-    ] = None,
-) -> None:
-    if directory is not None:
-        try:
-            os.chdir(directory)
-        except OSError as exc:
-            raise BadInput(f"-C {directory}: {exc.strerror}") from None
-
-
-for _name in COMMAND_MODULES:
-    _module = importlib.import_module(f"forkops.cli.{_name}")
-    _module.register(app)
+        sys.stdout.write(TOP_HELP)
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code. Expected errors print one line (no traceback)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if _fast_path(args):
+        return ExitCode.OK
+    import typer
+
+    from forkops.cli.app import app
+
     try:
-        result = app(args=argv, prog_name="forkops", standalone_mode=False)
+        result = app(args=args, prog_name="forkops", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:
