@@ -696,6 +696,8 @@ class LogRedactor:
         self.matcher = Matcher(material)
 
     def __call__(self, line: bytes) -> bytes:
+        from forkops.guard import squeeze
+
         if not self.matcher.find(line):
             return line
         body = line.rstrip(b"\r\n")
@@ -707,8 +709,9 @@ class LogRedactor:
             label = f"<{n.what} {n.fingerprint}>"
             spans += [(a, a + len(n.raw), label) for a in _occurrences(body, n.raw)]
             found = [(a, a + len(f)) for f in (n.hex, n.escaped) for a in _occurrences(norm, f)]
-            found += [m.span() for m in n.array.finditer(norm)]
             spans += [(keep[a], keep[b - 1] + 1, label) for a, b in found if b > a]
+            squeezed, where = squeeze(body)
+            spans += [(where[m.start()], where[m.end() - 1] + 1, label) for m in n.array.finditer(squeezed)]
         out, pos = bytearray(), 0
         for a, b, label in sorted(spans):
             if b <= pos:

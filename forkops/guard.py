@@ -73,12 +73,28 @@ class _Needle:
     raw: bytes
     hex: bytes  # lowercase hex digits
     escaped: bytes  # \xNN\xNN... lowercase
-    array: re.Pattern[bytes]  # on lowercased, whitespace-free text
+    array: re.Pattern[bytes]  # on squeeze()d text: lowercased, whitespace runs made one space
+
+
+def squeeze(data: bytes) -> tuple[bytes, list[int]]:
+    """``data`` lowercased with every whitespace run made one space, and for each byte of the
+    result its offset in ``data`` (so a match can be mapped back, e.g. for redaction)."""
+    out, where = bytearray(), []
+    for i, c in enumerate(data.lower()):
+        if c in _WHITESPACE:
+            if out and out[-1] == 0x20:
+                continue
+            c = 0x20
+        out.append(c)
+        where.append(i)
+    return bytes(out), where
 
 
 def _needle(what: str, secret: bytes) -> _Needle:
+    # Elements may be hex (0x8b, 0X08) or decimal (139), separated by commas and any whitespace
+    # (squeezed to one space); a word or a brace may stand right before the array.
     elements = [rb"(?:0x0*" + f"{b:x}".encode() + rb"|" + str(b).encode() + rb")" for b in secret]
-    array = re.compile(rb"(?<![0-9a-z])" + rb",".join(elements) + rb"(?![0-9a-z])")
+    array = re.compile(rb"(?<![0-9a-z_])" + rb" ?, ?".join(elements) + rb"(?![0-9a-z_])")
     return _Needle(what, fingerprint(secret), secret, secret.hex().encode(),
                    b"".join(b"\\x" + f"{b:02x}".encode() for b in secret), array)
 
@@ -105,7 +121,7 @@ class Matcher:
                 hits.append((n.what, "hex"))
             elif n.escaped in norm:
                 hits.append((n.what, "C \\x escapes"))
-            elif n.array.search(norm):
+            elif n.array.search(squeeze(data)[0]):
                 hits.append((n.what, "C byte array"))
         return hits
 

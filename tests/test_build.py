@@ -591,6 +591,7 @@ def test_redactor_replaces_every_encoding_with_the_fingerprint() -> None:
         "esc " + "".join(f"\\x{b:02x}" for b in KEY) + " and iv " + iv.decode():
             f"esc <key {fp}> and iv <iv {ivfp}>",
         "decimal = {" + ",".join(str(b) for b in KEY) + "}": f"decimal = {{<key {fp}>}}",
+        "uint8 kKey " + ",\t ".join(str(b) for b in KEY) + ";": f"uint8 kKey <key {fp}>;",
         "#5 DONE 0.1s": "#5 DONE 0.1s",
     }
     for line, want in lines.items():

@@ -52,6 +52,9 @@ def test_matcher_finds_every_encoding_and_ignores_the_default_iv() -> None:
         b'"' + "".join(f"\\X{b:02X}" for b in KEY).encode() + b'"': "C \\x escapes",
         b"byte key[16] = {" + arr.encode() + b"};": "C byte array",
         b"{" + ", ".join(str(b) for b in KEY).encode() + b"}": "C byte array",
+        # a word right before the elements (no brace): found too
+        b"decimal " + ", ".join(str(b) for b in KEY).encode(): "C byte array",
+        b"uint8 kKey " + ", ".join(f"0x{b:02x}" for b in KEY).encode() + b";": "C byte array",
     }
     for content, form in cases.items():
         assert m.find(content) == [("key", form)]
