@@ -9,7 +9,9 @@ sometimes leaves the old copy behind, and a rebase then applies "cleanly" to a d
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from forkops.git import Repo
 from forkops.playbook import Anchor
@@ -25,6 +27,9 @@ class AnchorResult:
     patched_in: tuple[str, ...] = ()  # files whose definition satisfies must_contain
     expected: tuple[str, ...] = ()  # where the playbook says it lives for this version
     detail: str = ""
+    # Set when the patch stayed behind in this file and a three-way merge re-applies it to
+    # ``path`` cleanly (what `forkops upgrade` does); ``ok`` then describes the result after that.
+    reapply_from: str | None = None
 
     @property
     def left_behind(self) -> tuple[str, ...]:
@@ -35,6 +40,7 @@ class AnchorResult:
         return {
             "name": self.name, "ok": self.ok, "path": self.path, "defined_in": list(self.defined_in),
             "patched_in": list(self.patched_in), "expected": list(self.expected), "detail": self.detail,
+            "reapply_from": self.reapply_from,
         }
 
 
@@ -56,20 +62,23 @@ def function_body(text: str, start: int) -> str | None:
     return text[open_at:]
 
 
+def body_in(text: str, anchor: Anchor) -> str | None:
+    """The body of the first definition of the anchor's symbol in ``text``, or None."""
+    for m in re.finditer(anchor.definition, text, re.MULTILINE):
+        body = function_body(text, m.end())
+        if body is not None:
+            return body
+    return None
+
+
 def definitions(repo: Repo, treeish: str, anchor: Anchor) -> dict[str, str]:
     """path -> function body, for every file in ``treeish`` that defines the anchor's symbol."""
     found: dict[str, str] = {}
-    definition = re.compile(anchor.definition, re.MULTILINE)
     for path in repo.grep_files(treeish, anchor.symbol, fixed=True):
         blob = repo.show_file(treeish, path)
-        if blob is None:
-            continue
-        text = blob.decode("utf-8", "replace")
-        for m in definition.finditer(text):
-            body = function_body(text, m.end())
-            if body is not None:
-                found[path] = body
-                break
+        body = None if blob is None else body_in(blob.decode("utf-8", "replace"), anchor)
+        if body is not None:
+            found[path] = body
     return found
 
 
@@ -102,3 +111,46 @@ def check(repo: Repo, treeish: str, anchor: Anchor, version: Version | None) -> 
 
 def check_all(repo: Repo, treeish: str, anchors: tuple[Anchor, ...], version: Version | None) -> list[AnchorResult]:
     return [check(repo, treeish, a, version) for a in anchors]
+
+
+def retarget(repo: Repo, res: AnchorResult, *, base: str, start: str, live: str) -> tuple[bytes | None, str]:
+    """Re-apply a patch that stayed behind: three-way merge the fork's change to the old file
+    (``base``..``start``) into the file where the symbol lives now in tree-ish ``live``.
+
+    Returns (merged content, "") or (None, why not). Writes nothing into the repository."""
+    if res.path is None or not res.left_behind:
+        return None, "nothing was left behind"
+    old = res.left_behind[0]
+    before, after = repo.show_file(base, old), repo.show_file(start, old)
+    current = repo.show_file(live, res.path)
+    if before is None or after is None or before == after or current is None:
+        return None, f"the fork's patch stack has no change to {old} to re-apply"
+    with tempfile.TemporaryDirectory(prefix="forkops-reapply-") as tmp:
+        files = []
+        for name, data in (("current", current), ("base", before), ("fork", after)):
+            (Path(tmp) / name).write_bytes(data)
+            files.append(str(Path(tmp) / name))
+        proc = repo.run_raw("merge-file", "-p", "-L", res.path, "-L", f"{old} before the patches",
+                            "-L", f"{old} with the patches", *files)
+    if proc.returncode != 0:
+        n = proc.returncode if 0 < proc.returncode < 128 else "some"
+        return None, f"the fork's change to {old} does not apply to {res.path} ({n} conflicting hunks)"
+    return proc.stdout, ""
+
+
+def with_reapply(repo: Repo, res: AnchorResult, anchor: Anchor, *, base: str, start: str,
+                 live: str) -> AnchorResult:
+    """For a failed anchor whose patch stayed behind: the result after re-applying it (what
+    `forkops upgrade` will do), or ``res`` with the reason it cannot be re-applied."""
+    if res.ok or res.path is None or not res.left_behind:
+        return res
+    merged, why = retarget(repo, res, base=base, start=start, live=live)
+    if merged is None:
+        return replace(res, detail=f"{res.detail}; re-applying fails: {why}")
+    body = body_in(merged.decode("utf-8", "replace"), anchor)
+    if body is None or not re.search(anchor.must_contain, body, re.MULTILINE):
+        return replace(res, detail=f"{res.detail}; re-applying does not make it match /{anchor.must_contain}/")
+    old = res.left_behind[0]
+    return replace(res, ok=True, reapply_from=old,
+                   detail=f"{anchor.symbol} now lives in {res.path}; `forkops upgrade` re-applies the patch "
+                          f"from {old} there cleanly")

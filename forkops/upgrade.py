@@ -30,7 +30,6 @@ import json
 import os
 import secrets
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -508,27 +507,14 @@ def _commit_file(repo: Repo, path: str, data: bytes, message: str) -> str:
 def _reapply(repo: Repo, st: RepoState, res: anchors_mod.AnchorResult) -> tuple[str | None, str]:
     """Merge the fork's change to the old file into the live one; (commit, detail)."""
     assert res.path is not None
+    merged, why = anchors_mod.retarget(repo, res, base=st.base_sha, start=st.start_sha, live="HEAD")
+    if merged is None:
+        return None, why
     old = res.left_behind[0]
-    before = repo.show_file(st.base_sha, old)
-    after = repo.show_file(st.start_sha, old)
-    current = repo.show_file("HEAD", res.path)
-    if before is None or after is None or before == after or current is None:
-        return None, f"the fork's patch stack ({st.base}..{st.start}) has no change to {old} to re-apply"
-    with tempfile.TemporaryDirectory(prefix="forkops-reapply-") as tmp:
-        files = []
-        for name, data in (("current", current), ("base", before), ("fork", after)):
-            p = Path(tmp) / name
-            p.write_bytes(data)
-            files.append(str(p))
-        proc = repo.run_raw("merge-file", "-p", "-L", res.path, "-L", f"{old} at {st.base}",
-                            "-L", f"{old} at {st.start}", *files)
-    if proc.returncode != 0:
-        n = proc.returncode if 0 < proc.returncode < 128 else "some"
-        return None, f"the fork's change to {old} does not apply to {res.path} ({n} conflicting hunks)"
     message = (f"Re-apply {res.name} patch to {res.path} (moved from {old})\n\n"
                f"Upstream moved the definition to {res.path}; the rebase left the fork's change in "
                f"{old}.\nforkops merged the change ({st.base}..{st.start}) into the new file.\n")
-    return _commit_file(repo, res.path, proc.stdout, message), ""
+    return _commit_file(repo, res.path, merged, message), ""
 
 
 def _site_value_spans(text: str, pb: Playbook) -> list[tuple[int, int]]:
