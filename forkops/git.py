@@ -55,6 +55,9 @@ def has_merge_base_option() -> bool:
     return version() >= (2, 40, 0)
 
 
+_GIT_DIRS: dict[str, Path] = {}  # a path's git directory does not change while forkops runs
+
+
 @dataclass(frozen=True)
 class RefInfo:
     name: str  # full ref name
@@ -112,7 +115,11 @@ class Repo:
     # -- facts ---------------------------------------------------------------------------
     @property
     def git_dir(self) -> Path:
-        return Path(self.run("rev-parse", "--absolute-git-dir").strip())
+        """The repository's git directory; asked of git once per path and process."""
+        key = str(self.path.resolve())
+        if key not in _GIT_DIRS:
+            _GIT_DIRS[key] = Path(self.run("rev-parse", "--absolute-git-dir").strip())
+        return _GIT_DIRS[key]
 
     def is_repo(self) -> bool:
         return self.path.is_dir() and self.ok("rev-parse", "--git-dir")
@@ -217,6 +224,27 @@ class Repo:
     def show_file(self, treeish: str, path: str) -> bytes | None:
         proc = self.run_raw("cat-file", "blob", f"{treeish}:{path}")
         return proc.stdout if proc.returncode == 0 else None
+
+    def read_blobs(self, names: Sequence[str]) -> list[bytes | None]:
+        """The contents of many blobs (``sha`` or ``treeish:path``) from one ``git cat-file
+        --batch``, in order; None where a name is missing or is not a blob."""
+        if not names:
+            return []
+        proc = self.run_raw("cat-file", "--batch", input="".join(f"{n}\n" for n in names))
+        if proc.returncode != 0:
+            raise GitError(["cat-file", "--batch"], proc.returncode, _text(proc.stderr))
+        out, pos, result = proc.stdout, 0, []
+        for _ in names:
+            eol = out.index(b"\n", pos)
+            header = out[pos:eol].split()
+            pos = eol + 1
+            if len(header) == 3:  # "<sha> <type> <size>", then the content and a newline
+                size = int(header[2])
+                result.append(out[pos:pos + size] if header[1] == b"blob" else None)
+                pos += size + 1
+            else:  # "<name> missing" / "ambiguous"
+                result.append(None)
+        return result
 
     def write_blob(self, data: bytes) -> str:
         return self.run("hash-object", "-w", "--stdin", input=data).strip()

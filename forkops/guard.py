@@ -146,23 +146,12 @@ class Finding:
 
 
 def _read_blobs(repo: Repo, shas: list[str], chunk: int = 500) -> Iterator[tuple[str, bytes]]:
-    """(sha, content) for each blob, through ``git cat-file --batch`` (one process per chunk)."""
+    """(sha, content) for each blob, one ``git cat-file --batch`` per chunk (bounded memory)."""
     for i in range(0, len(shas), chunk):
         part = shas[i:i + chunk]
-        proc = repo.run_raw("cat-file", "--batch", input="".join(f"{s}\n" for s in part))
-        if proc.returncode != 0:
-            raise GitError(["cat-file", "--batch"], proc.returncode, proc.stderr.decode("utf-8", "replace"))
-        out = proc.stdout
-        pos = 0
-        while pos < len(out):
-            nl = out.index(b"\n", pos)
-            header = out[pos:nl].split()
-            pos = nl + 1
-            if len(header) < 3:  # "<sha> missing"
-                continue
-            size = int(header[2])
-            yield header[0].decode(), out[pos:pos + size]
-            pos += size + 1
+        for sha, data in zip(part, repo.read_blobs(part), strict=True):
+            if data is not None:
+                yield sha, data
 
 
 def _scan(repo: Repo, entries: list[tuple[str | None, str, str]], matcher: Matcher) -> list[Finding]:

@@ -412,24 +412,8 @@ class _Prefetched(Repo):
             for tree, paths in hits.items():
                 self._greps[(tree, symbol)] = sorted(paths)
         wanted = list(dict.fromkeys((t, p) for (t, _s), paths in self._greps.items() for p in paths))
-        if wanted:
-            proc = self.run_raw("cat-file", "--batch", input="".join(f"{t}:{p}\n" for t, p in wanted))
-            if proc.returncode != 0:
-                raise GitError(["cat-file", "--batch"], proc.returncode, proc.stderr.decode("utf-8", "replace"))
-            out: bytes = proc.stdout
-            pos = 0
-            for key in wanted:
-                eol = out.index(b"\n", pos)
-                header = out[pos:eol].split()
-                pos = eol + 1
-                if len(header) == 3 and header[1] == b"blob":
-                    size = int(header[2])
-                    self._blobs[key] = out[pos:pos + size]
-                    pos += size + 1
-                else:
-                    self._blobs[key] = None
-                    if len(header) == 3:  # not a blob (a submodule or tree): skip its content
-                        pos += int(header[2]) + 1
+        contents = self.read_blobs([f"{t}:{p}" for t, p in wanted])
+        self._blobs = dict(zip(wanted, contents, strict=True))
 
     def grep_files(self, treeish: str, pattern: str, paths: Iterable[str] = (), *, fixed: bool = False) -> list[str]:
         found = self._greps.get((treeish, pattern)) if fixed and not tuple(paths) else None

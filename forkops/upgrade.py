@@ -139,23 +139,12 @@ class RepoState:
     notes: list[str] = field(default_factory=list)
 
 
-_GIT_DIRS: dict[str, Path] = {}
-
-
-def _git_dir(repo: Repo) -> Path:
-    """``repo.git_dir``, asked of git once per repository and process (it does not change)."""
-    key = str(repo.path.resolve())
-    if key not in _GIT_DIRS:
-        _GIT_DIRS[key] = repo.git_dir
-    return _GIT_DIRS[key]
-
-
 def _run_path(ws: Workspace) -> Path:
     return ws.root / RUN_DIR / RUN_FILE
 
 
 def _state_path(repo: Repo) -> Path:
-    return _git_dir(repo) / "forkops" / STATE_FILE
+    return repo.git_dir / "forkops" / STATE_FILE
 
 
 def load_run(ws: Workspace) -> RunState | None:
@@ -384,7 +373,7 @@ def _backup_ref(run_id: str, ref: str) -> str:
 # Rebase
 # ---------------------------------------------------------------------------------------
 def _rebase_dir(repo: Repo) -> Path:
-    return _git_dir(repo) / "rebase-merge"
+    return repo.git_dir / "rebase-merge"
 
 
 def _our_rebase(repo: Repo, st: RepoState) -> bool:
@@ -662,13 +651,8 @@ def _reapply_key(ws: Workspace, repo: Repo, pb: Playbook, st: RepoState, log: Lo
     path = keyfile.resolve_path(None, ws.root)
     if not path.is_file():
         return
-    try:
-        from forkops.keys import write_sites
-    except ImportError:
-        note = "key re-apply pending forkops.keys"
-        st.notes.append(note)
-        log(f"{st.repo}: {note}")
-        return
+    from forkops.keys import write_sites
+
     material = keyfile.load(path)
     sites = write_sites(repo.path, pb, material)
     log(f"{st.repo}: key {material.key_fingerprint} written to {len(sites)} key sites (working tree only)")

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -446,22 +447,37 @@ def test_build_missing_branch_is_bad_input(ws: sb_mod.Sandbox, standin: Path) ->
     assert res.code == 2 and "no branch b2.99.0" in res.err
 
 
-def test_build_interrupt_removes_stage(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
-    """SIGINT during `docker build` (a real subprocess): the staged folder with the key is removed."""
+def start_slow_build(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path, **popen: Any) -> subprocess.Popen[Any]:
+    """Start `forkops build 2.18.0` as a real process whose stand-in docker hangs in `build`,
+    and return once staging is done and `docker build` runs (so a test can interrupt it)."""
     slow = tmp_path / "slow-bin"
     slow.mkdir()
-    (slow / "docker").write_text(  # the stand-in, slowed down so the test can interrupt a build
+    (slow / "docker").write_text(
         "#!/bin/sh\n"
         f'if [ "$1" = build ]; then echo started; touch {standin}/build-started; exec sleep 30; fi\n'
         f'exec {sys.executable} {STANDINS}/docker "$@"\n')
     (slow / "docker").chmod(0o755)
     env = {**os.environ, "PATH": f"{slow}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": SOURCE}
     proc = subprocess.Popen([sys.executable, "-m", "forkops", "build", "2.18.0"], cwd=ws.workspace, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            **popen)
     deadline = time.monotonic() + 30
-    while not (standin / "build-started").exists():  # staging done, `docker build` running
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
+    try:
+        while not (standin / "build-started").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the build did not reach docker build"
+            time.sleep(0.05)
+    except BaseException:
+        if popen.get("start_new_session"):
+            os.killpg(proc.pid, 9)
+        else:
+            proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def test_build_interrupt_removes_stage(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
+    """SIGINT during `docker build` (a real subprocess): the staged folder with the key is removed."""
+    proc = start_slow_build(ws, standin, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert any(p.is_dir() for p in (tmp_path / "tmp").iterdir())
     proc.send_signal(2)
     proc.communicate(timeout=30)
@@ -676,24 +692,10 @@ def test_remove_stale_stages_only_removes_folders_of_dead_builds(tmp_path: Path)
 
 def test_killed_build_folder_is_removed_by_the_next_build(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
     """kill -9 cannot be caught: the folder with the key stays until the next build removes it."""
-    slow = tmp_path / "slow-bin"
-    slow.mkdir()
-    (slow / "docker").write_text(  # the stand-in, slowed down so the test can kill a build
-        "#!/bin/sh\n"
-        f'if [ "$1" = build ]; then echo started; touch {standin}/build-started; exec sleep 30; fi\n'
-        f'exec {sys.executable} {STANDINS}/docker "$@"\n')
-    (slow / "docker").chmod(0o755)
-    env = {**os.environ, "PATH": f"{slow}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": SOURCE}
-    proc = subprocess.Popen([sys.executable, "-m", "forkops", "build", "2.18.0"], cwd=ws.workspace, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not (standin / "build-started").exists():
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, 9)  # the build and its stand-in docker child: the group started here
-        proc.wait()
+    proc = start_slow_build(ws, standin, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    os.killpg(proc.pid, 9)  # the build and its stand-in docker child: the group started here
+    proc.wait()
     left = [p for p in (tmp_path / "tmp").iterdir() if p.is_dir()]
     assert len(left) == 1 and left[0].name.startswith("forkops-build-")
     assert files_with_key(left[0])  # the key really was left behind

@@ -466,22 +466,18 @@ def test_bad_input_refused_before_anything_moves(sandbox: Sandbox, monkeypatch: 
     assert not (sandbox.workspace / ".forkops" / "run.json").exists()
 
 
-def test_key_reapplied_or_pending_after_upgrade(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_reapplied_after_upgrade(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = sandbox.workspace / "keys.toml"
     keys.write_text('[model]\nkey = "Abcdefgh12345678"\n')
     keys.chmod(0o600)
     res = cli(sandbox, "upgrade", "2.5.0", "--repo", "tensorflow", monkeypatch=monkeypatch)
     assert res.code == 0, res.out + res.err
     assert "Abcdefgh12345678" not in res.out + res.err
-    try:
-        from forkops.keys import write_sites  # noqa: F401
-    except ImportError:
-        assert "key re-apply pending forkops.keys" in res.out
-        assert "key re-apply pending forkops.keys" in status_json(sandbox, monkeypatch)["notes"]
-    else:
-        tf = sandbox.clone("tensorflow")
-        assert git(tf, "status", "--porcelain") != ""  # working tree only
-        assert "Abcdefgh12345678" not in git(tf, "log", "-p", "tf2.5.0..b2.5.0")
+    tf = sandbox.clone("tensorflow")
+    # written into the new branch's key sites, in the working tree only
+    assert '"Abcdefgh12345678"' in (tf / "tensorflow/tools/cryptfile/cryptfile.cc").read_text()
+    assert ", ".join(f"0x{b:02x}" for b in b"Abcdefgh12345678") in (tf / TF_CORE).read_text()
+    assert "Abcdefgh12345678" not in git(tf, "log", "-p", "tf2.5.0..b2.5.0")
 
 
 def test_status_idle_without_run(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:

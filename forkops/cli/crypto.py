@@ -122,6 +122,19 @@ def _report(verb: str, src: Path, done: Done, material: KeyMaterial, *, as_json:
         console().print(f"{verb} {src} -> {done.output} ({key})")
 
 
+def _transform(verb: str, path: Path, out: Path, keys: Path | None, *, force: bool, raw: bool,
+               as_json: bool) -> None:
+    """``encrypt`` / ``decrypt``: load the key, run with a progress bar, report."""
+    from forkops import crypto
+
+    material = load_keys(keys, required=True)
+    assert material is not None
+    run = crypto.encrypt_path if verb == "encrypted" else crypto.decrypt_path
+    with progress_bar() as progress:
+        done = run(path, out, material, force=force, raw=raw, progress=progress)
+    _report(verb, path, done, material, as_json=as_json)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("encrypt")
     def encrypt(
@@ -136,13 +149,7 @@ def register(app: typer.Typer) -> None:
 
         AES-CBC with PKCS#7, byte-compatible with the fork's decryption and `openssl enc`.
         """
-        from forkops import crypto
-
-        material = load_keys(keys, required=True)
-        assert material is not None
-        with progress_bar() as progress:
-            done = crypto.encrypt_path(path, out, material, force=force, raw=raw, progress=progress)
-        _report("encrypted", path, done, material, as_json=as_json)
+        _transform("encrypted", path, out, keys, force=force, raw=raw, as_json=as_json)
 
     @app.command("decrypt")
     def decrypt(
@@ -156,13 +163,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Decrypt a model into OUT; a wrong key (bad padding) is refused and nothing is written."""
-        from forkops import crypto
-
-        material = load_keys(keys, required=True)
-        assert material is not None
-        with progress_bar() as progress:
-            done = crypto.decrypt_path(path, out, material, force=force, raw=raw, progress=progress)
-        _report("decrypted", path, done, material, as_json=as_json)
+        _transform("decrypted", path, out, keys, force=force, raw=raw, as_json=as_json)
 
     @app.command("inspect")
     def inspect(
