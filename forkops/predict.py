@@ -45,6 +45,7 @@ from typing import Literal
 
 from forkops import anchors as anchors_mod
 from forkops import git, plan
+from forkops import resolutions as resolutions_mod
 from forkops.errors import BadInput, GitError
 from forkops.git import Repo, conflict_kind
 from forkops.playbook import Anchor, Playbook
@@ -119,6 +120,17 @@ class StoppedAt:
 
 
 @dataclass(frozen=True)
+class ResolvedStop:
+    """A stop the simulation went past with recorded resolutions (forkops.resolutions)."""
+
+    stopped_at: StoppedAt
+    applied: tuple[resolutions_mod.Applied, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {"commit": self.stopped_at.as_json(), "files": [a.as_json() for a in self.applied]}
+
+
+@dataclass(frozen=True)
 class Prediction:
     """What rebasing the stack onto one tag does.
 
@@ -136,10 +148,15 @@ class Prediction:
     anchors: tuple[anchors_mod.AnchorResult, ...] = ()  # on the predicted tree (clean only)
     upstream_anchors: tuple[anchors_mod.AnchorResult, ...] = ()  # on the tag itself
     seconds: float = 0.0
+    resolved: tuple[ResolvedStop, ...] = ()  # stops recorded resolutions got past, in order
 
     @property
-    def status(self) -> Literal["clean", "conflict"]:
-        return "conflict" if self.stopped_at is not None else "clean"
+    def status(self) -> Literal["clean", "resolved", "conflict"]:
+        """conflict: a person must resolve a stop; resolved: every stop has recorded
+        resolutions (the rebase ends as `forkops upgrade` with them ends); clean: no stop."""
+        if self.stopped_at is not None:
+            return "conflict"
+        return "resolved" if self.resolved else "clean"
 
     @property
     def anchors_ok(self) -> bool:
@@ -148,7 +165,7 @@ class Prediction:
     @property
     def compatible(self) -> bool:
         """Rebases cleanly and every anchor holds on the result: no person needed."""
-        return self.status == "clean" and self.anchors_ok
+        return self.status != "conflict" and self.anchors_ok
 
     @property
     def conflict_paths(self) -> list[str]:
@@ -160,6 +177,8 @@ class Prediction:
             "version": str(self.version) if self.version else None,
             "onto": self.onto,
             "status": self.status,
+            "recorded": bool(self.resolved),
+            "resolved": [r.as_json() for r in self.resolved],
             "compatible": self.compatible,
             "commit": self.stopped_at.as_json() if self.stopped_at else None,
             "conflicts": self.conflict_paths,
@@ -225,13 +244,15 @@ class Simulator:
     called from several threads at once (git writes objects atomically).
     """
 
-    def __init__(self, repo: Repo, patches: Sequence[Patch], *, strategy: Strategy | None = None) -> None:
+    def __init__(self, repo: Repo, patches: Sequence[Patch], *, strategy: Strategy | None = None,
+                 resolutions: resolutions_mod.Book | None = None) -> None:
         self.strategy: Strategy = strategy or default_strategy()
         if self.strategy == "merge-base" and not git.has_merge_base_option():
             raise BadInput("git merge-tree --merge-base needs git >= 2.40 "
                            f"(this is {'.'.join(map(str, git.version()))})")
         self.user_repo = repo
         self.patches = tuple(patches)
+        self.resolutions = resolutions
         self._tmp: Path | None = None
         self.repo = repo
         self._fake: dict[str, tuple[str, str]] = {}  # patch sha -> (B, THEIRS)
@@ -285,10 +306,10 @@ class Simulator:
         shutil.rmtree(folder, ignore_errors=True)
         return shas
 
-    def _merge(self, ours: str, patch: Patch) -> tuple[str, list[Conflict]]:
+    def _merge(self, ours: str, patch: Patch) -> tuple[str, list[Conflict], list[str]]:
         """Three-way merge of ``ours`` (a commit with the accumulated tree; for fake-base, one
         whose parent is the patch's B) with ``patch`` over the patch's parent. Returns the
-        result tree and the conflicts (empty when clean)."""
+        result tree, the conflicts (empty when clean) and merge-tree's conflicted-file entries."""
         args = ["merge-tree", "--write-tree", "-z", "--no-messages"]
         if self.strategy == "merge-base":
             args += [f"--merge-base={patch.parent}", ours, patch.sha]
@@ -298,7 +319,9 @@ class Simulator:
         if proc.returncode not in (0, 1):
             raise GitError(args, proc.returncode, proc.stderr.decode("utf-8", "replace"))
         fields = proc.stdout.decode("utf-8", "surrogateescape").split("\0")
-        return fields[0].strip(), _conflicts(fields[1:]) if proc.returncode == 1 else []
+        if proc.returncode == 0:
+            return fields[0].strip(), [], []
+        return fields[0].strip(), _conflicts(fields[1:]), fields[1:]
 
     def predict(self, tag: TagName, onto: str, version: Version | None) -> Prediction:
         """Replay the stack onto commit ``onto`` and report like ``git rebase`` would."""
@@ -329,7 +352,15 @@ class Simulator:
                     ours = [s.acc_commit for s in live]
                 outcomes = list(pool.map(self._merge, ours, [patch] * len(ours)))
                 advanced: list[_Replay] = []
-                for s, (tree, conflicts) in zip(live, outcomes, strict=True):
+                for s, (tree, conflicts, entries) in zip(live, outcomes, strict=True):
+                    if conflicts and self.resolutions:
+                        # what `forkops upgrade` does at this stop: apply recorded resolutions
+                        done = self.resolutions.resolve_tree(self.repo, tree,
+                                                             resolutions_mod.parse_stage_entries(entries))
+                        if done is not None:
+                            tree, conflicts = done[0], []
+                            s.resolved.append(ResolvedStop(StoppedAt(patch.sha, patch.subject, index, total),
+                                                           tuple(done[1])))
                     if conflicts:
                         s.stopped_at = StoppedAt(patch.sha, patch.subject, index, total)
                         s.conflicts = tuple(conflicts)
@@ -349,13 +380,13 @@ class Simulator:
 
     def _with_anchors(self, results: list[Prediction], anchors: Sequence[Anchor]) -> list[Prediction]:
         began = time.perf_counter()
-        trees = [r.onto for r in results] + [r.tree for r in results if r.status == "clean" and r.tree]
+        trees = [r.onto for r in results] + [r.tree for r in results if r.stopped_at is None and r.tree]
         cached = _Prefetched(self.repo, trees, anchors)
         out = []
         for r in results:
             upstream = tuple(anchors_mod.check_all(cached, r.onto, tuple(anchors), r.version))
             on_result = (tuple(anchors_mod.check_all(cached, r.tree, tuple(anchors), r.version))
-                         if r.status == "clean" and r.tree else ())
+                         if r.stopped_at is None and r.tree else ())
             if on_result and self.patches:
                 # A patch left behind in a file upstream moved away from is re-applied by
                 # `forkops upgrade`; predict that too, so nightly does not flag what upgrade fixes.
@@ -379,10 +410,11 @@ class _Replay:
     dropped: list[Patch] = field(default_factory=list)
     stopped_at: StoppedAt | None = None
     conflicts: tuple[Conflict, ...] = ()
+    resolved: list[ResolvedStop] = field(default_factory=list)
 
     def prediction(self, total: int, seconds: float) -> Prediction:
         return Prediction(self.tag, self.version, self.onto, total, self.stopped_at, self.conflicts,
-                          tuple(self.dropped), self.acc_tree, seconds=seconds)
+                          tuple(self.dropped), self.acc_tree, seconds=seconds, resolved=tuple(self.resolved))
 
 
 class _Prefetched(Repo):
@@ -501,13 +533,15 @@ def open_clone(path: Path, origin: str, *, clone_missing: bool,
 def check_repo(name: str, repo: Repo, pb: Playbook, upstream_url: str | None, *,
                start: str | None = None, base: str | None = None, since: str | Version | None = None,
                tags: Sequence[str] | None = None, include_rc: bool = False,
-               strategy: Strategy | None = None, workers: int | None = None) -> RepoCheck:
+               strategy: Strategy | None = None, workers: int | None = None,
+               resolutions: resolutions_mod.Book | None = None) -> RepoCheck:
     """``forkops check`` for one clone.
 
     start: ``--from`` or the newest fork branch; base: ``--base`` or the newest upstream release
     tag reachable from start (plan.stack_refs, as upgrade chooses it); tags: ``--tags`` or every
     upstream release newer than ``since`` (default: the base's version). ``upstream_url`` (when
-    given) is set as the playbook's upstream remote first.
+    given) is set as the playbook's upstream remote first. ``resolutions``: recorded resolutions
+    the simulation applies at stops, as upgrade does.
     """
     remote = pb.upstream_remote
     if upstream_url is not None:
@@ -524,7 +558,7 @@ def check_repo(name: str, repo: Repo, pb: Playbook, upstream_url: str | None, *,
     chosen = select_tags(pb, remote_tags, since=since, wanted=tags, include_rc=include_rc)
     commits = fetch_tags(repo, remote, [t for t, _ in chosen], remote_tags)
     patches = load_patches(repo, plan.patch_stack(repo, refs))
-    with Simulator(repo, patches, strategy=strategy) as sim:
+    with Simulator(repo, patches, strategy=strategy, resolutions=resolutions) as sim:
         targets = [(t, commits[t], v) for t, v in chosen]
         results = sim.predict_many(targets, anchors=pb.anchors, workers=workers)
         used = sim.strategy

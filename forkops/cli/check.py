@@ -86,7 +86,7 @@ def _open(rc: RepoConfig, *, refresh_origin: bool) -> Repo:
 
 def _check_one(ws: Workspace, rc: RepoConfig, *, start: str | None, base: str | None, since: str | None,
                tags: list[str] | None, include_rc: bool, nightly: bool) -> RepoCheck:
-    from forkops import predict
+    from forkops import predict, resolutions
 
     pb = ws.playbook(rc)
     repo = _open(rc, refresh_origin=nightly)
@@ -94,7 +94,7 @@ def _check_one(ws: Workspace, rc: RepoConfig, *, start: str | None, base: str | 
         since = str(predict.newest_fork_branch(repo, pb)[1])
     err_console().print(f"[dim]{rc.name}: predicting upstream tags...[/dim]")
     return predict.check_repo(rc.name, repo, pb, rc.upstream, start=start, base=base, since=since,
-                              tags=tags, include_rc=include_rc)
+                              tags=tags, include_rc=include_rc, resolutions=resolutions.Book.of(ws.root, rc.name))
 
 
 def check(

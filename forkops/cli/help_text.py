@@ -15,19 +15,21 @@ TOP_HELP = (
     '  -h, --help  Show this message and exit.\n'
     '\n'
     'Commands:\n'
-    '  demo      Run forkops end to end in a generated sandbox: check, upgrade...\n'
-    "  init      Write forkops.toml (asks for the forks' URLs or takes flags)...\n"
-    "  upgrade   Rebase the fork's patch stack onto an upstream release...\n"
-    '  status    What an upgrade in progress is doing and waiting for.\n'
-    '  check     Predict, without touching any worktree, how each upstream tag...\n'
-    '  nightly   Check every repository against every upstream tag newer than...\n'
-    '  set-key   Write the key and IV into every key site, verify they agree,...\n'
-    "  encrypt   Encrypt a model (every version's saved_model.pb; the rest...\n"
-    '  decrypt   Decrypt a model into OUT; a wrong key (bad padding) is...\n'
-    '  inspect   Say what each saved_model.pb is (plaintext SavedModel /...\n'
-    '  build     Stage the Serving fork with the TensorFlow fork inside (key...\n'
-    '  smoke     Serve the encrypted half_plus_two from IMAGE and check the...\n'
-    '  doctor    Check git, the docker client and engine, buildx, the NVIDIA...\n'
-    '  guard     The commit/push guard that keeps the model key out of git.\n'
-    '  playbook  Show and validate playbooks (built-in or your own TOML files).\n'
+    '  demo         Run forkops end to end in a generated sandbox: check,...\n'
+    "  init         Write forkops.toml (asks for the forks' URLs or takes...\n"
+    "  upgrade      Rebase the fork's patch stack onto an upstream release...\n"
+    '  status       What an upgrade in progress is doing and waiting for.\n'
+    '  check        Predict, without touching any worktree, how each upstream...\n'
+    '  nightly      Check every repository against every upstream tag newer...\n'
+    '  set-key      Write the key and IV into every key site, verify they...\n'
+    "  encrypt      Encrypt a model (every version's saved_model.pb; the rest...\n"
+    '  decrypt      Decrypt a model into OUT; a wrong key (bad padding) is...\n'
+    '  inspect      Say what each saved_model.pb is (plaintext SavedModel /...\n'
+    '  build        Stage the Serving fork with the TensorFlow fork inside...\n'
+    '  smoke        Serve the encrypted half_plus_two from IMAGE and check the...\n'
+    '  doctor       Check git, the docker client and engine, buildx, the...\n'
+    '  guard        The commit/push guard that keeps the model key out of git.\n'
+    '  playbook     Show and validate playbooks (built-in or your own TOML...\n'
+    '  resolutions  Recorded conflict resolutions (resolutions/<repo>/<id>.txt...\n'
+    '  ci           Continuous integration: the nightly GitHub Actions workflow.\n'
 )

@@ -1,0 +1,327 @@
+"""Recorded resolutions (forkops.resolutions): recorded at a real stop, applied where the same
+conflict recurs, and simulated by ``check`` with the outcome a real rebase has.
+
+Ground truth is git itself: a real ``git rebase --onto`` in a scratch clone that, at each stop,
+applies the recorded resolutions (``resolutions.apply``: the file written, ``git add``) and runs
+``git rebase --continue`` -- what ``forkops upgrade`` does -- compared with the prediction: same
+next stop, same unmerged files, same tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from forkops import playbook, predict, resolutions, workspace
+from forkops import sandbox as sandbox_mod
+from forkops.errors import BadInput
+from forkops.git import Repo
+from forkops.sandbox import Sandbox
+from tests.clihelp import run_cli
+
+
+def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GIT_EDITOR": "true"}
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=check, env=env)
+
+
+@dataclass
+class Real:
+    stopped_sha: str | None
+    index: int | None
+    unmerged: list[str]
+    head_tree: str
+    resolved_at: list[int]  # msgnum of each stop the recorded resolutions got past
+
+
+def _scratch(clone: Path, scratch: Path, start: str) -> Path:
+    _git(clone.parent, "clone", "--quiet", "--shared", "--no-checkout", str(clone), str(scratch))
+    _git(scratch, "checkout", "--quiet", "--detach", start)
+    return scratch
+
+
+def _stopped(scratch: Path) -> bool:
+    return (scratch / ".git" / "rebase-merge").is_dir()
+
+
+def rebase_with_resolutions(ws: workspace.Workspace, name: str, clone: Path, scratch: Path, *,
+                            onto: str, base: str, start: str) -> Real:
+    """``git rebase --onto ONTO BASE`` on START; at each stop the recorded resolutions are
+    applied and, when they resolve every file, ``git rebase --continue``."""
+    _scratch(clone, scratch, start)
+    _git(scratch, "rebase", "--onto", onto, base, check=False)
+    state = scratch / ".git" / "rebase-merge"
+    resolved_at = []
+    while _stopped(scratch):
+        repo = Repo(scratch)
+        resolutions.apply(ws, name, repo)
+        if repo.unmerged_paths():
+            unmerged = sorted(set(_git(scratch, "diff", "--name-only", "--diff-filter=U").stdout.split()))
+            return Real(_git(scratch, "rev-parse", "REBASE_HEAD").stdout.strip(), int((state / "msgnum").read_text()),
+                        unmerged, _git(scratch, "rev-parse", "HEAD^{tree}").stdout.strip(), resolved_at)
+        resolved_at.append(int((state / "msgnum").read_text()))
+        _git(scratch, "rebase", "--continue", check=False)
+    return Real(None, None, [], _git(scratch, "rev-parse", "HEAD^{tree}").stdout.strip(), resolved_at)
+
+
+def resolve_stop_by_hand(ws: workspace.Workspace, name: str, clone: Path, scratch: Path, *, onto: str, base: str,
+                         start: str, stops: int) -> list[resolutions.Recorded]:
+    """A person's upgrade: rebase, and at each of the first ``stops`` stops resolve every file
+    as the sandbox's maintainer does, ``git add``, record, continue."""
+    _scratch(clone, scratch, start)
+    _git(scratch, "rebase", "--onto", onto, base, check=False)
+    recorded: list[resolutions.Recorded] = []
+    for _ in range(stops):
+        assert _stopped(scratch)
+        repo = Repo(scratch)
+        resolutions.apply(ws, name, repo)
+        for path in repo.unmerged_paths():
+            ours = _git(scratch, "show", f":2:{path}", check=False).stdout or None
+            theirs = _git(scratch, "show", f":3:{path}", check=False).stdout or None
+            content = sandbox_mod.resolve(name, path, ours=ours, theirs=theirs)
+            assert content is not None
+            (scratch / path).write_text(content)
+            _git(scratch, "add", "--", path)
+        recorded += resolutions.record(ws, name, repo, pb=playbook.load(name))
+        _git(scratch, "rebase", "--continue", check=False)
+    return recorded
+
+
+def _check(sandbox: Sandbox, ws: workspace.Workspace, name: str, **kw: object) -> predict.RepoCheck:
+    return predict.check_repo(name, Repo(sandbox.clone(name)), playbook.load(name), sandbox.upstream_url(name),
+                              include_rc=True, resolutions=resolutions.Book.of(ws.root, name), **kw)  # type: ignore[arg-type]
+
+
+def _assert_same(pred: predict.Prediction, real: Real) -> None:
+    where = f"{pred.tag}: predicted {pred.status}"
+    assert pred.tree == real.head_tree, f"{where}: tree differs from the real rebase with resolutions"
+    assert [r.stopped_at.index for r in pred.resolved] == real.resolved_at, where
+    if real.stopped_sha is None:
+        assert pred.stopped_at is None, where
+    else:
+        assert pred.stopped_at is not None and (pred.stopped_at.sha, pred.stopped_at.index) == (
+            real.stopped_sha, real.index), where
+        assert pred.conflict_paths == real.unmerged, where
+
+
+@pytest.mark.parametrize("name", ["serving", "tensorflow"])
+def test_simulation_with_recorded_resolutions_matches_real_rebase_for_every_tag(
+        sandbox: Sandbox, tmp_path: Path, name: str) -> None:
+    ws = workspace.load(sandbox.workspace)
+    clone = sandbox.clone(name)
+    before = _check(sandbox, ws, name)
+    first = next(r for r in before.results if r.status == "conflict" and str(r.version) == "2.18.0")
+    # record the first stop of 2.18.0 as a person resolves it
+    recorded = resolve_stop_by_hand(ws, name, clone, tmp_path / "person", onto=first.onto,
+                                    base=before.refs.base_sha, start=before.refs.start_sha, stops=1)
+    assert recorded and all(r.status == "recorded" for r in recorded), recorded
+    assert sorted(r.path for r in recorded) == first.conflict_paths
+
+    after = _check(sandbox, ws, name)
+    by_tag = {str(r.tag): r for r in after.results}
+    again = by_tag[str(first.tag)]
+    assert again.resolved and again.resolved[0].stopped_at == first.stopped_at
+    for i, pred in enumerate(after.results):
+        real = rebase_with_resolutions(ws, name, clone, tmp_path / f"real{i}", onto=pred.onto,
+                                       base=after.refs.base_sha, start=after.refs.start_sha)
+        _assert_same(pred, real)
+
+
+def test_serving_every_stop_recorded_is_resolved_and_reaches_the_persons_tree(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    ws = workspace.load(sandbox.workspace)
+    clone = sandbox.clone("serving")
+    before = _check(sandbox, ws, "serving", tags=["2.18.0"])
+    pred = before.results[0]
+    assert pred.status == "conflict"
+    stops = 0
+    person = tmp_path / "person"
+    while True:  # resolve stop after stop until the rebase finishes
+        stops += 1
+        if person.exists():
+            subprocess.run(["rm", "-rf", str(person)], check=True)
+        resolve_stop_by_hand(ws, "serving", clone, person, onto=pred.onto, base=before.refs.base_sha,
+                             start=before.refs.start_sha, stops=stops)
+        if not _stopped(person):
+            break
+        assert stops < 10
+    assert stops >= 2  # serving 2.18.0 stops more than once
+    person_tree = _git(person, "rev-parse", "HEAD^{tree}").stdout.strip()
+    after = _check(sandbox, ws, "serving", tags=["2.18.0"]).results[0]
+    assert after.status == "resolved" and after.compatible and after.as_json()["recorded"] is True
+    assert len(after.resolved) == stops
+    assert after.tree == person_tree
+    real = rebase_with_resolutions(ws, "serving", clone, tmp_path / "real", onto=after.onto,
+                                   base=before.refs.base_sha, start=before.refs.start_sha)
+    assert real.stopped_sha is None and real.head_tree == person_tree
+
+
+# ---------------------------------------------------------------------------------------
+# The engine on small, exact inputs
+# ---------------------------------------------------------------------------------------
+def _merged(tmp_path: Path, base: str, ours: str, theirs: str) -> resolutions.Merged:
+    tmp_path.mkdir(exist_ok=True)
+    repo = Repo(tmp_path)
+    _git(tmp_path, "init", "--quiet")
+    merged = resolutions.merge_stages(repo, base.encode(), ours.encode(), theirs.encode())
+    assert merged is not None
+    return merged
+
+
+MIDDLE = "".join(f"m{i}\n" for i in range(8))  # far enough apart to stay two hunks
+BASE = "a\nb\n" + MIDDLE + "f\ng\n"
+OURS = "a\nB-up\n" + MIDDLE + "F-up\ng\n"
+THEIRS = "a\nB-fork\n" + MIDDLE + "F-fork\ng\n"
+
+
+def test_hunk_ids_ignore_side_order_labels_and_conflict_style(tmp_path: Path) -> None:
+    m = _merged(tmp_path, BASE, OURS, THEIRS)
+    swapped = _merged(tmp_path / "x", BASE, THEIRS, OURS)
+    assert len(m.hunks) == 2
+    assert [h.id for h in m.hunks] == [h.id for h in swapped.hunks]
+    # the user's conflict style does not leak in: diff3 configured, same hunks
+    _git(tmp_path, "config", "merge.conflictStyle", "diff3")
+    assert _merged(tmp_path, BASE, OURS, THEIRS).hunks == m.hunks
+    book = resolutions.Book([resolutions.Record("r", "f", "c", "o", tuple(
+        resolutions.RecordedHunk(h, b"X\n") for h in m.hunks))])
+    assert book.resolve(swapped) == (f"a\nX\n{MIDDLE}X\ng\n".encode(), (book.records[0].id,))
+
+
+def test_split_resolution_per_hunk_and_refuses_edits_outside(tmp_path: Path) -> None:
+    m = _merged(tmp_path, BASE, OURS, THEIRS)
+    resolved = f"a\nB-up\nB-fork\n{MIDDLE}\ng\n".encode()
+    assert resolutions.split_resolution(m, resolved) == [b"B-up\nB-fork\n", b"\n"]
+    # a line outside the hunks was changed: not expressible hunk by hunk ...
+    outside = f"a\nB-up\n{MIDDLE.replace('m4', 'M4!')}F-up\ng\n".encode()
+    assert resolutions.split_resolution(m, outside) is None
+    # ... but as hunk texts plus an edit, which replays where the same conflict recurs
+    texts, edits = resolutions.resolution_of(m, outside) or ([], ())
+    assert texts == [b"B-up\n", b"F-up\n"] and len(edits) == 1 and "+M4!" in edits[0].lines
+    rec = resolutions.Record("r", "f", "c", "o", tuple(resolutions.RecordedHunk(h, t)
+                                                        for h, t in zip(m.hunks, texts, strict=True)), edits)
+    assert resolutions.parse(rec.render(), source="x") == rec
+    assert resolutions.Book([rec]).resolve(m) == (outside, (rec.id,))
+    # upstream shifted the file by two lines: the edit still finds its place
+    shifted = _merged(tmp_path / "s", "top\n" * 2 + BASE, "top\n" * 2 + OURS, "top\n" * 2 + THEIRS)
+    assert resolutions.Book([rec]).resolve(shifted) == (b"top\n" * 2 + outside, (rec.id,))
+    # the edit's context is gone: not covered, never a guess
+    gone = _merged(tmp_path / "g", BASE, OURS.replace("m4", "m4-up"), THEIRS)
+    assert b"m4-up" in gone.common[1] and [h.id for h in gone.hunks] == [h.id for h in m.hunks]
+    assert resolutions.Book([rec]).resolve(gone) is None
+
+
+def test_only_fully_covered_files_are_resolved(tmp_path: Path) -> None:
+    m = _merged(tmp_path, BASE, OURS, THEIRS)
+    one = resolutions.Book([resolutions.Record("r", "f", "c", "o", (resolutions.RecordedHunk(m.hunks[0], b"X\n"),))])
+    assert one.resolve(m) is None
+
+
+@pytest.mark.parametrize("text", ["", "x", "x\n", "\n\n", "a\n| b\n\\ no newline at end\n", "tail no eol\n\nz",
+                                  " leading space\n|\n"])
+def test_record_text_round_trips(text: str) -> None:
+    h = resolutions.Hunk(text.encode(), b"other\n")
+    rec = resolutions.Record("serving", "WORKSPACE", "abc subject", "2.18.0",
+                             (resolutions.RecordedHunk(h, text.encode()),))
+    back = resolutions.parse(rec.render(), source="x.txt")
+    assert back == rec and back.id == rec.id
+
+
+def test_hand_edited_sides_are_refused_with_the_line(tmp_path: Path) -> None:
+    h = resolutions.Hunk(b"one\n", b"two\n")
+    rec = resolutions.Record("serving", "WORKSPACE", "abc s", "2.18.0", (resolutions.RecordedHunk(h, b"both\n"),))
+    text = rec.render().replace("| one", "| ONE")
+    with pytest.raises(BadInput, match=r"x.txt: line \d+: hunk 1: its sides do not hash"):
+        resolutions.parse(text, source="x.txt")
+    with pytest.raises(BadInput, match="not a forkops resolution"):
+        resolutions.parse("hello\n", source="x.txt")
+    # the resolution text itself may be edited by a reviewer
+    edited = resolutions.parse(rec.render().replace("| both", "| reviewed"), source="x.txt")
+    assert edited.hunks[0].resolution == b"reviewed\n"
+
+
+def test_a_resolution_holding_a_key_site_is_not_recorded(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The resolutions folder is committed: a hunk that holds a key site's value never goes there."""
+    ws = workspace.load(sandbox.workspace)
+    pb = playbook.load("tensorflow")
+    site = pb.key_sites[0]
+    repo_path = tmp_path / "r"
+    repo_path.mkdir()
+    _git(repo_path, "init", "--quiet", "-b", "main")
+    _git(repo_path, "config", "user.email", "t@t")
+    _git(repo_path, "config", "user.name", "t")
+    path = site.paths[0]
+    (repo_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (repo_path / path).write_text("x\n")
+    _git(repo_path, "add", "-A")
+    _git(repo_path, "commit", "-qm", "base")
+    _git(repo_path, "checkout", "-qb", "fork")
+    (repo_path / path).write_text("fork\n")
+    _git(repo_path, "commit", "-qam", "fork")
+    _git(repo_path, "checkout", "-q", "main")
+    (repo_path / path).write_text("up\n")
+    _git(repo_path, "commit", "-qam", "up")
+    _git(repo_path, "checkout", "-q", "fork")
+    _git(repo_path, "rebase", "main", check=False)
+    repo = Repo(repo_path)
+    resolutions.apply(ws, "tensorflow", repo)
+    key_line = _key_site_example(site.encoding)
+    (repo_path / path).write_text(key_line)
+    assert site.regex.search(key_line), "the example must be a key site instance"
+    _git(repo_path, "add", path)
+    out = resolutions.record(ws, "tensorflow", repo, pb=pb)
+    assert [(r.status, "key site" in r.reason) for r in out] == [("skipped", True)]
+    assert not (ws.root / "resolutions").exists()
+
+
+def _key_site_example(encoding: str) -> str:
+    pb = playbook.load("tensorflow")
+    site = next(s for s in pb.key_sites if s.encoding == encoding)
+    # the sandbox fork carries real instances of the playbook's key sites
+    text = sandbox_mod.fork_env_cc(sandbox_mod.tf_env_cc("core"))
+    m = site.regex.search(text)
+    assert m, site.name
+    return m.group(0) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# forkops resolutions list | show | forget
+# ---------------------------------------------------------------------------------------
+def test_cli_list_show_forget(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = workspace.load(sandbox.workspace)
+    check = _check(sandbox, ws, "serving", tags=["2.18.0"])
+    resolve_stop_by_hand(ws, "serving", sandbox.clone("serving"), tmp_path / "p", onto=check.results[0].onto,
+                         base=check.refs.base_sha, start=check.refs.start_sha, stops=1)
+    monkeypatch.chdir(sandbox.workspace)
+    res = run_cli("resolutions", "list", "--json")
+    assert res.code == 0, res.err
+    items = json.loads(res.out)["resolutions"]
+    assert [(i["repo"], i["path"]) for i in items] == [("serving", "WORKSPACE")]
+    rid = items[0]["id"]
+    assert Path(items[0]["file"]) == sandbox.workspace / "resolutions" / "serving" / f"{rid}.txt"
+    res = run_cli("resolutions", "list")
+    assert res.code == 0 and rid in res.out and "WORKSPACE" in res.out
+    res = run_cli("resolutions", "show", rid[:8])
+    assert res.code == 0 and "ours (upstream):" in res.out and "resolution:" in res.out
+    res = run_cli("resolutions", "forget", "zz")
+    assert res.code == 2 and "not a resolution id" in res.err and "Traceback" not in res.err
+    res = run_cli("resolutions", "forget", "0000")
+    assert res.code == 2 and "no recorded resolution" in res.err
+    res = run_cli("resolutions", "forget", rid[:8])
+    assert res.code == 0, res.err
+    assert not list((sandbox.workspace / "resolutions" / "serving").glob("*.txt"))
+    assert json.loads(run_cli("resolutions", "list", "--json").out)["resolutions"] == []
+
+
+def test_malformed_record_is_bad_input_for_check(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = sandbox.workspace / "resolutions" / "serving" / "0123456789abcdef.txt"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("forkops resolution 1\nrepo: serving\n")
+    monkeypatch.chdir(sandbox.workspace)
+    res = run_cli("check", "--repo", "serving")
+    assert res.code == 2 and "resolutions/serving/0123456789abcdef.txt: line" in res.err
+    assert "Traceback" not in res.err
