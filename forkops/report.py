@@ -14,16 +14,18 @@ import json
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from forkops import fsutil
+from forkops.ci import TITLE_PREFIX, IssueRequest
 from forkops.errors import BadInput
 from forkops.predict import Prediction, RepoCheck
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
 REPORT_FORMAT = "forkops-nightly/1"
@@ -47,47 +49,139 @@ def _stop_text(p: Prediction) -> str:
 
 
 def _anchor_text(p: Prediction) -> list[tuple[bool | None, str]]:
-    """(ok, text) per anchor: on the predicted tree when clean; where upstream has the symbol
-    when the rebase stops (ok None: informational)."""
-    if p.status == "clean":
+    """(ok, text) per anchor: on the predicted tree when the rebase ends; where upstream has the
+    symbol when it stops (ok None: informational)."""
+    if p.stopped_at is None:
         return [(a.ok, f"{a.name}: {a.detail}" if not a.ok else a.name) for a in p.anchors]
     return [(None, f"{a.name}: upstream defines it in {a.path or ', '.join(a.defined_in) or 'no file'}")
             for a in p.upstream_anchors]
 
 
+def result_label(p: Prediction) -> str:
+    """The verdict in words: conflict, resolved (recorded), clean, or clean with a failing anchor."""
+    if p.status == "conflict":
+        return "conflict"
+    label = "resolved (recorded)" if p.status == "resolved" else "clean"
+    return label if p.anchors_ok else f"{label}, anchor fails"
+
+
+def next_command(repo: str, p: Prediction) -> str | None:
+    """What a person runs next for this tag (None without a version to upgrade to)."""
+    if p.version is None:
+        return None
+    command = f"forkops upgrade {p.version} --repo {repo}"
+    return command + " --accept-recorded" if p.status == "resolved" and p.anchors_ok else command
+
+
+@dataclass(frozen=True)
+class Row:
+    """Consecutive tags with identical results, shown as one table row."""
+
+    tags: tuple[str, ...]
+    status: str  # Prediction.status, or "anchor" for a clean result whose anchor fails
+    cells: tuple[str, ...]  # result, stops at, files, anchors (+ what callers add), plain text
+
+    @property
+    def tag_text(self) -> str:
+        if len(self.tags) == 1:
+            return self.tags[0]
+        return f"{self.tags[0]} .. {self.tags[-1]} ({len(self.tags)} tags)"
+
+
+def _cells(p: Prediction, *, markdown: bool) -> tuple[str, ...]:
+    code = (lambda t: f"`{_md(t)}`") if markdown else (lambda t: t)
+    text = _md if markdown else (lambda t: t)
+    result = result_label(p)
+    if p.resolved:
+        result += f" at {', '.join(str(r.stopped_at.index) for r in p.resolved)} of {p.total}"
+    if p.dropped:
+        result += f" ({len(p.dropped)} dropped)"
+    stop = ""
+    if p.stopped_at is not None:
+        s = p.stopped_at
+        stop = f"{s.index}/{s.total} {code(s.sha[:10])} {text(s.subject)}"
+    files = ", ".join(f"{code(c.path)} ({c.kind})" for c in p.conflicts)
+    marks = {True: "✅ " if markdown else "✓ ", False: "❌ " if markdown else "✗ ", None: ""}
+    anchors = "; ".join(marks[ok] + text(t) for ok, t in _anchor_text(p))
+    return result, stop, files, anchors
+
+
+def group_rows(items: Sequence[tuple[Prediction, tuple[str, ...]]], *, markdown: bool = False) -> list[Row]:
+    """One row per run of consecutive tags whose cells (and ``extra`` cells) are identical."""
+    rows: list[Row] = []
+    for p, extra in items:
+        status = "anchor" if p.status != "conflict" and not p.anchors_ok else p.status
+        cells = (*_cells(p, markdown=markdown), *extra)
+        if rows and rows[-1].cells == cells and rows[-1].status == status:
+            rows[-1] = replace(rows[-1], tags=(*rows[-1].tags, str(p.tag)))
+        else:
+            rows.append(Row((str(p.tag),), status, cells))
+    return rows
+
+
+_STYLE = {"conflict": "red", "resolved": "cyan", "clean": "green", "anchor": "yellow"}
+
+
 def check_table(check: RepoCheck) -> Table:
+    """One line per row (a terminal may still fold long cells; :func:`print_table` keeps piped
+    output unwrapped); consecutive tags with identical results share a row."""
     from rich.table import Table
+    from rich.text import Text
 
     title = (f"{check.repo}: {check.refs.start} ({len(check.patches)} patches since {check.refs.base}) "
              "rebased onto upstream tags")
     table = Table(title=title, title_justify="left", show_lines=False)
     for column in ("tag", "result", "stops at", "files", "anchors"):
         table.add_column(column, overflow="fold")
-    for p in check.results:
-        if p.status == "conflict":
-            result = "[red]conflict[/red]"
-        elif p.anchors_ok:
-            result = "[green]clean[/green]"
-        else:
-            result = "[yellow]clean, anchor fails[/yellow]"
-        if p.dropped:
-            result += f"\n[dim]{len(p.dropped)} dropped[/dim]"
-        anchors = "\n".join(
-            ("[green]✓[/green] " if ok else "[red]✗[/red] " if ok is False else "[dim]·[/dim] ") + text
-            for ok, text in _anchor_text(p)) or "[dim]none[/dim]"
-        files = "\n".join(f"{c.path} [dim]({c.kind})[/dim]" for c in p.conflicts)
-        table.add_row(str(p.tag), result, _stop_text(p), files, anchors)
+    for row in group_rows([(p, ()) for p in check.results]):
+        result, *rest = row.cells
+        table.add_row(Text(row.tag_text), Text(result, style=_STYLE[row.status]), *(Text(c) for c in rest))
     if not check.results:
-        table.add_row("[dim]no upstream tags to check[/dim]", "", "", "", "")
+        table.add_row(Text("no upstream tags to check", style="dim"), "", "", "", "")
     return table
+
+
+def print_table(out: Console, table: Table) -> None:
+    """Print ``table``; when the output is not a terminal (a CI log, a pipe), at its natural
+    width, so that no row is folded at the 80 columns rich assumes there."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    from rich.measure import Measurement
+
+    saved = out.width
+    try:
+        out.width = max(saved, Measurement.get(out, out.options.update(width=100_000), table).maximum)
+        out.print(table)
+    finally:
+        out.width = saved
+
+
+def next_steps(check: RepoCheck) -> list[str]:
+    """The suggested command per table row that needs a person or has recorded resolutions
+    (for a row of several tags: upgrading to its newest)."""
+    by_tag = {str(p.tag): p for p in check.results}
+    steps = []
+    for row in group_rows([(p, ()) for p in check.results]):
+        command = next_command(check.repo, by_tag[row.tags[-1]])
+        if row.status != "clean" and command:
+            steps.append(f"{row.tag_text}: {command}")
+    return steps
+
+
+def _repo_json(check: RepoCheck) -> dict[str, Any]:
+    doc = check.as_json()
+    for result, p in zip(doc["results"], check.results, strict=True):  # type: ignore[call-overload]
+        result["next"] = next_command(check.repo, p)
+    return doc
 
 
 def check_json(checks: Sequence[RepoCheck], *, single: bool) -> dict[str, Any]:
     """The ``check --json`` document: one repository object (SPEC shape) when ``single``,
     else ``{"repos": [...]}``."""
     if single:
-        return checks[0].as_json()
-    return {"repos": [c.as_json() for c in checks]}
+        return _repo_json(checks[0])
+    return {"repos": [_repo_json(c) for c in checks]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -176,8 +270,8 @@ class NightlyReport:
         changes = {(e.repo, str(e.prediction.tag)): e for e in self.entries}
         repos = []
         for check in self.checks:
-            doc = check.as_json()
-            for result in doc["results"]:  # type: ignore[attr-defined]
+            doc = _repo_json(check)
+            for result in doc["results"]:
                 entry = changes[(check.repo, result["tag"])]
                 result["change"] = entry.change
                 result["newly_incompatible"] = entry.newly_incompatible
@@ -213,25 +307,55 @@ class NightlyReport:
             if not by_repo[check.repo]:
                 lines += ["No upstream tags newer than the newest fork branch.", ""]
                 continue
-            lines.append("| tag | result | stops at | files | anchors | since last report |")
-            lines.append("|---|---|---|---|---|---|")
+            lines.append("| tag | result | stops at | files | anchors | since last report | next |")
+            lines.append("|---|---|---|---|---|---|---|")
+            items = []
             for e in by_repo[check.repo]:
-                p = e.prediction
-                result = ("❌ conflict" if p.status == "conflict" else "✅ clean" if p.anchors_ok
-                          else "⚠️ clean, anchor fails")
-                if p.dropped:
-                    result += f" ({len(p.dropped)} dropped)"
-                stop = (f"{p.stopped_at.index}/{p.stopped_at.total} `{p.stopped_at.sha[:10]}` "
-                        f"{_md(p.stopped_at.subject)}" if p.stopped_at else "")
-                files = "<br>".join(f"`{_md(c.path)}` ({c.kind})" for c in p.conflicts)
-                anchors = "<br>".join(("✅ " if ok else "❌ " if ok is False else "") + _md(text)
-                                      for ok, text in _anchor_text(p))
                 change = e.change or ""
                 if e.newly_incompatible:
                     change = f"**newly incompatible**{f' ({change})' if change else ''}"
-                lines.append(f"| `{p.tag}` | {result} | {stop} | {files} | {anchors} | {change} |")
+                items.append((e.prediction, (change,)))
+            newest = {str(e.prediction.tag): e.prediction for e in by_repo[check.repo]}
+            for row in group_rows(items, markdown=True):
+                icon = {"conflict": "❌", "resolved": "🔁", "clean": "✅", "anchor": "⚠️"}[row.status]
+                result, *rest = row.cells
+                command = next_command(check.repo, newest[row.tags[-1]])  # a group: its newest tag
+                rest.append(f"`{command}`" if command else "")
+                tags = " .. ".join(f"`{t}`" for t in (row.tags[0], row.tags[-1])[:len(row.tags)])
+                if len(row.tags) > 1:
+                    tags += f" ({len(row.tags)} tags)"
+                lines.append(f"| {tags} | {icon} {result} | " + " | ".join(rest) + " |")
             lines.append("")
         return "\n".join(lines)
+
+    # -- Issues (nightly --open-issue) -------------------------------------------------------
+    def issue_requests(self, environ: Mapping[str, str] | None = None) -> list[IssueRequest]:
+        """One issue per newly incompatible tag; the body links the CI run when
+        ``$GITHUB_SERVER_URL``, ``$GITHUB_REPOSITORY`` and ``$GITHUB_RUN_ID`` are set."""
+        env = environ if environ is not None else os.environ
+        run_url = ""
+        if all(env.get(k) for k in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")):
+            run_url = f"{env['GITHUB_SERVER_URL']}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+        checks = {c.repo: c for c in self.checks}
+        requests = []
+        for e in self.newly_incompatible:
+            p, check = e.prediction, checks[e.repo]
+            result, stop, files, anchors = _cells(p, markdown=True)
+            lines = [f"`forkops nightly` ({self.generated_at}): rebasing **{e.repo}** `{check.refs.start}` "
+                     f"({len(check.patches)} patches since `{check.refs.base}`) onto upstream `{p.tag}` "
+                     "needs a person.", "",
+                     f"- result: {result}"]
+            lines += [f"- stops at: {stop}"] if stop else []
+            lines += [f"- files: {files}"] if files else []
+            lines += [f"- anchors: {anchors}"] if anchors else []
+            lines.append(f"- since the last report: {e.change or 'first run'}")
+            command = next_command(e.repo, p)
+            if command:
+                lines += ["", "Next:", "", "```", command, "```"]
+            if run_url:
+                lines += ["", f"Run: {run_url}"]
+            requests.append(IssueRequest(f"{TITLE_PREFIX}{e.repo} {p.tag} needs a person", "\n".join(lines) + "\n"))
+        return requests
 
     # -- JUnit -----------------------------------------------------------------------------
     def junit(self) -> bytes:
@@ -256,9 +380,14 @@ class NightlyReport:
                     bad = [a for a in p.anchors if not a.ok]
                     message = "; ".join(f"anchor {a.name}: {a.detail}" for a in bad)
                     ET.SubElement(case, "failure", message=message, type="anchor").text = message
+                notes = [f"resolved with recorded resolutions at {r.stopped_at.index}/{r.stopped_at.total} "
+                         f"{r.stopped_at.sha[:12]} {r.stopped_at.subject!r}: "
+                         + ", ".join(a.path for a in r.applied) for r in p.resolved]
                 if p.dropped:
-                    ET.SubElement(case, "system-out").text = "dropped (already upstream): " + "; ".join(
-                        f"{d.sha[:12]} {d.subject}" for d in p.dropped)
+                    notes.append("dropped (already upstream): " + "; ".join(f"{d.sha[:12]} {d.subject}"
+                                                                           for d in p.dropped))
+                if notes:
+                    ET.SubElement(case, "system-out").text = "\n".join(notes)
         ET.indent(root)
         data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
         return data + b"\n"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -12,10 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
+import forkops
 from forkops.sandbox import Sandbox
 from tests.clihelp import run_cli
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "playbooks" / "ci" / "nightly.yml"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "playbooks" / "ci" / "nightly.yml"
+STANDINS = Path(__file__).resolve().parent / "standins"
 
 
 def _nightly(sandbox: Sandbox, out: Path, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -130,20 +137,217 @@ def test_bad_input(sandbox: Sandbox, tmp_path: Path, args: list[str], message: s
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
-def test_workflow_runs_commands_the_cli_accepts() -> None:
-    wf = yaml.safe_load(WORKFLOW.read_text())
+# ---------------------------------------------------------------------------------------
+# The CI workflow (forkops ci workflow)
+# ---------------------------------------------------------------------------------------
+SHA_PIN = re.compile(r"^[\w./-]+@[0-9a-f]{40}$")
+
+
+def _workflow(workspace: Path, *args: str) -> str:
+    run = run_cli("-C", str(workspace), "ci", "workflow", *args)
+    assert run.code == 0, run.err
+    return run.out
+
+
+def test_ci_workflow_matrix_from_forkops_toml_pinned_no_credentials(sandbox: Sandbox) -> None:
+    toml = sandbox.workspace / "forkops.toml"
+    toml.write_text(toml.read_text().replace('path = "serving"', 'path = "forks/tf-serving"'))
+    wf = yaml.safe_load(_workflow(sandbox.workspace))
     triggers = wf.get("on", wf.get(True))
-    assert "schedule" in triggers
+    assert "schedule" in triggers and wf["permissions"] == {}
     job = wf["jobs"]["nightly"]
-    assert job["strategy"]["matrix"]["repo"]
-    uses = [s.get("uses", "") for s in job["steps"]]
-    assert any(u.startswith("actions/cache@") for u in uses)
-    assert any(u.startswith("actions/cache/restore@") for u in uses)
-    assert any(u.startswith("actions/upload-artifact@") for u in uses)
+    assert job["strategy"]["matrix"]["include"] == [{"repo": "tensorflow", "path": "tensorflow"},
+                                                    {"repo": "serving", "path": "forks/tf-serving"}]
+    uses = [s["uses"] for s in job["steps"] if "uses" in s]
+    assert uses and all(SHA_PIN.match(u) for u in uses), uses
+    assert {u.split("@")[0] for u in uses} == {"actions/checkout", "actions/setup-python", "actions/cache",
+                                              "actions/cache/restore", "actions/cache/save",
+                                              "actions/upload-artifact"}
+    checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@"))
+    assert checkout["with"]["persist-credentials"] is False
+    cache = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/cache@"))
+    assert cache["with"]["path"] == "${{ matrix.path }}"
+    install = next(s["run"] for s in job["steps"] if s.get("name") == "Install forkops")
+    assert install == f"python -m pip install forkops=={forkops.__version__}"
     runs = [s["run"] for s in job["steps"] if "run" in s]
     nightly = next(r for r in runs if r.startswith("forkops nightly"))
-    assert "--previous prev/report.json" in nightly and "--repo ${{ matrix.repo }}" in nightly
+    assert '--repo "$REPO"' in nightly and "--open-issue" in nightly and "--previous prev/report.json" in nightly
+    assert job["env"]["REPO"] == "${{ matrix.repo }}" and "${{" not in nightly  # no template in shell
     # Every option the workflow passes is one `forkops nightly` accepts.
     help_text = run_cli("nightly", "--help").out
-    for option in re.findall(r"--[a-z-]+", " ".join(shlex.split(nightly.replace("${{ matrix.repo }}", "x")))):
+    for option in re.findall(r"--[a-z-]+", nightly):
         assert option in help_text, option
+
+
+def test_ci_workflow_in_a_subfolder_and_install_option(sandbox: Sandbox, run_git) -> None:
+    run_git(sandbox.root, "init", "--quiet")  # the workspace is the "workspace/" folder of this checkout
+    wf = yaml.safe_load(_workflow(sandbox.workspace, "--install", "forkops @ git+https://example.com/f@abc"))
+    job = wf["jobs"]["nightly"]
+    assert job["defaults"]["run"]["working-directory"] == "workspace"
+    assert [e["path"] for e in job["strategy"]["matrix"]["include"]] == ["workspace/tensorflow", "workspace/serving"]
+    upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["with"]["path"] == "workspace/out/"
+    install = next(s["run"] for s in job["steps"] if s.get("name") == "Install forkops")
+    assert shlex.split(install)[-1] == "forkops @ git+https://example.com/f@abc"
+    bad = run_cli("-C", str(sandbox.workspace), "ci", "workflow", "--install", "")
+    assert bad.code == 2 and "--install" in bad.err
+
+
+def test_ci_workflow_written_to_a_file(sandbox: Sandbox, tmp_path: Path) -> None:
+    target = tmp_path / ".github" / "workflows" / "forkops-nightly.yml"
+    run = run_cli("-C", str(sandbox.workspace), "ci", "workflow", "-o", str(target))
+    assert run.code == 0 and run.out == "" and target.read_text() == _workflow(sandbox.workspace)
+
+
+def _zizmor(tmp_path: Path, text: str) -> list[dict[str, Any]]:
+    exe = shutil.which("zizmor")
+    if exe is None:
+        pytest.skip("zizmor is not installed (pip install -e '.[test]')")
+    target = tmp_path / "repo" / ".github" / "workflows" / "forkops-nightly.yml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    proc = subprocess.run([exe, "--offline", "--format", "json", "--min-severity", "medium", str(target)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode in (0, 11, 12, 13, 14), proc.stderr  # zizmor: 1x = findings, by severity
+    return json.loads(proc.stdout or "[]")
+
+
+def test_zizmor_offline_finds_nothing_medium_or_above(sandbox: Sandbox, tmp_path: Path) -> None:
+    text = _workflow(sandbox.workspace)
+    assert _zizmor(tmp_path / "ours", text) == []
+    # the audit is real: the same workflow with a tag instead of a SHA, or with the checkout
+    # keeping its credentials, is flagged
+    unpinned = re.sub(r"actions/upload-artifact@[0-9a-f]{40}", "actions/upload-artifact@v4", text)
+    assert {f["ident"] for f in _zizmor(tmp_path / "unpinned", unpinned)} == {"unpinned-uses"}
+    keeps = re.sub(r"(actions/checkout@[0-9a-f]{40}.*)\n +with:\n +persist-credentials: false\n", r"\1\n", text)
+    assert keeps != text
+    assert {f["ident"] for f in _zizmor(tmp_path / "keeps", keeps)} == {"artipacked"}
+
+
+def test_shipped_example_is_what_ci_workflow_prints(tmp_path: Path) -> None:
+    """playbooks/ci/nightly.yml is `forkops ci workflow` for the usual two-repository workspace."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "forkops.toml").write_text("".join(
+        f'[repos.{n}]\npath = "{n}"\norigin = "https://github.com/ORG/{n}"\n'
+        f'upstream = "https://github.com/tensorflow/{n}"\n\n' for n in ("tensorflow", "serving")))
+    assert EXAMPLE.read_text() == _workflow(ws, "--install", "forkops")
+
+
+# ---------------------------------------------------------------------------------------
+# nightly --open-issue through gh (the stand-in in tests/standins)
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def gh_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    state = tmp_path / "gh-state"
+    state.mkdir()
+    monkeypatch.setenv("STANDIN_GH_STATE", str(state))
+    monkeypatch.setenv("PATH", f"{STANDINS}{os.pathsep}{os.environ['PATH']}")
+    for name in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return state
+
+
+def _gh_calls(state: Path) -> list[dict[str, Any]]:
+    path = state / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+LIST = ["issue", "list", "--state", "open", "--search", '"forkops nightly:" in:title', "--json", "number,title",
+        "--limit", "500"]
+
+
+def test_open_issue_files_one_issue_per_newly_incompatible_tag(
+        sandbox: Sandbox, tmp_path: Path, gh_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.com")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "ORG/workspace")
+    monkeypatch.setenv("GITHUB_RUN_ID", "42")
+    code, report, output = _nightly(sandbox, tmp_path / "out", "--open-issue")
+    assert code == 1, output
+    new = report["summary"]["newly_incompatible"]
+    assert new == ["tensorflow v2.18.0", "serving 2.5.1", "serving 2.11.0", "serving 2.11.1", "serving 2.18.0"]
+    calls = _gh_calls(gh_state)
+    assert [c["argv"] for c in calls] == [LIST] + [
+        ["issue", "create", "--title", f"forkops nightly: {t} needs a person", "--body-file", "-"] for t in new]
+    body = calls[1]["stdin"]
+    assert "rebasing **tensorflow** `b2.4.0` (5 patches since `v2.4.0`) onto upstream `v2.18.0`" in body
+    assert "- stops at: 3/5 `" in body and "`.bazelrc` (content)" in body
+    assert "```\nforkops upgrade 2.18.0 --repo tensorflow\n```" in body
+    assert "Run: https://github.com/ORG/workspace/actions/runs/42" in body
+    assert "issue created: forkops nightly: tensorflow v2.18.0 needs a person " \
+           "(https://github.com/ORG/workspace/issues/101)" in output
+
+    # next night, nothing new: gh is not called at all
+    (gh_state / "calls.jsonl").unlink()
+    code, _report, output = _nightly(sandbox, tmp_path / "out2", "--open-issue",
+                                     "--previous", str(tmp_path / "out" / "report.json"))
+    assert code == 0, output
+    assert _gh_calls(gh_state) == []
+
+
+def test_open_issue_comments_on_the_open_issue_with_that_title(
+        sandbox: Sandbox, tmp_path: Path, gh_state: Path) -> None:
+    (gh_state / "issues.json").write_text(json.dumps([
+        {"number": 7, "title": "forkops nightly: serving 2.18.0 needs a person"},
+        {"number": 8, "title": "forkops nightly: serving 2.18.0 needs a person (old)"}]))
+    code, _report, output = _nightly(sandbox, tmp_path / "out", "--repo", "serving", "--open-issue")
+    assert code == 1, output
+    argvs = [c["argv"] for c in _gh_calls(gh_state)]
+    assert argvs[0] == LIST
+    assert argvs[1:] == [
+        ["issue", "create", "--title", "forkops nightly: serving 2.5.1 needs a person", "--body-file", "-"],
+        ["issue", "create", "--title", "forkops nightly: serving 2.11.0 needs a person", "--body-file", "-"],
+        ["issue", "create", "--title", "forkops nightly: serving 2.11.1 needs a person", "--body-file", "-"],
+        ["issue", "comment", "7", "--body-file", "-"]]
+    assert "issue commented: forkops nightly: serving 2.18.0 needs a person (#7)" in output
+
+
+def test_open_issue_gh_failure_is_exit_3_after_the_reports(sandbox: Sandbox, tmp_path: Path, gh_state: Path) -> None:
+    (gh_state / "fail").write_text("HTTP 401: Bad credentials (https://api.github.com/graphql)")
+    code, report, output = _nightly(sandbox, tmp_path / "out", "--repo", "tensorflow", "--open-issue")
+    assert code == 3
+    assert "gh issue list failed (1): HTTP 401: Bad credentials" in output and "Traceback" not in output
+    assert report["summary"]["newly_incompatible"] == ["tensorflow v2.18.0"]  # written before gh ran
+
+
+def test_open_issue_without_gh(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    git = shutil.which("git")
+    assert git
+    (empty / "git").symlink_to(git)
+    monkeypatch.setenv("PATH", str(empty))
+    code, _report, output = _nightly(sandbox, tmp_path / "out", "--repo", "tensorflow", "--open-issue")
+    assert code == 3 and "gh (the GitHub CLI) is not on PATH" in output
+
+
+# ---------------------------------------------------------------------------------------
+# Tables and next commands
+# ---------------------------------------------------------------------------------------
+def test_piped_table_groups_identical_tags_and_does_not_wrap(sandbox: Sandbox) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
+    env.pop("FORCE_COLOR", None)
+    proc = subprocess.run([sys.executable, "-m", "forkops", "check", "--include-rc"], cwd=sandbox.workspace,
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    row = next(line for line in lines if "2.5.1 .. 2.19.0-rc0 (7 tags)" in line)
+    # one line per row, however wide: the whole stop and file are on the tag's line
+    assert "conflict" in row and "Build against the TensorFlow fork" in row and "WORKSPACE (content)" in row
+    tf = next(line for line in lines if "v2.18.0-rc0 .. v2.18.0 (2 tags)" in line)
+    assert "Link Crypto++ and define the model key" in tf
+    assert "third_party/xla/third_party/tsl/tsl/platform/env.cc" in tf
+    assert any(len(line) > 80 for line in lines)
+    assert "  next for 2.5.1 .. 2.19.0-rc0 (7 tags): forkops upgrade 2.19.0-rc0 --repo serving" in lines
+
+
+def test_reports_carry_the_next_command(sandbox: Sandbox, tmp_path: Path) -> None:
+    _code, report, _output = _nightly(sandbox, tmp_path / "out", "--repo", "tensorflow")
+    nexts = {r["tag"]: r["next"] for r in report["repos"][0]["results"]}
+    assert nexts["v2.18.0"] == "forkops upgrade 2.18.0 --repo tensorflow"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| `v2.4.1` .. `v2.5.0` (2 tags) | ✅ clean |" in md
+    assert "`forkops upgrade 2.18.0 --repo tensorflow` |" in md
+    check = json.loads(run_cli("-C", str(sandbox.workspace), "check", "--repo", "tensorflow", "--json").out)
+    assert {r["tag"]: r["next"] for r in check["results"]} == nexts
+

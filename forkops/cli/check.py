@@ -48,9 +48,14 @@ a conflict or failed anchor is a failure) atomically into --report-dir. The Mark
 appended to $GITHUB_STEP_SUMMARY when that is set. With --previous, each tag is marked with
 what changed since that report (a missing previous file is a first run).
 
+With --open-issue, each newly incompatible tag gets a GitHub issue through the gh CLI
+(titled "forkops nightly: REPO TAG needs a person"; an open issue with that title gets a
+comment instead), after the reports are written.
+
 Exit status: 1 when a tag newly became incompatible (conflict or failed anchor that the
 previous report did not have; every incompatible tag when there is no previous report),
-or with --fail-on any when any tag is incompatible; 0 otherwise; 2 bad input; 3 git failed.
+or with --fail-on any when any tag is incompatible; 0 otherwise; 2 bad input; 3 git or gh failed.
+A tag whose stops all have recorded resolutions (forkops resolutions) is compatible.
 """
 
 
@@ -131,13 +136,17 @@ def _print_checks(checks: list[RepoCheck]) -> None:
 
     out = console()
     for c in checks:
-        out.print(report.check_table(c))
+        report.print_table(out, report.check_table(c))
         bad = [r for r in c.results if not r.compatible]
+        recorded = sum(r.status == "resolved" for r in c.results)
+        note = f" ({recorded} with recorded resolutions)" if recorded else ""
         if bad:
             out.print(f"{c.repo}: {len(bad)} of {len(c.results)} tags need a person "
-                      f"({', '.join(str(r.tag) for r in bad)})")
+                      f"({', '.join(str(r.tag) for r in bad)})", markup=False)
         else:
-            out.print(f"{c.repo}: all {len(c.results)} tags rebase cleanly")
+            out.print(f"{c.repo}: all {len(c.results)} tags rebase cleanly{note}", markup=False)
+        for line in report.next_steps(c):
+            out.print(f"  next for {line}", markup=False)
 
 
 def nightly(
@@ -149,6 +158,8 @@ def nightly(
                                          help="Exit 1 on newly incompatible tags (new) or on any.")] = "new",
     repo: Annotated[str | None, typer.Option("--repo", metavar="R", help="Only this repository.")] = None,
     include_rc: Annotated[bool, typer.Option("--include-rc", help="Also release candidates.")] = False,
+    open_issue: Annotated[bool, typer.Option("--open-issue", help="File (or comment on) one GitHub issue per "
+                                             "newly incompatible tag with the gh CLI.")] = False,
 ) -> int:
     from forkops import report
 
@@ -173,6 +184,12 @@ def nightly(
     if new:
         out.print("[red]newly incompatible:[/red] " + ", ".join(f"{e.repo} {e.prediction.tag}" for e in new))
     out.print("reports: " + ", ".join(str(p) for p in paths))
+    if open_issue:
+        from forkops import ci
+
+        for action in ci.file_issues(nightly_report.issue_requests()):
+            where = f"#{action.number}" if action.number is not None else action.url
+            out.print(f"issue {action.action}: {action.title} ({where})", markup=False)
     return ExitCode.NEEDS_PERSON if nightly_report.failed(fail_on) else ExitCode.OK
 
 

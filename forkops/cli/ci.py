@@ -32,7 +32,7 @@ def workflow(
     keeps no credentials; each newly incompatible tag gets an issue (nightly --open-issue)."""
     from forkops import __version__, ci, fsutil
 
-    text = ci.workflow(load_workspace(), install=install or f"forkops=={__version__}")
+    text = ci.workflow(load_workspace(), install=f"forkops=={__version__}" if install is None else install)
     if output is None:
         sys.stdout.write(text)
         return
