@@ -106,6 +106,8 @@ def merge_stages(repo: Repo, base: bytes, ours: bytes, theirs: bytes) -> Merged 
     return _parse_markers(proc.stdout)
 
 
+# git's conflict markers (default size) at the start of a line: a file holding them is not resolved
+_MARKERS = re.compile(rb"^(?:<{7} |={7}$|>{7} )", re.MULTILINE)
 _OPEN, _MID, _CLOSE = b"<" * MARKER_SIZE + b" ours", b"=" * MARKER_SIZE, b">" * MARKER_SIZE + b" theirs"
 
 
@@ -639,6 +641,9 @@ def record(ws: Workspace, repo_name: str, repo: Repo, *, onto: str = "", pb: Pla
             merged = merge_stages(repo, base, ours, theirs)
         if merged is None or not merged.hunks or resolved is None:
             out.append(Recorded(path, "skipped", reason="not a text conflict"))
+            continue
+        if _MARKERS.search(resolved):
+            out.append(Recorded(path, "skipped", reason="it still holds conflict markers"))
             continue
         how = resolution_of(merged, resolved)
         if how is None:

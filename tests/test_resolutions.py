@@ -325,3 +325,98 @@ def test_malformed_record_is_bad_input_for_check(sandbox: Sandbox, monkeypatch: 
     res = run_cli("check", "--repo", "serving")
     assert res.code == 2 and "resolutions/serving/0123456789abcdef.txt: line" in res.err
     assert "Traceback" not in res.err
+
+
+# ---------------------------------------------------------------------------------------
+# A resolution that empties the commit: git drops it at --continue; so does the simulation
+# ---------------------------------------------------------------------------------------
+def _small_fork(path: Path) -> tuple[str, str, list[str]]:
+    """main (upstream) and fork branching from base; fork1 conflicts with upstream on f, fork2
+    changes g. Returns (base, main, [fork1, fork2])."""
+    path.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "a@b"], ["config", "user.name", "a"]):
+        _git(path, *args)
+    (path / "f").write_text("a\nb\nc\n")
+    (path / "g").write_text("x\n")
+    _git(path, "add", ".")
+    _git(path, "commit", "-qm", "base")
+    base = _git(path, "rev-parse", "HEAD").stdout.strip()
+    _git(path, "checkout", "-qb", "fork")
+    (path / "f").write_text("a\nB-fork\nc\n")
+    _git(path, "commit", "-qam", "fork1")
+    (path / "g").write_text("y\n")
+    _git(path, "commit", "-qam", "fork2")
+    _git(path, "checkout", "-q", "main")
+    (path / "f").write_text("a\nB-up\nc\n")
+    _git(path, "commit", "-qam", "up")
+    main = _git(path, "rev-parse", "HEAD").stdout.strip()
+    return base, main, _git(path, "rev-list", "--reverse", f"{base}..fork").stdout.split()
+
+
+@pytest.mark.parametrize("keep", ["ours", "theirs"])
+def test_resolution_that_empties_the_commit_drops_it_like_git(tmp_path: Path, keep: str) -> None:
+    base, main, shas = _small_fork(tmp_path / "r")
+    ws = workspace.Workspace(root=tmp_path / "ws", file=tmp_path / "ws" / "forkops.toml", repos=())
+    person = _scratch(tmp_path / "r", tmp_path / "person", shas[-1])
+    _git(person, "rebase", "--onto", main, base, check=False)
+    repo = Repo(person)
+    assert resolutions.apply(ws, "r", repo) == []
+    _git(person, "checkout", f"--{keep}", "--", "f")
+    _git(person, "add", "f")
+    assert [r.status for r in resolutions.record(ws, "r", repo)] == ["recorded"]
+    _git(person, "rebase", "--continue")
+    kept = _git(person, "log", "--format=%s", f"{main}..HEAD").stdout.split()
+    assert kept == (["fork2"] if keep == "ours" else ["fork2", "fork1"])
+
+    patches = predict.load_patches(Repo(tmp_path / "r"), shas)
+    with predict.Simulator(Repo(tmp_path / "r"), patches, resolutions=resolutions.Book.of(ws.root, "r")) as sim:
+        pred = sim.predict(predict.TagName("main"), main, None)
+    assert pred.status == "resolved" and [r.stopped_at.index for r in pred.resolved] == [1]
+    assert [p.subject for p in pred.dropped] == ([] if keep == "theirs" else ["fork1"])
+    assert pred.tree == _git(person, "rev-parse", "HEAD^{tree}").stdout.strip()
+    # and the real rebase with the recorded resolution, in a fresh clone, agrees
+    real = rebase_with_resolutions(ws, "r", tmp_path / "r", tmp_path / "again", onto=main, base=base, start=shas[-1])
+    assert real.head_tree == pred.tree and real.resolved_at == [1]
+
+
+def test_record_skips_a_stale_snapshot_and_unresolved_files(tmp_path: Path) -> None:
+    base, main, shas = _small_fork(tmp_path / "r")
+    ws = workspace.Workspace(root=tmp_path / "ws", file=tmp_path / "ws" / "forkops.toml", repos=())
+    person = _scratch(tmp_path / "r", tmp_path / "person", shas[-1])
+    _git(person, "rebase", "--onto", main, base, check=False)
+    repo = Repo(person)
+    resolutions.apply(ws, "r", repo)
+    assert [(r.status, r.reason) for r in resolutions.record(ws, "r", repo)] == [("skipped", "still unmerged")]
+    # resolved with conflict markers left in: git add accepts it, but it is not a resolution
+    resolutions.apply(ws, "r", repo)
+    _git(person, "add", "f")
+    out = resolutions.record(ws, "r", repo)
+    assert [r.status for r in out] == ["skipped"] and not (ws.root / "resolutions").exists()
+    # a snapshot from another stop (here: the rebase is gone) is dropped, never recorded
+    resolutions.apply(ws, "r", repo)
+    _git(person, "rebase", "--abort")
+    assert resolutions.record(ws, "r", repo) == []
+    assert not (repo.git_dir / "forkops" / "resolutions-pending.json").exists()
+
+
+def test_check_and_nightly_report_resolved_recorded(sandbox: Sandbox, tmp_path: Path) -> None:
+    ws = workspace.load(sandbox.workspace)
+    before = _check(sandbox, ws, "tensorflow", tags=["2.18.0"])
+    resolve_stop_by_hand(ws, "tensorflow", sandbox.clone("tensorflow"), tmp_path / "p", onto=before.results[0].onto,
+                         base=before.refs.base_sha, start=before.refs.start_sha, stops=1)
+    res = run_cli("-C", str(sandbox.workspace), "check", "--repo", "tensorflow", "--tags", "2.18.0", "--json")
+    assert res.code == 0, res.out + res.err
+    result = json.loads(res.out)["results"][0]
+    assert (result["status"], result["recorded"], result["compatible"]) == ("resolved", True, True)
+    assert result["resolved"][0]["commit"]["index"] == 3
+    assert [f["path"] for f in result["resolved"][0]["files"]] == [".bazelrc"]
+    assert result["next"] == "forkops upgrade 2.18.0 --repo tensorflow --accept-recorded"
+    res = run_cli("-C", str(sandbox.workspace), "check", "--repo", "tensorflow", "--tags", "2.18.0")
+    assert "resolved (recorded) at 3 of 5" in res.out and "with recorded resolutions" in res.out
+
+    out = tmp_path / "out"
+    res = run_cli("-C", str(sandbox.workspace), "nightly", "--repo", "tensorflow", "--report-dir", str(out))
+    assert res.code == 0, res.out + res.err  # the only conflicting tag has a recorded resolution
+    assert "| `v2.18.0` | 🔁 resolved (recorded) at 3 of 5 (1 dropped) |" in (out / "report.md").read_text()
+    junit = (out / "junit.xml").read_text()
+    assert "<failure" not in junit and "resolved with recorded resolutions at 3/5" in junit
