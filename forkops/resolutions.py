@@ -464,6 +464,8 @@ class Book:
     def __init__(self, records: Iterable[Record]) -> None:
         self.records = tuple(records)
         self._by_hunk: dict[str, tuple[bytes, Record]] = {}
+        # the same stages recur across tags (a check of 40 tags meets one conflict 40 times)
+        self._files: dict[tuple[tuple[int, str, str], ...], tuple[str, bytes, tuple[str, ...]] | None] = {}
         for record in self.records:
             for h in record.hunks:
                 self._by_hunk.setdefault(h.hunk.id, (h.resolution, record))
@@ -491,18 +493,19 @@ class Book:
                 content = apply_edits(content, record.edits) if content is not None else None
         return (content, tuple(r.id for r in used)) if content is not None else None
 
-    def resolve_file(self, repo: Repo, stages: Stages,
-                     blobs: Mapping[str, bytes | None] | None = None) -> tuple[str, bytes, tuple[str, ...]] | None:
+    def resolve_file(self, repo: Repo, stages: Stages) -> tuple[str, bytes, tuple[str, ...]] | None:
         """(mode, content, record ids) for a conflicted file given its stages, or None when it is
-        not a text conflict of both sides (modify/delete, rename, binary, mode) or not covered.
-        ``blobs`` may hold the stage contents already read (by oid)."""
+        not a text conflict of both sides (modify/delete, rename, binary, mode) or not covered."""
+        key = tuple(sorted((k, *v) for k, v in stages.items()))
+        if key not in self._files:
+            self._files[key] = self._resolve_file(repo, stages)
+        return self._files[key]
+
+    def _resolve_file(self, repo: Repo, stages: Stages) -> tuple[str, bytes, tuple[str, ...]] | None:
         if 2 not in stages or 3 not in stages or stages[2][0] != stages[3][0]:
             return None
         oids = [stages[s][1] for s in (1, 2, 3) if s in stages]
-        have = dict(blobs or {})
-        missing = [o for o in oids if o not in have]
-        if missing:
-            have.update(zip(missing, repo.read_blobs(missing), strict=True))
+        have = dict(zip(oids, repo.read_blobs(oids), strict=True))
         base = have[stages[1][1]] if 1 in stages else b""
         ours, theirs = have[stages[2][1]], have[stages[3][1]]
         if base is None or ours is None or theirs is None:
