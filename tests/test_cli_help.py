@@ -123,7 +123,7 @@ def test_interrupt_is_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     # The edge: the user's Ctrl-C arriving while the command works (no git involved).
     monkeypatch.setattr(workspace, "find", interrupted)
     res = run_cli("-C", str(tmp_path), "status")
-    assert res.code == ExitCode.INTERRUPTED == 130
+    assert res.code == ExitCode.INTERRUPTED and int(ExitCode.INTERRUPTED) == 130
     assert res.err == "forkops: interrupted\n"
 
 
