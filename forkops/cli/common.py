@@ -68,13 +68,6 @@ def warn(message: str) -> None:
     print(f"forkops: warning: {message}", file=sys.stderr)
 
 
-def find_workspace() -> Path:
-    """The nearest forkops.toml at or above :func:`cwd`; BadInput when there is none."""
-    from forkops import workspace
-
-    return workspace.find(cwd())
-
-
 def load_workspace() -> Workspace:
     """The workspace around :func:`cwd`. Its warnings and its playbooks' warnings (an unknown key
     such as ``must_contian``) are printed, so every command that uses the workspace shows them; a
