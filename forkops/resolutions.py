@@ -527,7 +527,8 @@ class Book:
             if found is None:
                 return None
             mode, content, ids = found
-            entries.append(f"{mode} {repo.write_blob(content)}\t{path}")
+            blob = repo.run("hash-object", "-w", "--stdin", input=content).strip()
+            entries.append(f"{mode} {blob}\t{path}")
             applied.append(Applied(path, ids))
         with tempfile.TemporaryDirectory(prefix="forkops-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}

@@ -32,4 +32,7 @@ TOP_HELP = (
     '  playbook     Show and validate playbooks (built-in or your own TOML...\n'
     '  resolutions  Recorded conflict resolutions (resolutions/<repo>/<id>.txt...\n'
     '  ci           Continuous integration: the nightly GitHub Actions workflow.\n'
+    '\n'
+    '  Exit codes: 0 done, 1 needs a person, 2 bad input or usage,\n'
+    '  3 an external tool failed, 130 interrupted.\n'
 )

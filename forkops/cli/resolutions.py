@@ -6,15 +6,13 @@ from typing import Annotated
 
 import typer
 
-from forkops.cli.common import console, load_workspace, print_json
+from forkops.cli.common import JsonOption, RepoOption, console, load_workspace, print_json
 
 resolutions_app = typer.Typer(
     help="Recorded conflict resolutions (resolutions/<repo>/<id>.txt in the workspace; commit them). "
          "`forkops upgrade` records one when you resolve a stop and continue, applies it where the same "
          "conflict recurs, and `check`/`nightly` simulate past such stops.",
     no_args_is_help=True)
-
-RepoOption = Annotated[str | None, typer.Option("--repo", metavar="R", help="Only this repository.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +22,7 @@ def register(app: typer.Typer) -> None:
 @resolutions_app.command("list")
 def list_(
     repo: RepoOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """List recorded resolutions: id, repository, file, hunks, the commit that stopped."""
     from forkops import resolutions
