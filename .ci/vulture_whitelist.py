@@ -5,7 +5,7 @@ this file as code; nothing imports it.
 Add a name here only when a framework calls it; delete dead code instead of listing it.
 """
 
-from forkops.cli import crypto, keys
+from forkops.cli import crypto, keys, resolutions
 from forkops.docker import Engine
 from forkops.workspace import Workspace
 from tests import conftest
@@ -16,6 +16,8 @@ crypto.inspect
 keys.guard_scan
 keys.hook_pre_commit
 keys.hook_pre_push
+resolutions.list_
+resolutions.forget
 
 # pytest autouse fixtures, http.server handler methods
 conftest.hermetic_seal

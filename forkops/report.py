@@ -41,13 +41,6 @@ UNCHANGED = "unchanged"
 # ---------------------------------------------------------------------------------------
 # Human output
 # ---------------------------------------------------------------------------------------
-def _stop_text(p: Prediction) -> str:
-    if p.stopped_at is None:
-        return ""
-    s = p.stopped_at
-    return f"{s.index}/{s.total} {s.sha[:10]} {s.subject}"
-
-
 def _anchor_text(p: Prediction) -> list[tuple[bool | None, str]]:
     """(ok, text) per anchor: on the predicted tree when the rebase ends; where upstream has the
     symbol when it stops (ok None: informational)."""
