@@ -44,10 +44,11 @@ from types import TracebackType
 from typing import Literal
 
 from forkops import anchors as anchors_mod
+from forkops import drift as drift_mod
 from forkops import git, plan
 from forkops.errors import BadInput, GitError
 from forkops.git import Repo, conflict_kind
-from forkops.playbook import Anchor, Playbook
+from forkops.playbook import Anchor, DriftSpec, Playbook
 from forkops.version import TagName, Version, nearest
 
 Strategy = Literal["merge-base", "fake-base"]
@@ -135,11 +136,21 @@ class Prediction:
     tree: str | None = None
     anchors: tuple[anchors_mod.AnchorResult, ...] = ()  # on the predicted tree (clean only)
     upstream_anchors: tuple[anchors_mod.AnchorResult, ...] = ()  # on the tag itself
+    # Uses of upstream names gone at this tag, in the fork's lines of ``tree`` (clean or not).
+    drift: tuple[drift_mod.Drift, ...] = ()
     seconds: float = 0.0
 
     @property
-    def status(self) -> Literal["clean", "conflict"]:
+    def rebase(self) -> Literal["clean", "conflict"]:
+        """What ``git rebase`` does: stops on a conflict or finishes."""
         return "conflict" if self.stopped_at is not None else "clean"
+
+    @property
+    def status(self) -> Literal["clean", "conflict", "drift"]:
+        """``drift``: the rebase is clean but the result uses names upstream removed."""
+        if self.rebase == "clean" and self.drift:
+            return "drift"
+        return self.rebase
 
     @property
     def anchors_ok(self) -> bool:
@@ -168,6 +179,7 @@ class Prediction:
             "tree": self.tree,
             "anchors": [a.as_json() for a in self.anchors],
             "upstream_anchors": [a.as_json() for a in self.upstream_anchors],
+            "drift": [d.as_json() for d in self.drift],
         }
 
 
@@ -286,31 +298,52 @@ class Simulator:
         return shas
 
     def _merge(self, ours: str, patch: Patch) -> tuple[str, list[Conflict]]:
-        """Three-way merge of ``ours`` (a commit with the accumulated tree; for fake-base, one
-        whose parent is the patch's B) with ``patch`` over the patch's parent. Returns the
-        result tree and the conflicts (empty when clean)."""
-        args = ["merge-tree", "--write-tree", "-z", "--no-messages"]
-        if self.strategy == "merge-base":
-            args += [f"--merge-base={patch.parent}", ours, patch.sha]
-        else:
-            args += [ours, self._fake[patch.sha][1]]
+        """Three-way merge of ``ours`` (a commit with the accumulated tree) with ``patch`` over
+        the patch's parent (merge-base strategy). Returns the result tree (with conflict
+        markers where it conflicts) and the conflicts (empty when clean)."""
+        args = ["merge-tree", "--write-tree", "-z", "--no-messages",
+                f"--merge-base={patch.parent}", ours, patch.sha]
         proc = self.repo.run_raw(*args)
         if proc.returncode not in (0, 1):
             raise GitError(args, proc.returncode, proc.stderr.decode("utf-8", "replace"))
         fields = proc.stdout.decode("utf-8", "surrogateescape").split("\0")
         return fields[0].strip(), _conflicts(fields[1:]) if proc.returncode == 1 else []
 
+    def _merge_batch(self, ours: Sequence[str], patch: Patch) -> list[tuple[str, list[Conflict]]]:
+        """The fake-base merges of one step, all in one ``git merge-tree --stdin`` (``ours``
+        are commits whose parent is the patch's B; the other side is the patch's THEIRS).
+
+        Output per merge (``-z``): ``STATUS NUL TREE NUL [ENTRY NUL ...] NUL``, STATUS 1 when
+        clean, 0 when it conflicts."""
+        theirs = self._fake[patch.sha][1]
+        args = ["merge-tree", "--stdin", "--write-tree", "-z", "--no-messages"]
+        proc = self.repo.run_raw(*args, input="".join(f"{o} {theirs}\n" for o in ours))
+        if proc.returncode != 0:
+            raise GitError(args, proc.returncode, proc.stderr.decode("utf-8", "replace"))
+        fields = iter(proc.stdout.decode("utf-8", "surrogateescape").split("\0"))
+        out = []
+        for _ in ours:
+            status, tree = next(fields), next(fields)
+            entries = list(iter(fields.__next__, ""))
+            if status not in ("0", "1"):
+                raise GitError(args, 0, f"unexpected merge-tree --stdin output: {status!r}")
+            out.append((tree, _conflicts(entries) if status == "0" else []))
+        return out
+
     def predict(self, tag: TagName, onto: str, version: Version | None) -> Prediction:
         """Replay the stack onto commit ``onto`` and report like ``git rebase`` would."""
         return self.predict_many([(tag, onto, version)], workers=1)[0]
 
     def predict_many(self, targets: Sequence[tuple[TagName, str, Version | None]], *,
-                     anchors: Sequence[Anchor] = (), workers: int | None = None) -> list[Prediction]:
+                     anchors: Sequence[Anchor] = (), workers: int | None = None,
+                     base: str | None = None, drift: DriftSpec | None = None) -> list[Prediction]:
         """Predict every (tag, commit, version); anchors are evaluated on each clean result and
-        on each tag. Results are in the order of ``targets``.
+        on each tag; with ``base`` (the tag the stack was cut from) and an enabled ``drift``
+        scope, API drift on every result. Results are in the order of ``targets``.
 
         The tags advance in lockstep, one patch at a time, so that the commits each step needs
-        are written in one git call; the merges of a step run in parallel threads."""
+        are written in one git call and its merges run in one ``merge-tree --stdin`` (threads
+        for the merge-base strategy, whose ``--stdin`` lines cannot name a merge base)."""
         began = time.perf_counter()
         n = workers or min(4, os.cpu_count() or 1, max(1, len(targets)))
         onto_trees = self.repo.lines("rev-parse", *(f"{t[1]}^{{tree}}" for t in targets)) if targets else []
@@ -323,21 +356,13 @@ class Simulator:
                 if not live:
                     break
                 if self.strategy == "fake-base":
-                    base = self._fake[patch.sha][0]
-                    ours = self._commits([(s.acc_tree, (base,)) for s in live])
+                    base_commit = self._fake[patch.sha][0]
+                    ours = self._commits([(s.acc_tree, (base_commit,)) for s in live])
+                    outcomes = self._merge_batch(ours, patch)
                 else:
-                    ours = [s.acc_commit for s in live]
-                outcomes = list(pool.map(self._merge, ours, [patch] * len(ours)))
-                advanced: list[_Replay] = []
-                for s, (tree, conflicts) in zip(live, outcomes, strict=True):
-                    if conflicts:
-                        s.stopped_at = StoppedAt(patch.sha, patch.subject, index, total)
-                        s.conflicts = tuple(conflicts)
-                    elif tree == s.acc_tree and not patch.starts_empty:
-                        s.dropped.append(patch)
-                    else:
-                        s.acc_tree = tree
-                        advanced.append(s)
+                    outcomes = list(pool.map(self._merge, [s.acc_commit for s in live], [patch] * len(live)))
+                advanced = [s for s, (tree, conflicts) in zip(live, outcomes, strict=True)
+                            if self._step(s, patch, index, tree, conflicts)]
                 if self.strategy == "merge-base" and advanced:
                     for s, sha in zip(advanced, self._commits([(s.acc_tree, ()) for s in advanced]), strict=True):
                         s.acc_commit = sha
@@ -345,17 +370,42 @@ class Simulator:
         results = [s.prediction(total, per_tag) for s in states]
         if anchors:
             results = self._with_anchors(results, anchors)
+        if base is not None and drift is not None and drift.enabled:
+            results = self._with_drift(results, base, drift)
         return results
+
+    def _step(self, s: _Replay, patch: Patch, index: int, tree: str, conflicts: Sequence[Conflict]) -> bool:
+        """The one place a replayed patch's outcome is decided, as ``git rebase`` decides it:
+        a conflict stops the tag's rebase; a result equal to the accumulated tree drops the
+        patch (unless it started empty); anything else advances. ``tree`` is merge-tree's
+        result (with conflict markers when it conflicts). Returns whether the tag advanced."""
+        if conflicts:
+            s.stopped_at = StoppedAt(patch.sha, patch.subject, index, len(self.patches))
+            s.conflicts = tuple(conflicts)
+            return False
+        if tree == s.acc_tree and not patch.starts_empty:
+            s.dropped.append(patch)
+            return False
+        s.acc_tree = tree
+        return True
+
+    def _with_drift(self, results: list[Prediction], base: str, spec: DriftSpec) -> list[Prediction]:
+        began = time.perf_counter()
+        have = [r for r in results if r.tree]
+        found = drift_mod.find_many_in_scope(self.repo, spec, base, [(r.onto, r.tree or "") for r in have])
+        by_tag = {r.tag: tuple(d) for r, d in zip(have, found, strict=True)}
+        per_tag = (time.perf_counter() - began) / max(1, len(results))
+        return [replace(r, drift=by_tag.get(r.tag, ()), seconds=r.seconds + per_tag) for r in results]
 
     def _with_anchors(self, results: list[Prediction], anchors: Sequence[Anchor]) -> list[Prediction]:
         began = time.perf_counter()
-        trees = [r.onto for r in results] + [r.tree for r in results if r.status == "clean" and r.tree]
+        trees = [r.onto for r in results] + [r.tree for r in results if r.rebase == "clean" and r.tree]
         cached = _Prefetched(self.repo, trees, anchors)
         out = []
         for r in results:
             upstream = tuple(anchors_mod.check_all(cached, r.onto, tuple(anchors), r.version))
             on_result = (tuple(anchors_mod.check_all(cached, r.tree, tuple(anchors), r.version))
-                         if r.status == "clean" and r.tree else ())
+                         if r.rebase == "clean" and r.tree else ())
             if on_result and self.patches:
                 # A patch left behind in a file upstream moved away from is re-applied by
                 # `forkops upgrade`; predict that too, so nightly does not flag what upgrade fixes.
@@ -526,6 +576,7 @@ def check_repo(name: str, repo: Repo, pb: Playbook, upstream_url: str | None, *,
     patches = load_patches(repo, plan.patch_stack(repo, refs))
     with Simulator(repo, patches, strategy=strategy) as sim:
         targets = [(t, commits[t], v) for t, v in chosen]
-        results = sim.predict_many(targets, anchors=pb.anchors, workers=workers)
+        results = sim.predict_many(targets, anchors=pb.anchors, workers=workers, base=refs.base_sha,
+                                   drift=pb.drift)
         used = sim.strategy
     return RepoCheck(name, refs, tuple(patches), tuple(results), used)

@@ -49,7 +49,7 @@ def _stop_text(p: Prediction) -> str:
 def _anchor_text(p: Prediction) -> list[tuple[bool | None, str]]:
     """(ok, text) per anchor: on the predicted tree when clean; where upstream has the symbol
     when the rebase stops (ok None: informational)."""
-    if p.status == "clean":
+    if p.rebase == "clean":
         return [(a.ok, f"{a.name}: {a.detail}" if not a.ok else a.name) for a in p.anchors]
     return [(None, f"{a.name}: upstream defines it in {a.path or ', '.join(a.defined_in) or 'no file'}")
             for a in p.upstream_anchors]
@@ -66,6 +66,8 @@ def check_table(check: RepoCheck) -> Table:
     for p in check.results:
         if p.status == "conflict":
             result = "[red]conflict[/red]"
+        elif p.status == "drift":
+            result = "[red]api drift[/red]"
         elif p.anchors_ok:
             result = "[green]clean[/green]"
         else:
@@ -75,7 +77,8 @@ def check_table(check: RepoCheck) -> Table:
         anchors = "\n".join(
             ("[green]✓[/green] " if ok else "[red]✗[/red] " if ok is False else "[dim]·[/dim] ") + text
             for ok, text in _anchor_text(p)) or "[dim]none[/dim]"
-        files = "\n".join(f"{c.path} [dim]({c.kind})[/dim]" for c in p.conflicts)
+        files = "\n".join([f"{c.path} [dim]({c.kind})[/dim]" for c in p.conflicts]
+                          + [f"[red]drift[/red] {d.describe()}" for d in p.drift])
         table.add_row(str(p.tag), result, _stop_text(p), files, anchors)
     if not check.results:
         table.add_row("[dim]no upstream tags to check[/dim]", "", "", "", "")
