@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from forkops.drift import tree_changes
+from forkops.errors import GitError
 from forkops.git import Repo
 from forkops.playbook import Anchor
 from forkops.version import Version
@@ -107,6 +109,66 @@ def check(repo: Repo, treeish: str, anchor: Anchor, version: Version | None) -> 
         return result(False, live, f"{anchor.symbol} now lives in {live}; "
                       f"the patch stayed behind in {', '.join(patched)}")
     return result(False, live, f"{anchor.symbol} in {live} does not match /{anchor.must_contain}/")
+
+
+# A tree that differs from its reference in more files than this is grepped whole instead:
+# reading that many changed blobs costs more than git grep's own (threaded) walk.
+GREP_WHEN_CHANGED = 3000
+
+
+@dataclass(frozen=True)
+class Located:
+    """Answers of ``git grep -l -F SYMBOL TREE`` and ``git cat-file blob TREE:PATH`` for
+    many trees, computed together (see :func:`locate`)."""
+
+    files: dict[tuple[str, str], list[str]]  # (tree, symbol) -> sorted paths containing it
+    blobs: dict[tuple[str, str], bytes]  # (tree, path) -> content, for every path in files
+
+
+def _grep_l(repo: Repo, tree: str, symbol: str) -> list[str]:
+    proc = repo.run_raw("grep", "-l", "-F", "-e", symbol, tree, "--")
+    if proc.returncode not in (0, 1):
+        raise GitError(["grep", "-l", symbol, tree], proc.returncode, proc.stderr.decode("utf-8", "replace"))
+    return [line.removeprefix(f"{tree}:") for line in proc.stdout.decode("utf-8", "replace").splitlines()]
+
+
+def locate(repo: Repo, chain: list[tuple[str, str | None]], symbols: list[str]) -> Located:
+    """For each (tree, reference) of ``chain``, which files contain each symbol, exactly as
+    ``git grep -l -F`` says, and their contents.
+
+    A tree without a reference (or one that changed too much) is grepped; any other is
+    derived from its reference, which must come earlier in ``chain``: its files unchanged
+    since the reference keep their answer, and only the blobs that differ are read (one
+    ``git diff-tree --stdin`` and one ``git cat-file --batch`` for the whole chain). So
+    a chain of release tags, each the reference of the next and of its rebased result,
+    costs one grep instead of one per tree."""
+    pairs = [(ref, tree) for tree, ref in chain if ref is not None]
+    # diff-tree --stdin reads two commits on a line as "commit parent": give it trees.
+    names = list(dict.fromkeys(x for pair in pairs for x in pair))
+    tree_of = dict(zip(names, repo.lines("rev-parse", *(f"{n}^{{tree}}" for n in names)), strict=True)) if names else {}
+    changes = tree_changes(repo, [(tree_of[a], tree_of[b]) for a, b in pairs])
+    changed_by_pair = dict(zip(pairs, changes, strict=True))
+    derived: dict[str, dict[str, str | None]] = {}
+    for tree, ref in chain:
+        if ref is not None and len(changed_by_pair[(ref, tree)]) <= GREP_WHEN_CHANGED:
+            derived[tree] = changed_by_pair[(ref, tree)]
+    changed_blobs = sorted({b for ch in derived.values() for b in ch.values() if b})
+    contents = dict(zip(changed_blobs, repo.read_blobs(changed_blobs), strict=True))
+    files: dict[tuple[str, str], list[str]] = {}
+    for tree, ref in chain:
+        for symbol in symbols:
+            if tree not in derived or ref is None:
+                files[(tree, symbol)] = sorted(_grep_l(repo, tree, symbol))
+                continue
+            changed = derived[tree]
+            needle = symbol.encode()
+            kept = {p for p in files[(ref, symbol)] if p not in changed}
+            kept.update(p for p, b in changed.items() if b and needle in (contents.get(b) or b""))
+            files[(tree, symbol)] = sorted(kept)
+    wanted = sorted({(t, p) for (t, _s), paths in files.items() for p in paths})
+    data = repo.read_blobs([f"{t}:{p}" for t, p in wanted])
+    blobs = {key: d for key, d in zip(wanted, data, strict=True) if d is not None}
+    return Located(files, blobs)
 
 
 def check_all(repo: Repo, treeish: str, anchors: tuple[Anchor, ...], version: Version | None) -> list[AnchorResult]:

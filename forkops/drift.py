@@ -300,7 +300,7 @@ def _grep_names(repo: Repo, treeish: str, names: Iterable[str]) -> dict[str, set
     return where
 
 
-def _changes(repo: Repo, pairs: Sequence[tuple[str, str]]) -> list[dict[str, str | None]]:
+def tree_changes(repo: Repo, pairs: Sequence[tuple[str, str]]) -> list[dict[str, str | None]]:
     """Per (old tree, new tree): path -> its blob in the new tree (None: deleted), for every
     path that differs."""
     out: list[dict[str, str | None]] = [{} for _ in pairs]
@@ -349,15 +349,16 @@ def find_many_in_scope(repo: Repo, spec: DriftSpec, base: str,
     repository, whose temporary objects hold the predicted trees)."""
     if not spec.enabled or not targets:
         return [[] for _ in targets]
-    tag_trees = repo.lines("rev-parse", *(f"{t}^{{tree}}" for t, _ in targets))
-    base_tree = repo.run("rev-parse", f"{base}^{{tree}}").strip()
-    per_tag = _fork_lines(repo, spec, [(tt, tip) for tt, (_t, tip) in zip(tag_trees, targets, strict=True)])
+    # diff-tree --stdin reads two commits on a line as "commit parent": give it trees.
+    *tag_trees, base_tree = repo.lines("rev-parse", *(f"{t}^{{tree}}" for t, _ in targets), f"{base}^{{tree}}")
+    tip_trees = repo.lines("rev-parse", *(f"{tip}^{{tree}}" for _, tip in targets))
+    per_tag = _fork_lines(repo, spec, list(zip(tag_trees, tip_trees, strict=True)))
     declared = set().union(*(d for _u, d in per_tag))
     candidates = {u.identifier for uses_, _d in per_tag for u in uses_} - declared
     if not candidates:
         return [[] for _ in targets]
     at_base = {n: paths for n, paths in _grep_names(repo, base_tree, candidates).items() if paths}
-    changes = _changes(repo, [(base_tree, tt) for tt in tag_trees])
+    changes = tree_changes(repo, [(base_tree, tt) for tt in tag_trees])
     # A name is still upstream at a tag when one of its files at base is unchanged there;
     # only names whose every base file changed need the tag's changed blobs read.
     suspects: list[set[str]] = []

@@ -399,8 +399,11 @@ class Simulator:
 
     def _with_anchors(self, results: list[Prediction], anchors: Sequence[Anchor]) -> list[Prediction]:
         began = time.perf_counter()
-        trees = [r.onto for r in results] + [r.tree for r in results if r.rebase == "clean" and r.tree]
-        cached = _Prefetched(self.repo, trees, anchors)
+        chain: list[tuple[str, str | None]] = []
+        for r in results:
+            chain.append((r.onto, chain[-1][0] if chain else None))
+        chain += [(r.tree, r.onto) for r in results if r.rebase == "clean" and r.tree]
+        cached = _Prefetched(self.repo, list(dict.fromkeys(chain)), anchors)
         out = []
         for r in results:
             upstream = tuple(anchors_mod.check_all(cached, r.onto, tuple(anchors), r.version))
@@ -439,31 +442,17 @@ class _Prefetched(Repo):
     """The simulation's repository with the anchors' git reads answered in bulk.
 
     :func:`forkops.anchors.check` asks, per tree, ``grep_files(tree, symbol, fixed=True)`` and
-    ``show_file(tree, path)`` for each hit. Here those answers come from one ``git grep`` over
-    all trees per symbol and one ``git cat-file --batch`` for every hit -- the same git
-    commands' answers, computed once. Anything not prefetched goes to git as usual.
+    ``show_file(tree, path)`` for each hit. Here those answers come from
+    :func:`forkops.anchors.locate` over a chain of trees (each tag derived from the tag
+    before it, each result from its tag) -- the same answers, one grep in all. Anything
+    not prefetched goes to git as usual.
     """
 
-    def __init__(self, repo: Repo, trees: Sequence[str], anchors: Sequence[Anchor]) -> None:
+    def __init__(self, repo: Repo, chain: list[tuple[str, str | None]], anchors: Sequence[Anchor]) -> None:
         super().__init__(repo.path, env=repo.extra_env)
-        self._greps: dict[tuple[str, str], list[str]] = {}
-        self._blobs: dict[tuple[str, str], bytes | None] = {}
-        unique = list(dict.fromkeys(trees))
-        for symbol in dict.fromkeys(a.symbol for a in anchors):
-            hits: dict[str, list[str]] = {t: [] for t in unique}
-            for chunk in (unique[i:i + 200] for i in range(0, len(unique), 200)):
-                proc = self.run_raw("grep", "-l", "-F", "-e", symbol, *chunk, "--")
-                if proc.returncode not in (0, 1):
-                    raise GitError(["grep", "-l", symbol], proc.returncode, proc.stderr.decode("utf-8", "replace"))
-                for line in proc.stdout.decode("utf-8", "replace").splitlines():
-                    tree, _, path = line.partition(":")
-                    if tree in hits:
-                        hits[tree].append(path)
-            for tree, paths in hits.items():
-                self._greps[(tree, symbol)] = sorted(paths)
-        wanted = list(dict.fromkeys((t, p) for (t, _s), paths in self._greps.items() for p in paths))
-        contents = self.read_blobs([f"{t}:{p}" for t, p in wanted])
-        self._blobs = dict(zip(wanted, contents, strict=True))
+        located = anchors_mod.locate(self, chain, list(dict.fromkeys(a.symbol for a in anchors)))
+        self._greps = located.files
+        self._blobs = located.blobs
 
     def grep_files(self, treeish: str, pattern: str, paths: Iterable[str] = (), *, fixed: bool = False) -> list[str]:
         found = self._greps.get((treeish, pattern)) if fixed and not tuple(paths) else None

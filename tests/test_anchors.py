@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from forkops import anchors, playbook
 from forkops.git import Repo
-from forkops.sandbox import TF_CORE, TF_TSL, fork_env_cc, tf_env_cc
+from forkops.sandbox import TF_CORE, TF_TSL, Sandbox, fork_env_cc, tf_env_cc
 from forkops.version import Version
 
 
@@ -57,3 +59,24 @@ def test_conflicting_move_is_not_reapplicable(tmp_path: Path) -> None:
     after = anchors.with_reapply(repo, res, anchor, base=base, start=start, live=live)
     assert not after.ok and after.reapply_from is None
     assert "re-applying fails" in after.detail and "conflicting" in after.detail
+
+
+@pytest.mark.parametrize("grep_when_changed", [anchors.GREP_WHEN_CHANGED, 0])
+def test_locate_answers_like_git_grep_on_every_tree(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch,
+                                                    grep_when_changed: int) -> None:
+    """The chain of release tags (each derived from the one before) answers exactly what one
+    `git grep -l -F` per tree answers, through every move of env.cc; also when every tree is
+    grepped because it changed "too much"."""
+    monkeypatch.setattr(anchors, "GREP_WHEN_CHANGED", grep_when_changed)
+    upstream = Repo(sandbox.upstream["tensorflow"])
+    tags = [t for t in upstream.lines("tag", "--sort=version:refname") if t.startswith("v2.")]
+    chain: list[tuple[str, str | None]] = [(f"refs/tags/{t}", f"refs/tags/{tags[i - 1]}" if i else None)
+                                           for i, t in enumerate(tags)]
+    chain.append((upstream.run("rev-parse", "master^{tree}").strip(), "refs/tags/v2.11.0"))
+    symbols = ["ReadBinaryProto", "Status::OK"]
+    located = anchors.locate(upstream, chain, symbols)
+    for tree, _ref in chain:
+        for symbol in symbols:
+            assert located.files[(tree, symbol)] == upstream.grep_files(tree, symbol, fixed=True), (tree, symbol)
+            for path in located.files[(tree, symbol)]:
+                assert located.blobs[(tree, path)] == upstream.show_file(tree, path)
