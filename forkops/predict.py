@@ -33,12 +33,14 @@ Invariants (what "nothing left behind" means):
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -100,12 +102,33 @@ class Patch:
 
 
 @dataclass(frozen=True)
+class ContextCommit:
+    """An upstream commit of ``base..tag`` that changed a conflicting file."""
+
+    sha: str
+    subject: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"sha": self.sha, "subject": self.subject}
+
+
+@dataclass(frozen=True)
 class Conflict:
     path: str
     kind: str  # content, add/add, modify/delete, delete/modify, rename -- git.conflict_kind
+    # Where the stopping commit had the file when git followed upstream's move of it.
+    moved_from: str | None = None
+    # Newest first, at most CONTEXT_COMMITS: the upstream commits that touched the lines the
+    # fork's commit changes ("lines"), or the file when those cannot be traced ("file").
+    context: tuple[ContextCommit, ...] = ()
+    context_scope: Literal["lines", "file", ""] = ""
 
-    def as_json(self) -> dict[str, str]:
-        return {"path": self.path, "kind": self.kind}
+    def as_json(self) -> dict[str, object]:
+        return {"path": self.path, "kind": self.kind, "moved_from": self.moved_from,
+                "context": [c.as_json() for c in self.context], "context_scope": self.context_scope}
+
+    def describe(self) -> str:
+        return f"{self.moved_from} → {self.path}" if self.moved_from else self.path
 
 
 @dataclass(frozen=True)
@@ -339,7 +362,8 @@ class Simulator:
                      base: str | None = None, drift: DriftSpec | None = None) -> list[Prediction]:
         """Predict every (tag, commit, version); anchors are evaluated on each clean result and
         on each tag; with ``base`` (the tag the stack was cut from) and an enabled ``drift``
-        scope, API drift on every result. Results are in the order of ``targets``.
+        scope, API drift on every result; with ``base``, each stop's conflicts carry their
+        moves and context (:func:`conflict_context`). Results are in the order of ``targets``.
 
         The tags advance in lockstep, one patch at a time, so that the commits each step needs
         are written in one git call and its merges run in one ``merge-tree --stdin`` (threads
@@ -366,6 +390,11 @@ class Simulator:
                 if self.strategy == "merge-base" and advanced:
                     for s, sha in zip(advanced, self._commits([(s.acc_tree, ()) for s in advanced]), strict=True):
                         s.acc_commit = sha
+            if base is not None:
+                # Each stop's files: the moves git followed and the upstream commits behind them.
+                stopped = [s for s in states if s.stopped_at is not None]
+                for s, conflicts in zip(stopped, pool.map(partial(self._stop_context, base), stopped), strict=True):
+                    s.conflicts = conflicts
         per_tag = (time.perf_counter() - began) / max(1, len(states))
         results = [s.prediction(total, per_tag) for s in states]
         if anchors:
@@ -388,6 +417,10 @@ class Simulator:
             return False
         s.acc_tree = tree
         return True
+
+    def _stop_context(self, base: str, s: _Replay) -> tuple[Conflict, ...]:
+        assert s.stopped_at is not None
+        return conflict_context(self.repo, base=base, onto=s.onto, commit=s.stopped_at.sha, conflicts=s.conflicts)
 
     def _with_drift(self, results: list[Prediction], base: str, spec: DriftSpec) -> list[Prediction]:
         began = time.perf_counter()
@@ -473,6 +506,90 @@ def _conflicts(entries: Iterable[str]) -> list[Conflict]:
         meta, _, path = entry.partition("\t")
         stages.setdefault(path, set()).add(int(meta.split()[-1]))
     return [Conflict(p, conflict_kind(s)) for p, s in sorted(stages.items())]
+
+
+# ---------------------------------------------------------------------------------------
+# A stop's files: moves git followed, and the upstream commits behind each conflict
+# ---------------------------------------------------------------------------------------
+CONTEXT_COMMITS = 3
+_HUNK_RANGES = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", re.MULTILINE)
+
+
+def _hunks(diff: str) -> list[tuple[int, int, int, int]]:
+    """(old start, old count, new start, new count) of each ``-U0`` hunk."""
+    return [(int(a), int(b) if b else 1, int(c), int(d) if d else 1)
+            for a, b, c, d in _HUNK_RANGES.findall(diff)]
+
+
+def _map_line(line: int, hunks: list[tuple[int, int, int, int]]) -> int:
+    """Where line ``line`` of the old file is in the new one (``-U0`` hunks of old -> new);
+    a line inside a changed hunk maps to the start of its new side."""
+    shift = 0
+    for old, old_n, new, new_n in hunks:
+        first = old if old_n else old + 1  # a pure insertion sits after line `old`
+        if line < first:
+            break
+        if line < first + old_n:
+            return max(1, new)
+        shift = (new + new_n) - (first + old_n) if old_n else new + new_n - 1 - old
+    return max(1, line + shift)
+
+
+def _moved_from(repo: Repo, commit: str, onto: str, path: str) -> str | None:
+    """The path ``commit`` had for ``path`` when upstream (``onto``) moved it there."""
+    if repo.ok("cat-file", "-e", f"{commit}:{path}"):
+        return None
+    touched = repo.lines("diff-tree", "-r", "--no-commit-id", "--name-only", "--no-renames", f"{commit}^", commit)
+    sources = [p for p in touched if not repo.ok("cat-file", "-e", f"{onto}:{p}")]
+    if not sources:
+        return None
+    out = repo.run("diff-tree", "-r", "-M", "--name-status", "--diff-filter=R", f"{commit}^", onto,
+                   "--", *sources, path)
+    for line in out.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 3 and fields[2] == path:
+            return fields[1]
+    return None
+
+
+def conflict_context(repo: Repo, *, base: str, onto: str, commit: str,
+                     conflicts: Sequence[Conflict]) -> tuple[Conflict, ...]:
+    """``conflicts`` of a stop at ``commit`` (a fork commit replayed onto upstream ``onto``,
+    the stack cut from ``base``) with the moves git followed and, per file, the upstream
+    commits of ``base..onto`` that touched the lines ``commit`` changes (``git log -L``
+    over those lines, mapped into ``onto``'s file), or that touched the file when the lines
+    cannot be traced (the fork's commit adds or deletes the whole file, or the file is new).
+    Reads only; what ``forkops upgrade`` shows at a stop and ``check`` for each stop."""
+    out = []
+    for c in conflicts:
+        moved = _moved_from(repo, commit, onto, c.path)
+        old = moved or c.path
+        commits: list[ContextCommit] = []
+        scope: Literal["lines", "file", ""] = ""
+        fork = repo.run_raw("diff", "-U0", "--no-color", "--no-ext-diff", f"{commit}^:{old}", f"{commit}:{old}")
+        onward = repo.run_raw("diff", "-U0", "--no-color", "--no-ext-diff", f"{commit}^:{old}", f"{onto}:{c.path}")
+        if fork.returncode in (0, 1) and onward.returncode in (0, 1) and fork.stdout:
+            to_onto = _hunks(onward.stdout.decode("utf-8", "replace"))
+            args = []
+            for old_start, old_n, _new, _new_n in _hunks(fork.stdout.decode("utf-8", "replace")):
+                # One line either side: git also stops on changes that only touch each other.
+                last = old_start + max(old_n, 1)
+                a, b = _map_line(max(old_start - 1, 1), to_onto), _map_line(max(last, 1), to_onto)
+                args.append(f"-L{min(a, b)},{max(a, b)}:{c.path}")
+            proc = repo.run_raw("log", *args, "-s", "--format=%x00%H%x00%s", f"{base}..{onto}")
+            if proc.returncode == 0:
+                for line in proc.stdout.decode("utf-8", "replace").splitlines():
+                    if line.startswith("\0"):
+                        _, sha, subject = line.split("\0", 2)
+                        commits.append(ContextCommit(sha, subject))
+                scope = "lines" if commits else ""
+        if not scope:
+            scope = "file"
+            rows = repo.lines("log", f"--max-count={CONTEXT_COMMITS}", "--format=%H%x00%s", f"{base}..{onto}",
+                              "--", c.path, *([moved] if moved else []))
+            commits = [ContextCommit(*row.split("\0", 1)) for row in rows]
+        out.append(replace(c, moved_from=moved, context=tuple(commits[:CONTEXT_COMMITS]), context_scope=scope))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------

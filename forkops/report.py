@@ -77,7 +77,8 @@ def check_table(check: RepoCheck) -> Table:
         anchors = "\n".join(
             ("[green]✓[/green] " if ok else "[red]✗[/red] " if ok is False else "[dim]·[/dim] ") + text
             for ok, text in _anchor_text(p)) or "[dim]none[/dim]"
-        files = "\n".join([f"{c.path} [dim]({c.kind})[/dim]" for c in p.conflicts]
+        files = "\n".join([f"{c.describe()} [dim]({c.kind})[/dim]" + "".join(
+                              f"\n  [dim]↳ {x.sha[:10]} {x.subject}[/dim]" for x in c.context) for c in p.conflicts]
                           + [f"[red]drift[/red] {d.describe()}" for d in p.drift])
         table.add_row(str(p.tag), result, _stop_text(p), files, anchors)
     if not check.results:
