@@ -413,3 +413,15 @@ def test_context_traces_lines_not_the_whole_file(tmp_path: Path) -> None:
         (pred,) = sim.predict_many([(TagName("v1.1.0"), repo.commit_of("refs/tags/v1.1.0") or "", None)], base=base)
     (c,) = pred.conflicts
     assert [x.subject for x in c.context] == ["upstream edits line 20"] and c.context_scope == "lines"
+
+
+def test_simulation_commits_are_what_git_commit_tree_writes(scenarios: Path) -> None:
+    repo = Repo(scenarios)
+    patches = predict.load_patches(repo, repo.lines("rev-list", "--reverse", "refs/tags/v1.0.0..b1.0.0"))
+    with predict.Simulator(repo, patches) as sim:
+        p = patches[1]
+        (ours,) = sim._commits([(p.tree, (p.parent,))])
+        theirs = sim.repo.run("commit-tree", p.tree, "-p", p.parent, "-m", "forkops prediction").strip()
+        assert ours == theirs
+        assert sim.repo.run("cat-file", "-t", ours).strip() == "commit"
+        assert sim.repo.ok("fsck", "--no-dangling", "--connectivity-only", ours)
