@@ -32,9 +32,9 @@ Invariants (what "nothing left behind" means):
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -42,7 +42,6 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -399,7 +398,8 @@ class Simulator:
             if base is not None:
                 # Each stop's files: the moves git followed and the upstream commits behind them.
                 stopped = [s for s in states if s.stopped_at is not None]
-                for s, conflicts in zip(stopped, pool.map(partial(self._stop_context, base), stopped), strict=True):
+                stops = [Stop(s.onto, s.stopped_at.sha, s.conflicts) for s in stopped if s.stopped_at]
+                for s, conflicts in zip(stopped, conflict_contexts(self.repo, base, stops, pool=pool), strict=True):
                     s.conflicts = conflicts
         per_tag = (time.perf_counter() - began) / max(1, len(states))
         results = [s.prediction(total, per_tag) for s in states]
@@ -423,10 +423,6 @@ class Simulator:
             return False
         s.acc_tree = tree
         return True
-
-    def _stop_context(self, base: str, s: _Replay) -> tuple[Conflict, ...]:
-        assert s.stopped_at is not None
-        return conflict_context(self.repo, base=base, onto=s.onto, commit=s.stopped_at.sha, conflicts=s.conflicts)
 
     def _with_drift(self, results: list[Prediction], base: str, spec: DriftSpec) -> list[Prediction]:
         began = time.perf_counter()
@@ -518,18 +514,22 @@ def _conflicts(entries: Iterable[str]) -> list[Conflict]:
 # A stop's files: moves git followed, and the upstream commits behind each conflict
 # ---------------------------------------------------------------------------------------
 CONTEXT_COMMITS = 3
-_HUNK_RANGES = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", re.MULTILINE)
 
 
-def _hunks(diff: str) -> list[tuple[int, int, int, int]]:
-    """(old start, old count, new start, new count) of each ``-U0`` hunk."""
-    return [(int(a), int(b) if b else 1, int(c), int(d) if d else 1)
-            for a, b, c, d in _HUNK_RANGES.findall(diff)]
+def _hunks(old: bytes, new: bytes) -> list[tuple[int, int, int, int]]:
+    """(old start, old count, new start, new count) of each change from ``old`` to ``new``,
+    in ``git diff -U0``'s convention (a count of 0 starts at the line before)."""
+    a, b = old.splitlines(), new.splitlines()
+    out = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag != "equal":
+            out.append((i1 + 1 if i2 > i1 else i1, i2 - i1, j1 + 1 if j2 > j1 else j1, j2 - j1))
+    return out
 
 
 def _map_line(line: int, hunks: list[tuple[int, int, int, int]]) -> int:
-    """Where line ``line`` of the old file is in the new one (``-U0`` hunks of old -> new);
-    a line inside a changed hunk maps to the start of its new side."""
+    """Where line ``line`` of the old file is in the new one (hunks of old -> new); a line
+    inside a changed hunk maps to the start of its new side."""
     shift = 0
     for old, old_n, new, new_n in hunks:
         first = old if old_n else old + 1  # a pure insertion sits after line `old`
@@ -542,15 +542,15 @@ def _map_line(line: int, hunks: list[tuple[int, int, int, int]]) -> int:
 
 
 def _moved_from(repo: Repo, commit: str, onto: str, path: str) -> str | None:
-    """The path ``commit`` had for ``path`` when upstream (``onto``) moved it there."""
-    if repo.ok("cat-file", "-e", f"{commit}:{path}"):
-        return None
+    """The path ``commit`` had for ``path`` (which it does not have) when upstream
+    (``onto``) moved the file there and git followed the move."""
     touched = repo.lines("diff-tree", "-r", "--no-commit-id", "--name-only", "--no-renames", f"{commit}^", commit)
-    sources = [p for p in touched if not repo.ok("cat-file", "-e", f"{onto}:{p}")]
-    if not sources:
+    gone = [p for p, blob in zip(touched, repo.read_blobs([f"{onto}:{p}" for p in touched]), strict=True)
+            if blob is None]
+    if not gone:
         return None
     out = repo.run("diff-tree", "-r", "-M", "--name-status", "--diff-filter=R", f"{commit}^", onto,
-                   "--", *sources, path)
+                   "--", *gone, path)
     for line in out.splitlines():
         fields = line.split("\t")
         if len(fields) == 3 and fields[2] == path:
@@ -558,44 +558,87 @@ def _moved_from(repo: Repo, commit: str, onto: str, path: str) -> str | None:
     return None
 
 
+# Files longer than this are not diffed in Python to trace lines; their context is the file's.
+_TRACE_MAX_LINES = 20_000
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A rebase stopped at fork ``commit`` replayed onto upstream ``onto``."""
+
+    onto: str
+    commit: str
+    conflicts: tuple[Conflict, ...]
+
+
+def _file_context(repo: Repo, base: str, stop: Stop, c: Conflict, moved: str | None,
+                  blobs: tuple[bytes | None, bytes | None, bytes | None]) -> Conflict:
+    before, after, upstream = blobs
+    commits: list[ContextCommit] = []
+    scope: Literal["lines", "file"] = "file"
+    if (before is not None and after is not None and upstream is not None
+            and max(before.count(b"\n"), upstream.count(b"\n")) <= _TRACE_MAX_LINES):
+        to_onto = _hunks(before, upstream)
+        args = []
+        for old_start, old_n, _new, _new_n in _hunks(before, after):
+            # One line either side: git also stops on changes that only touch each other.
+            last = old_start + max(old_n, 1)
+            a, b = _map_line(max(old_start - 1, 1), to_onto), _map_line(max(last, 1), to_onto)
+            end = min(max(a, b), max(1, upstream.count(b"\n")))
+            args.append(f"-L{min(min(a, b), end)},{end}:{c.path}")
+        proc = repo.run_raw("log", *args, "-s", "--format=%x00%H%x00%s", f"{base}..{stop.onto}") if args else None
+        if proc is not None and proc.returncode == 0:
+            for line in proc.stdout.decode("utf-8", "replace").splitlines():
+                if line.startswith("\0"):
+                    _, sha, subject = line.split("\0", 2)
+                    commits.append(ContextCommit(sha, subject))
+            scope = "lines" if commits else "file"
+    if scope == "file":
+        rows = repo.lines("log", f"--max-count={CONTEXT_COMMITS}", "--format=%H%x00%s", f"{base}..{stop.onto}",
+                          "--", c.path, *([moved] if moved else []))
+        commits = [ContextCommit(*row.split("\0", 1)) for row in rows]
+    return replace(c, moved_from=moved, context=tuple(commits[:CONTEXT_COMMITS]), context_scope=scope)
+
+
+def conflict_contexts(repo: Repo, base: str, stops: Sequence[Stop], *,
+                      pool: ThreadPoolExecutor | None = None) -> list[tuple[Conflict, ...]]:
+    """Each stop's conflicts with the moves git followed and, per file, the upstream commits
+    of ``base..onto`` (the stack cut from ``base``) that touched the lines the fork's commit
+    changes: ``git log -L`` over those lines (one either side), mapped into ``onto``'s
+    file. When they cannot be traced (the fork's commit adds or deletes the whole file, a
+    huge file, or no commit touched exactly those lines), the commits that touched the file.
+    Newest first, at most CONTEXT_COMMITS. Reads only.
+
+    The blobs for every stop come from one ``git cat-file --batch``; then one ``git log``
+    per file (in ``pool`` when given)."""
+    items = [(stop, c) for stop in stops for c in stop.conflicts]
+    present = repo.read_blobs([f"{stop.commit}:{c.path}" for stop, c in items])
+    moves = [None if blob is not None else _moved_from(repo, stop.commit, stop.onto, c.path)
+             for (stop, c), blob in zip(items, present, strict=True)]
+    names = []
+    for (stop, c), moved in zip(items, moves, strict=True):
+        old = moved or c.path
+        names += [f"{stop.commit}^:{old}", f"{stop.commit}:{old}", f"{stop.onto}:{c.path}"]
+    data = repo.read_blobs(names)
+    jobs = [(stop, c, moved, (data[3 * i], data[3 * i + 1], data[3 * i + 2]))
+            for i, ((stop, c), moved) in enumerate(zip(items, moves, strict=True))]
+
+    def run(job: tuple[Stop, Conflict, str | None, tuple[bytes | None, bytes | None, bytes | None]]) -> Conflict:
+        return _file_context(repo, base, *job)
+
+    done = list(pool.map(run, jobs) if pool is not None else map(run, jobs))
+    out: list[tuple[Conflict, ...]] = []
+    for stop in stops:
+        out.append(tuple(done[:len(stop.conflicts)]))
+        done = done[len(stop.conflicts):]
+    return out
+
+
 def conflict_context(repo: Repo, *, base: str, onto: str, commit: str,
                      conflicts: Sequence[Conflict]) -> tuple[Conflict, ...]:
-    """``conflicts`` of a stop at ``commit`` (a fork commit replayed onto upstream ``onto``,
-    the stack cut from ``base``) with the moves git followed and, per file, the upstream
-    commits of ``base..onto`` that touched the lines ``commit`` changes (``git log -L``
-    over those lines, mapped into ``onto``'s file), or that touched the file when the lines
-    cannot be traced (the fork's commit adds or deletes the whole file, or the file is new).
-    Reads only; what ``forkops upgrade`` shows at a stop and ``check`` for each stop."""
-    out = []
-    for c in conflicts:
-        moved = _moved_from(repo, commit, onto, c.path)
-        old = moved or c.path
-        commits: list[ContextCommit] = []
-        scope: Literal["lines", "file", ""] = ""
-        fork = repo.run_raw("diff", "-U0", "--no-color", "--no-ext-diff", f"{commit}^:{old}", f"{commit}:{old}")
-        onward = repo.run_raw("diff", "-U0", "--no-color", "--no-ext-diff", f"{commit}^:{old}", f"{onto}:{c.path}")
-        if fork.returncode in (0, 1) and onward.returncode in (0, 1) and fork.stdout:
-            to_onto = _hunks(onward.stdout.decode("utf-8", "replace"))
-            args = []
-            for old_start, old_n, _new, _new_n in _hunks(fork.stdout.decode("utf-8", "replace")):
-                # One line either side: git also stops on changes that only touch each other.
-                last = old_start + max(old_n, 1)
-                a, b = _map_line(max(old_start - 1, 1), to_onto), _map_line(max(last, 1), to_onto)
-                args.append(f"-L{min(a, b)},{max(a, b)}:{c.path}")
-            proc = repo.run_raw("log", *args, "-s", "--format=%x00%H%x00%s", f"{base}..{onto}")
-            if proc.returncode == 0:
-                for line in proc.stdout.decode("utf-8", "replace").splitlines():
-                    if line.startswith("\0"):
-                        _, sha, subject = line.split("\0", 2)
-                        commits.append(ContextCommit(sha, subject))
-                scope = "lines" if commits else ""
-        if not scope:
-            scope = "file"
-            rows = repo.lines("log", f"--max-count={CONTEXT_COMMITS}", "--format=%H%x00%s", f"{base}..{onto}",
-                              "--", c.path, *([moved] if moved else []))
-            commits = [ContextCommit(*row.split("\0", 1)) for row in rows]
-        out.append(replace(c, moved_from=moved, context=tuple(commits[:CONTEXT_COMMITS]), context_scope=scope))
-    return tuple(out)
+    """One stop's :func:`conflict_contexts`: what ``forkops upgrade`` shows when its rebase
+    stops at ``commit`` on ``onto`` (conflicts as ``Conflict(path, kind)``)."""
+    return conflict_contexts(repo, base, [Stop(onto, commit, tuple(conflicts))])[0]
 
 
 # ---------------------------------------------------------------------------------------
