@@ -181,6 +181,13 @@ class Prediction:
         return all(a.ok for a in self.anchors)
 
     @property
+    def warnings(self) -> list[str]:
+        """What needs no person now but deserves a look: patched copies of an anchored
+        function left in files that are not its live definition (dead code)."""
+        return [f"{a.name}: a patched copy stays in {p}, which is not the live definition ({a.path})"
+                for a in self.anchors for p in a.dead_copies]
+
+    @property
     def compatible(self) -> bool:
         """Rebases cleanly and every anchor holds on the result: no person needed."""
         return self.status == "clean" and self.anchors_ok
@@ -204,6 +211,7 @@ class Prediction:
             "anchors": [a.as_json() for a in self.anchors],
             "upstream_anchors": [a.as_json() for a in self.upstream_anchors],
             "drift": [d.as_json() for d in self.drift],
+            "warnings": self.warnings,
         }
 
 
@@ -703,6 +711,27 @@ def open_clone(path: Path, origin: str, *, clone_missing: bool,
     return git.clone(origin, path, progress=progress)
 
 
+def _with_missing_changes(repo: Repo, pb: Playbook, refs: plan.StackRefs,
+                          results: list[Prediction]) -> list[Prediction]:
+    """Each failed anchor names the fork commits whose change it is missing (computed once
+    per anchor: the change is the same for every tag)."""
+    changes: dict[str, tuple[anchors_mod.ForkChange, ...]] = {}
+    out = []
+    for r in results:
+        fixed = []
+        for res in r.anchors:
+            if not res.ok:
+                if res.name not in changes:
+                    anchor = next(a for a in pb.anchors if a.name == res.name)
+                    changes[res.name] = anchors_mod.fork_changes(
+                        repo, pb, anchor, base=refs.base_sha, start=refs.start_sha,
+                        version=pb.version_of_tag(refs.base))
+                res = replace(res, missing=changes[res.name])
+            fixed.append(res)
+        out.append(replace(r, anchors=tuple(fixed)))
+    return out
+
+
 def check_repo(name: str, repo: Repo, pb: Playbook, upstream_url: str | None, *,
                start: str | None = None, base: str | None = None, since: str | Version | None = None,
                tags: Sequence[str] | None = None, include_rc: bool = False,
@@ -734,4 +763,5 @@ def check_repo(name: str, repo: Repo, pb: Playbook, upstream_url: str | None, *,
         results = sim.predict_many(targets, anchors=pb.anchors, workers=workers, base=refs.base_sha,
                                    drift=pb.drift)
         used = sim.strategy
+    results = _with_missing_changes(repo, pb, refs, results)
     return RepoCheck(name, refs, tuple(patches), tuple(results), used)

@@ -50,7 +50,15 @@ def _anchor_text(p: Prediction) -> list[tuple[bool | None, str]]:
     """(ok, text) per anchor: on the predicted tree when clean; where upstream has the symbol
     when the rebase stops (ok None: informational)."""
     if p.rebase == "clean":
-        return [(a.ok, f"{a.name}: {a.detail}" if not a.ok else a.name) for a in p.anchors]
+        rows: list[tuple[bool | None, str]] = []
+        for a in p.anchors:
+            text = f"{a.name} in {a.path}" if a.ok else f"{a.name}: {a.detail}"
+            text += "".join(f"\n  missing {sha[:10]} {subject}"
+                            for sha, subject in dict.fromkeys((c.sha, c.subject) for c in a.missing))
+            text += "".join(f"\n  [yellow]warning:[/yellow] patched copy left in {d} (not compiled)"
+                            for d in a.dead_copies)
+            rows.append((a.ok, text))
+        return rows
     return [(None, f"{a.name}: upstream defines it in {a.path or ', '.join(a.defined_in) or 'no file'}")
             for a in p.upstream_anchors]
 

@@ -132,6 +132,9 @@ def _print_checks(checks: list[RepoCheck]) -> None:
     out = console()
     for c in checks:
         out.print(report.check_table(c))
+        for r in c.results:
+            for warning in r.warnings:
+                out.print(f"{c.repo} {r.tag}: [yellow]warning:[/yellow] {warning}", soft_wrap=True)
         bad = [r for r in c.results if not r.compatible]
         if bad:
             out.print(f"{c.repo}: {len(bad)} of {len(c.results)} tags need a person "
