@@ -323,19 +323,38 @@ def tree_changes(repo: Repo, pairs: Sequence[tuple[str, str]]) -> list[dict[str,
     return out
 
 
-def _removed_by(repo: Repo, name: str, base: str, tag: str, paths: Iterable[str]) -> Removal | None:
-    """The newest commit of base..tag that changed how often ``name`` occurs in the files
-    that used it at base (``git log -S``). Bounded: pickaxe diffs only those paths, and a
-    name used in more than ``REMOVED_BY_MAX_PATHS`` files is not searched (None)."""
+def _removed_by(repo: Repo, name: str, base: str, tags: Sequence[str],
+                paths: Iterable[str]) -> dict[str, Removal | None]:
+    """Per tag (a commit): the newest commit of base..tag that changed how often ``name``
+    occurs in the files that used it at base (``git log -S``; the name is gone at the tag,
+    so that commit removed its last use there).
+
+    Bounded: pickaxe diffs only those paths, and a name used in more than
+    ``REMOVED_BY_MAX_PATHS`` files is not searched (None). One ``git log -S`` over every
+    tag, then, per commit it finds, one ``git for-each-ref --contains`` tells which tags
+    (as upstream tags of this clone) have it; a tag that is no tag ref gets its own log."""
     limited = sorted(paths)
-    if not limited or len(limited) > REMOVED_BY_MAX_PATHS:
-        return None
-    proc = repo.run_raw("log", "-S", name, "--max-count=1", "--no-renames", "--format=%H%x00%s",
-                        f"{base}..{tag}", "--", *limited)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return None
-    sha, _, subject = proc.stdout.decode("utf-8", "replace").strip().partition("\0")
-    return Removal(sha, subject)
+    found: dict[str, Removal | None] = dict.fromkeys(tags)
+    if not limited or len(limited) > REMOVED_BY_MAX_PATHS or not tags:
+        return found
+    proc = repo.run_raw("log", "-S", name, "--no-renames", "--format=%H%x00%s", f"^{base}", *tags, "--", *limited)
+    if proc.returncode != 0:
+        return found
+    rows = [line.split("\0", 1) for line in proc.stdout.decode("utf-8", "replace").splitlines() if "\0" in line]
+    if len(tags) == 1:
+        return {tags[0]: Removal(*rows[0]) if rows else None}
+    open_tags = set(tags)
+    for sha, subject in rows:  # newest first
+        out = repo.run("for-each-ref", f"--contains={sha}", "--format=%(objectname) %(*objectname)", "refs/tags")
+        having = {word for line in out.splitlines() for word in line.split()}
+        for tag in [t for t in open_tags if t in having]:
+            found[tag] = Removal(sha, subject)
+            open_tags.discard(tag)
+        if not open_tags:
+            break
+    for tag in sorted(open_tags):
+        found.update(_removed_by(repo, name, base, [tag], limited))
+    return found
 
 
 # ---------------------------------------------------------------------------------------
@@ -371,20 +390,14 @@ def find_many_in_scope(repo: Repo, spec: DriftSpec, base: str,
     if wanted and blobs:
         for blob, data in zip(blobs, repo.read_blobs(blobs), strict=True):
             found[blob] = names_in(data.decode("utf-8", "replace"), wanted) if data else set()
-    results: list[list[Drift]] = []
-    removals: dict[tuple[str, str], Removal | None] = {}
-    for (tag, _tip), (uses_, _d), changed, sus in zip(targets, per_tag, changes, suspects, strict=True):
-        present = set().union(*(found.get(b, set()) for b in changed.values() if b)) if sus else set()
-        gone = sus - present
-        drifts = []
-        for use in uses_:
-            if use.identifier in gone:
-                key = (use.identifier, tag)
-                if key not in removals:
-                    removals[key] = _removed_by(repo, use.identifier, base, tag, at_base[use.identifier])
-                drifts.append(Drift(use.identifier, use.path, use.line, removals[key]))
-        results.append(drifts)
-    return results
+    gone_at = [sus - (set().union(*(found.get(b, set()) for b in changed.values() if b)) if sus else set())
+               for changed, sus in zip(changes, suspects, strict=True)]
+    removals: dict[str, dict[str, Removal | None]] = {}
+    for name in set().union(*gone_at):
+        tags = [tag for (tag, _tip), gone in zip(targets, gone_at, strict=True) if name in gone]
+        removals[name] = _removed_by(repo, name, base, list(dict.fromkeys(tags)), at_base[name])
+    return [[Drift(u.identifier, u.path, u.line, removals[u.identifier][tag]) for u in uses_ if u.identifier in gone]
+            for (tag, _tip), (uses_, _d), gone in zip(targets, per_tag, gone_at, strict=True)]
 
 
 def find(repo: Repo, pb: Playbook, base: str, tip_tree: str, tag: str) -> list[Drift]:

@@ -229,13 +229,14 @@ class NightlyReport:
             lines.append("|---|---|---|---|---|---|")
             for e in by_repo[check.repo]:
                 p = e.prediction
-                result = ("❌ conflict" if p.status == "conflict" else "✅ clean" if p.anchors_ok
-                          else "⚠️ clean, anchor fails")
+                result = ("❌ conflict" if p.status == "conflict" else "❌ api drift" if p.status == "drift"
+                          else "✅ clean" if p.anchors_ok else "⚠️ clean, anchor fails")
                 if p.dropped:
                     result += f" ({len(p.dropped)} dropped)"
                 stop = (f"{p.stopped_at.index}/{p.stopped_at.total} `{p.stopped_at.sha[:10]}` "
                         f"{_md(p.stopped_at.subject)}" if p.stopped_at else "")
-                files = "<br>".join(f"`{_md(c.path)}` ({c.kind})" for c in p.conflicts)
+                files = "<br>".join([f"`{_md(c.path)}` ({c.kind})" for c in p.conflicts]
+                                    + [f"drift: `{_md(d.describe())}`" for d in p.drift])
                 anchors = "<br>".join(("✅ " if ok else "❌ " if ok is False else "") + _md(text)
                                       for ok, text in _anchor_text(p))
                 change = e.change or ""
@@ -264,6 +265,9 @@ class NightlyReport:
                                + ", ".join(p.conflict_paths))
                     detail = [message, *(f"  {c.path}: {c.kind}" for c in p.conflicts)]
                     ET.SubElement(case, "failure", message=message, type="conflict").text = "\n".join(detail)
+                elif p.status == "drift":
+                    message = "api drift: " + "; ".join(d.describe() for d in p.drift)
+                    ET.SubElement(case, "failure", message=message, type="api-drift").text = message
                 elif not p.anchors_ok:
                     bad = [a for a in p.anchors if not a.ok]
                     message = "; ".join(f"anchor {a.name}: {a.detail}" for a in bad)

@@ -161,3 +161,13 @@ def test_playbook_drift_key_is_validated(tmp_path: Path) -> None:
         playbook.load(str(bad))
     message = "\n".join(err.value.problems)
     assert "drift.paths[0]" in message and "drift.languages[0]" in message and "'rust'" in message
+
+
+def test_nightly_reports_drift(removed: Sandbox, tmp_path: Path) -> None:
+    run = run_cli("-C", str(removed.workspace), "nightly", "--repo", "tensorflow", "--include-rc",
+                  "--report-dir", str(tmp_path))
+    assert run.code == 1, run.err
+    doc = json.loads((tmp_path / "report.json").read_text())
+    (repo,) = doc["repos"]
+    assert {r["tag"] for r in repo["results"] if r["drift"]} == {"v2.18.0-rc0", "v2.18.0", "v2.19.0-rc0"}
+    assert "drift: `tensorflow/core/platform/env.cc:" in (tmp_path / "report.md").read_text()
