@@ -88,7 +88,7 @@ def test_sandbox_forks_match_real_rebase_for_every_tag(sandbox: Sandbox, tmp_pat
                                strategy=strategy)
     assert check.strategy == strategy
     upstream_tags = {TagName(t) for t in _git(sandbox.upstream[name], "tag").stdout.split()
-                     if pb.version_of_tag(t) and pb.version_of_tag(t) > Version(2, 4, 0)}  # type: ignore[operator]
+                     if (v := pb.version_of_tag(t)) is not None and v > Version(2, 4, 0)}
     assert {r.tag for r in check.results} == upstream_tags
     for i, pred in enumerate(check.results):
         real = real_rebase(clone, tmp_path / f"scratch{i}", onto=pred.onto, base=check.refs.base_sha,
