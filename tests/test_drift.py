@@ -88,7 +88,7 @@ def test_nothing_drifts_in_the_default_sandbox(sandbox: Sandbox) -> None:
 UPSTREAM_CC = """#include <memory>
 // Uses of the APIs at the base release.
 Status LegacyHelper(int x);
-void Old() { OldApi::Call(); auto p = std::make_unique<int>(1); StillThere(); gone_macro(); }
+void Old() { OldApi::Call(); auto p = std::make_unique<int>(1); StillThere(); gone_macro(); MovedApi::Go(); }
 """
 UPSTREAM_CC_LATER = """#include <memory>
 Status New() { NewApi::Call(); StillThere(); }
@@ -100,6 +100,7 @@ void Fork() {
   auto p = std::make_unique<int>(2);
   LegacyHelper(1);
   StillThere();
+  MovedApi::Go();
   const char* s = "OldApi::Call in a string";
   ::ns::OldApi::Call();  /* OldApi::Call in a block comment */
 }
@@ -114,6 +115,7 @@ def _scene(tmp_path: Path) -> tuple[Repo, str, str, str]:
     gen.commit("master", "base", {"src/a.cc": UPSTREAM_CC, "BUILD": 'old_rule(name = "a")\nkept_rule()\n',
                                   "docs/readme.md": "nothing here\n"})
     gen.tag("v1.0.0", "master", "v1.0.0")
+    gen.commit("master", "Move MovedApi::Go to b.cc", {"src/b.cc": "void B() { MovedApi::Go(); }\n"})
     gen.commit("master", "Remove the old APIs", {"src/a.cc": UPSTREAM_CC_LATER, "BUILD": "kept_rule()\n"})
     gen.tag("v2.0.0", "master", "v2.0.0")
     gen.branch("tip", "master")
@@ -134,8 +136,9 @@ def test_only_removed_upstream_names_in_code_count(tmp_path: Path) -> None:
     removal = repo.run("rev-parse", "master").strip()
     got = sorted((d.identifier, d.path, d.line) for d in found)
     # OldApi::Call (qualified further by the fork) and old_rule (Starlark); never LegacyHelper
-    # (the fork defines it), std::make_unique, StillThere, kwargs, comments, strings, markdown.
-    assert got == [("OldApi::Call", "src/fork.cc", 9), ("old_rule", "BUILD", 2)]
+    # (the fork defines it), std::make_unique, StillThere, MovedApi::Go (gone from its file at
+    # base, present in another one), kwargs, comments, strings, markdown.
+    assert got == [("OldApi::Call", "src/fork.cc", 10), ("old_rule", "BUILD", 2)]
     assert all(d.removed_by is not None and d.removed_by.sha == removal for d in found)
     assert found[0].as_json()["removed_by"] == removal
 
