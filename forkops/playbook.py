@@ -19,6 +19,7 @@ from forkops.version import BranchName, TagName, Version, VersionBound, parse_na
 BUILTIN = ("tensorflow", "serving")
 ENCODINGS = ("c-string", "c-bytes", "bazel-define")
 KEY_VALUES = ("key", "iv")
+DRIFT_LANGUAGES = ("c++", "starlark")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,21 @@ class Pin:
 
 
 @dataclass(frozen=True)
+class DriftSpec:
+    """``[drift]``: which of the fork's files are read for API drift (forkops.drift).
+
+    ``paths`` are glob patterns (``*`` also matches ``/``; a pattern ending in ``/`` is a
+    folder); ``paths = []`` turns drift off. Without the table: every file of ``languages``."""
+
+    paths: tuple[str, ...] = ("*",)
+    languages: tuple[str, ...] = DRIFT_LANGUAGES
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.paths and self.languages)
+
+
+@dataclass(frozen=True)
 class BuildSpec:
     dockerfile_dir: str = "tensorflow_serving/tools/docker"
     devel: str = "Dockerfile.devel"
@@ -123,6 +139,7 @@ class Playbook:
     pins: tuple[Pin, ...] = ()
     build: BuildSpec | None = None
     smoke: SmokeSpec | None = None
+    drift: DriftSpec = DriftSpec()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def tag(self, version: Version) -> TagName:
@@ -192,6 +209,7 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
     pins = tuple(_pin(t) for t in top.subs("pins"))
     build = _build(top.sub("build")) if top.has("build") else None
     smoke = _smoke(top.sub("smoke")) if top.has("smoke") else None
+    drift = _drift(top.sub("drift")) if top.has("drift") else DriftSpec()
     top.finish()
     _unique(checker, "anchors", [a.name for a in anchors])
     _unique(checker, "key_sites", [s.name for s in sites])
@@ -209,6 +227,7 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
         pins=pins,
         build=build,
         smoke=smoke,
+        drift=drift,
         warnings=tuple(checker.warnings),
     )
 
@@ -283,6 +302,20 @@ def _build(t: Table) -> BuildSpec:
             re.compile(rx)
         except re.error as exc:
             t.checker.problem(f"{t.key('source_fetch')}[{i}]", f"invalid regular expression: {exc}")
+    t.finish()
+    return spec
+
+
+def _drift(t: Table) -> DriftSpec:
+    d = DriftSpec()
+    spec = DriftSpec(paths=tuple(t.strs("paths", list(d.paths))),
+                     languages=tuple(t.strs("languages", list(d.languages))))
+    for i, path in enumerate(spec.paths):
+        if not path or path.startswith("/"):
+            t.checker.problem(f"{t.key('paths')}[{i}]", f"{path!r} is not a path pattern relative to the repository")
+    for i, lang in enumerate(spec.languages):
+        if lang not in DRIFT_LANGUAGES:
+            t.checker.problem(f"{t.key('languages')}[{i}]", f"{lang!r} is not one of {', '.join(DRIFT_LANGUAGES)}")
     t.finish()
     return spec
 

@@ -42,18 +42,27 @@ UNCHANGED = "unchanged"
 # Human output
 # ---------------------------------------------------------------------------------------
 def _anchor_text(p: Prediction) -> list[tuple[bool | None, str]]:
-    """(ok, text) per anchor: on the predicted tree when the rebase ends; where upstream has the
-    symbol when it stops (ok None: informational)."""
+    """(ok, text) per anchor: on the predicted tree when the rebase ends (with the fork commits
+    whose change is missing and patched copies left in dead files); where upstream has the symbol
+    when it stops (ok None: informational). Lines after the first are sub-items."""
     if p.stopped_at is None:
-        return [(a.ok, f"{a.name}: {a.detail}" if not a.ok else a.name) for a in p.anchors]
+        rows: list[tuple[bool | None, str]] = []
+        for a in p.anchors:
+            text = f"{a.name} in {a.path}" if a.ok else f"{a.name}: {a.detail}"
+            text += "".join(f"\n  missing {sha[:10]} {subject}"
+                            for sha, subject in dict.fromkeys((c.sha, c.subject) for c in a.missing))
+            text += "".join(f"\n  warning: patched copy left in {d} (not compiled)" for d in a.dead_copies)
+            rows.append((a.ok, text))
+        return rows
     return [(None, f"{a.name}: upstream defines it in {a.path or ', '.join(a.defined_in) or 'no file'}")
             for a in p.upstream_anchors]
 
 
 def result_label(p: Prediction) -> str:
-    """The verdict in words: conflict, resolved (recorded), clean, or clean with a failing anchor."""
-    if p.status == "conflict":
-        return "conflict"
+    """The verdict in words: conflict, api drift, resolved (recorded), clean, or either of the
+    last two with a failing anchor."""
+    if p.status in ("conflict", "drift"):
+        return "conflict" if p.status == "conflict" else "api drift"
     label = "resolved (recorded)" if p.status == "resolved" else "clean"
     return label if p.anchors_ok else f"{label}, anchor fails"
 
@@ -71,7 +80,7 @@ class Row:
     """Consecutive tags with identical results, shown as one table row."""
 
     tags: tuple[str, ...]
-    status: str  # Prediction.status, or "anchor" for a clean result whose anchor fails
+    status: str  # Prediction.status, or "anchor" for a clean/resolved result whose anchor fails
     cells: tuple[str, ...]  # result, stops at, files, anchors (+ what callers add), plain text
 
     @property
@@ -82,8 +91,11 @@ class Row:
 
 
 def _cells(p: Prediction, *, markdown: bool) -> tuple[str, ...]:
+    """result, stops at, files, anchors. Sub-items (the upstream commits behind a conflicting
+    file, a missing fork commit) go on their own lines: newlines, or ``<br>`` in Markdown."""
     code = (lambda t: f"`{_md(t)}`") if markdown else (lambda t: t)
     text = _md if markdown else (lambda t: t)
+    br = "<br>" if markdown else "\n"
     result = result_label(p)
     if p.resolved:
         result += f" at {', '.join(str(r.stopped_at.index) for r in p.resolved)} of {p.total}"
@@ -93,9 +105,11 @@ def _cells(p: Prediction, *, markdown: bool) -> tuple[str, ...]:
     if p.stopped_at is not None:
         s = p.stopped_at
         stop = f"{s.index}/{s.total} {code(s.sha[:10])} {text(s.subject)}"
-    files = ", ".join(f"{code(c.path)} ({c.kind})" for c in p.conflicts)
+    files = br.join([f"{code(c.describe())} ({c.kind})" + "".join(
+                         f"{br}  ↳ {code(x.sha[:10])} {text(x.subject)}" for x in c.context) for c in p.conflicts]
+                    + [f"drift: {code(d.describe())}" for d in p.drift])
     marks = {True: "✅ " if markdown else "✓ ", False: "❌ " if markdown else "✗ ", None: ""}
-    anchors = "; ".join(marks[ok] + text(t) for ok, t in _anchor_text(p))
+    anchors = br.join(marks[ok] + br.join(text(line) for line in t.split("\n")) for ok, t in _anchor_text(p))
     return result, stop, files, anchors
 
 
@@ -103,7 +117,7 @@ def group_rows(items: Sequence[tuple[Prediction, tuple[str, ...]]], *, markdown:
     """One row per run of consecutive tags whose cells (and ``extra`` cells) are identical."""
     rows: list[Row] = []
     for p, extra in items:
-        status = "anchor" if p.status != "conflict" and not p.anchors_ok else p.status
+        status = "anchor" if p.status in ("clean", "resolved") and not p.anchors_ok else p.status
         cells = (*_cells(p, markdown=markdown), *extra)
         if rows and rows[-1].cells == cells and rows[-1].status == status:
             rows[-1] = replace(rows[-1], tags=(*rows[-1].tags, str(p.tag)))
@@ -112,7 +126,7 @@ def group_rows(items: Sequence[tuple[Prediction, tuple[str, ...]]], *, markdown:
     return rows
 
 
-_STYLE = {"conflict": "red", "resolved": "cyan", "clean": "green", "anchor": "yellow"}
+_STYLE = {"conflict": "red", "drift": "red", "resolved": "cyan", "clean": "green", "anchor": "yellow"}
 
 
 def check_table(check: RepoCheck) -> Table:
@@ -310,7 +324,7 @@ class NightlyReport:
                 items.append((e.prediction, (change,)))
             newest = {str(e.prediction.tag): e.prediction for e in by_repo[check.repo]}
             for row in group_rows(items, markdown=True):
-                icon = {"conflict": "❌", "resolved": "🔁", "clean": "✅", "anchor": "⚠️"}[row.status]
+                icon = {"conflict": "❌", "drift": "❌", "resolved": "🔁", "clean": "✅", "anchor": "⚠️"}[row.status]
                 result, *rest = row.cells
                 command = next_command(check.repo, newest[row.tags[-1]])  # a group: its newest tag
                 rest.append(f"`{command}`" if command else "")
@@ -369,6 +383,9 @@ class NightlyReport:
                                + ", ".join(p.conflict_paths))
                     detail = [message, *(f"  {c.path}: {c.kind}" for c in p.conflicts)]
                     ET.SubElement(case, "failure", message=message, type="conflict").text = "\n".join(detail)
+                elif p.status == "drift":
+                    message = "api drift: " + "; ".join(d.describe() for d in p.drift)
+                    ET.SubElement(case, "failure", message=message, type="api-drift").text = message
                 elif not p.anchors_ok:
                     bad = [a for a in p.anchors if not a.ok]
                     message = "; ".join(f"anchor {a.name}: {a.detail}" for a in bad)

@@ -843,6 +843,24 @@ def _tf_upstream(gen: Generator, *, filler_files: int, filler_commits: int) -> t
     return releases, filler
 
 
+REMOVED_API = "Status::OK"  # what upstream removes with build(removed_api=True)
+
+
+def _remove_status_ok(releases: list[_Release], minor: int) -> None:
+    """Optional upstream history: before the 2.<minor> cut, one commit replaces every
+    ``Status::OK()`` by ``absl::OkStatus()`` (as TensorFlow did in November 2022), and later
+    upstream files never have it again."""
+    def without(change: Files | dict[str, str | None]) -> dict[str, str | None]:
+        return {p: t.replace("Status::OK()", "absl::OkStatus()") if t else t for p, t in change.items()}
+
+    for rel in releases:
+        if rel.minor >= minor:
+            rel.master_changes = [(message, without(change)) for message, change in rel.master_changes]
+        if rel.minor == minor:
+            rel.master_changes.insert(0, ("Remove the deprecated Status::OK(); use absl::OkStatus()",
+                                          without({TF_CORE: tf_env_cc("deprecated"), TF_TSL: tf_env_cc("tsl")})))
+
+
 def _serving_upstream(gen: Generator, *, filler_files: int, filler_commits: int) -> tuple[list[_Release], list[str]]:
     filler = [f"tensorflow_serving/core/generated/servable_{i:05d}.cc" for i in range(filler_files)]
     docker = SERVING_DOCKER
@@ -922,8 +940,11 @@ def _tf_version_files(v: str) -> Files:
     return tf_version_files(*_version_parts(v))
 
 
-def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone: bool = True) -> Sandbox:
-    """Generate the sandbox in ``root`` (which must be empty or missing)."""
+def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone: bool = True,
+          removed_api: bool = False) -> Sandbox:
+    """Generate the sandbox in ``root`` (which must be empty or missing). ``removed_api``:
+    TensorFlow's upstream removes ``Status::OK`` (REMOVED_API), which the fork's decryption
+    patch uses, before the 2.18 release."""
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     if any(root.iterdir()):
@@ -936,6 +957,8 @@ def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone
 
     tf = Generator(sb.upstream["tensorflow"])
     tf_rel, tf_filler = _tf_upstream(tf, filler_files=filler_files, filler_commits=filler_commits)
+    if removed_api:
+        _remove_status_ok(tf_rel, 18)
     sv = Generator(sb.upstream["serving"], start_time=T0 + 1800)
     sv_rel, sv_filler = _serving_upstream(sv, filler_files=filler_files, filler_commits=filler_commits)
 
