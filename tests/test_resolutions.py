@@ -420,3 +420,60 @@ def test_check_and_nightly_report_resolved_recorded(sandbox: Sandbox, tmp_path: 
     assert "| `v2.18.0` | 🔁 resolved (recorded) at 3 of 5 (1 dropped) |" in (out / "report.md").read_text()
     junit = (out / "junit.xml").read_text()
     assert "<failure" not in junit and "resolved with recorded resolutions at 3/5" in junit
+
+
+# ---------------------------------------------------------------------------------------
+# Done when: resolve a stop once, commit resolutions/, clone the workspace elsewhere
+# ---------------------------------------------------------------------------------------
+def _cli(ws: Path, *args: str) -> tuple[int, str]:
+    res = run_cli("-C", str(ws), *args)
+    return int(res.code), res.out + res.err
+
+
+def _commit_workspace(ws: Path) -> None:
+    _git(ws, "init", "--quiet", "-b", "main")
+    _git(ws, "config", "user.email", "maintainer@example.com")
+    _git(ws, "config", "user.name", "Maintainer")
+    _git(ws, "add", "forkops.toml", ".gitignore", "resolutions")
+    _git(ws, "commit", "--quiet", "-m", "forkops workspace with recorded resolutions")
+
+
+def test_resolve_once_commit_clone_elsewhere_check_and_upgrade_agree(sandbox: Sandbox, tmp_path: Path) -> None:
+    first = sandbox.workspace
+    code, out = _cli(first, "upgrade", "2.18.0", "--repo", "tensorflow")
+    assert code == 1 and ".bazelrc" in out, out
+    tf = sandbox.clone("tensorflow")
+    ours = _git(tf, "show", ":2:.bazelrc").stdout
+    (tf / ".bazelrc").write_text(sandbox_mod.resolve("tensorflow", ".bazelrc", ours=ours, theirs=None) or "")
+    _git(tf, "add", ".bazelrc")
+    code, out = _cli(first, "upgrade", "--continue")
+    assert code == 0, out
+    recorded = list((first / "resolutions" / "tensorflow").glob("*.txt"))
+    assert len(recorded) == 1 and "path: .bazelrc" in recorded[0].read_text()
+    first_tree = _git(tf, "rev-parse", "b2.18.0^{tree}").stdout.strip()
+    _commit_workspace(first)
+
+    # A teammate (or CI) clones the workspace: no fork clones, no rr-cache, only the records.
+    second = tmp_path / "elsewhere"
+    _git(tmp_path, "clone", "--quiet", str(first), str(second))
+    code, out = _cli(second, "check", "--repo", "tensorflow", "--tags", "2.18.0", "--json")
+    assert code == 0, out
+    result = json.loads(out[out.index("{"):])["results"][0]
+    assert (result["status"], result["recorded"]) == ("resolved", True)
+    assert result["resolved"][0]["commit"]["index"] == 3
+
+    code, out = _cli(second, "upgrade", "2.18.0", "--repo", "tensorflow")
+    assert code == 1 and "resolved (recorded)" in out, out  # applied, waiting for the person's word
+    status = json.loads(run_cli("-C", str(second), "status", "--json").out)
+    assert status["conflicts"] == [{"path": ".bazelrc", "kind": "content", "recorded": True, "moved_from": None}]
+    assert _git(second / "tensorflow", "diff", "--name-only", "--diff-filter=U").stdout == ""
+    code, out = _cli(second, "upgrade", "--continue")
+    assert code == 0, out
+    assert _git(second / "tensorflow", "rev-parse", "b2.18.0^{tree}").stdout.strip() == first_tree
+
+    # --accept-recorded: no stop at all
+    third = tmp_path / "third"
+    _git(tmp_path, "clone", "--quiet", str(first), str(third))
+    code, out = _cli(third, "upgrade", "2.18.0", "--repo", "tensorflow", "--accept-recorded")
+    assert code == 0 and "resolved (recorded)" in out, out
+    assert _git(third / "tensorflow", "rev-parse", "b2.18.0^{tree}").stdout.strip() == first_tree
