@@ -48,7 +48,8 @@ def _checkout_root(ws: Workspace) -> Path:
 
 def workflow(ws: Workspace, *, install: str) -> str:
     """The nightly workflow for ``ws``: one matrix entry per repository of forkops.toml."""
-    if not install.strip() or "\n" in install or "@@" in install:
+    # ${{ }} in a run: line is expanded by GitHub before the shell sees it: never pass one through
+    if not install.strip() or "\n" in install or "@@" in install or "${{" in install:
         raise BadInput(f"--install {install!r}: expected a pip requirement (e.g. forkops==1.2.0)")
     top = _checkout_root(ws)
     prefix = ws.root.relative_to(top).as_posix()

@@ -521,21 +521,101 @@ class Book:
         Objects are written to ``repo``'s object store (the simulation's temporary one)."""
         if not self.records or not conflicts:
             return None
-        entries, applied = [], []
+        files: dict[str, tuple[str, bytes]] = {}
+        applied = []
         for path, stages in sorted(conflicts.items()):
             found = self.resolve_file(repo, stages)
             if found is None:
                 return None
             mode, content, ids = found
-            blob = repo.run("hash-object", "-w", "--stdin", input=content).strip()
-            entries.append(f"{mode} {blob}\t{path}")
+            files[path] = (mode, content)
             applied.append(Applied(path, ids))
-        with tempfile.TemporaryDirectory(prefix="forkops-index-") as tmp:
-            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            repo.run("read-tree", tree, env=env)
-            repo.run("update-index", "-z", "--index-info", input="\0".join(entries) + "\0", env=env)
-            new_tree = repo.run("write-tree", env=env).strip()
-        return new_tree, applied
+        new_tree = replace_files(repo, tree, files)
+        return (new_tree, applied) if new_tree is not None else None
+
+
+def _write_objects(repo: Repo, kind: str, bodies: Sequence[bytes]) -> list[str]:
+    """Write objects of one type in one ``git hash-object`` call; their ids, in order."""
+    if not bodies:
+        return []
+    with tempfile.TemporaryDirectory(prefix="forkops-objects-") as tmp:
+        paths = []
+        for i, body in enumerate(bodies):
+            path = Path(tmp) / str(i)
+            path.write_bytes(body)
+            paths.append(str(path))
+        out = repo.run("hash-object", "-t", kind, "-w", "--stdin-paths", input="\n".join(paths) + "\n")
+    return out.split()
+
+
+def replace_files(repo: Repo, tree: str, files: Mapping[str, tuple[str, bytes]]) -> str | None:
+    """``tree`` with each existing file ``path`` set to (mode, content); None when a path is not
+    a file of ``tree``. Only the trees on the paths are rewritten (read with one ``cat-file
+    --batch``, written with one ``hash-object``), so the cost does not grow with the tree's
+    size: a TensorFlow tree has 35,000 files, and an index of it costs half a second."""
+    import hashlib as _hashlib
+
+    blobs = dict(zip(files, _write_objects(repo, "blob", [c for _m, c in files.values()]), strict=True))
+    dirs = sorted({"/".join(p.split("/")[:i]) for p in files for i in range(p.count("/") + 1)},
+                  key=lambda d: (-d.count("/") - bool(d), d))  # deepest first, the root ("") last
+    subdirs = [d for d in dirs if d]
+    shas = [tree, *repo.lines("rev-parse", *(f"{tree}:{d}" for d in subdirs))] if subdirs else [tree]
+    by_dir = dict(zip(["", *subdirs], shas, strict=True))
+    raw = _read_trees(repo, [by_dir[d] for d in dirs])
+    algo = "sha256" if len(tree) == 64 else "sha1"
+    size = 32 if algo == "sha256" else 20
+    new: dict[str, str] = {}  # dir -> its rewritten tree id
+    bodies: list[bytes] = []
+    for d, body in zip(dirs, raw, strict=True):
+        if body is None:
+            return None
+        wanted: dict[bytes, tuple[bytes, str]] = {}
+        for path, (file_mode, _c) in files.items():
+            if path.rpartition("/")[0] == d:
+                wanted[path.rpartition("/")[2].encode("utf-8", "surrogateescape")] = (file_mode.encode(), blobs[path])
+        for sub, sha in new.items():
+            if sub.rpartition("/")[0] == d and sub:
+                wanted[sub.rpartition("/")[2].encode("utf-8", "surrogateescape")] = (b"40000", sha)
+        out, pos, seen = [], 0, 0
+        while pos < len(body):
+            space = body.index(b" ", pos)
+            nul = body.index(b"\0", space)
+            mode, name = body[pos:space], body[space + 1:nul]
+            oid = body[nul + 1:nul + 1 + size]
+            pos = nul + 1 + size
+            if name in wanted:
+                new_mode, hex_id = wanted[name]
+                if (mode == b"40000") != (new_mode == b"40000"):
+                    return None  # a file where a directory is, or the reverse: not ours to touch
+                mode, oid, seen = new_mode, bytes.fromhex(hex_id), seen + 1
+            out.append(mode + b" " + name + b"\0" + oid)
+        if seen != len(wanted):
+            return None
+        data = b"".join(out)
+        new[d] = _hashlib.new(algo, b"tree %d\0" % len(data) + data).hexdigest()
+        bodies.append(data)
+    written = _write_objects(repo, "tree", bodies)
+    assert written == [new[d] for d in dirs], "git hashed a rewritten tree differently"
+    return new[""]
+
+
+def _read_trees(repo: Repo, ids: Sequence[str]) -> list[bytes | None]:
+    """The raw contents of tree objects, from one ``git cat-file --batch``."""
+    proc = repo.run_raw("cat-file", "--batch", input="".join(f"{i}\n" for i in ids))
+    if proc.returncode != 0:
+        raise GitError(["cat-file", "--batch"], proc.returncode, proc.stderr.decode("utf-8", "replace"))
+    out, pos, result = proc.stdout, 0, []
+    for _ in ids:
+        eol = out.index(b"\n", pos)
+        header = out[pos:eol].split()
+        pos = eol + 1
+        if len(header) == 3:
+            size = int(header[2])
+            result.append(out[pos:pos + size] if header[1] == b"tree" else None)
+            pos += size + 1
+        else:
+            result.append(None)
+    return result
 
 
 def parse_stage_entries(entries: Iterable[str]) -> dict[str, dict[int, tuple[str, str]]]:

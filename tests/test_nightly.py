@@ -189,8 +189,9 @@ def test_ci_workflow_in_a_subfolder_and_install_option(sandbox: Sandbox, run_git
     assert upload["with"]["path"] == "workspace/out/"
     install = next(s["run"] for s in job["steps"] if s.get("name") == "Install forkops")
     assert shlex.split(install)[-1] == "forkops @ git+https://example.com/f@abc"
-    bad = run_cli("-C", str(sandbox.workspace), "ci", "workflow", "--install", "")
-    assert bad.code == 2 and "--install" in bad.err
+    for bad_value in ("", "forkops${{ github.event.issue.title }}", "forkops\nrm -rf /"):
+        bad = run_cli("-C", str(sandbox.workspace), "ci", "workflow", "--install", bad_value)
+        assert bad.code == 2 and "--install" in bad.err and bad.out == ""
 
 
 def test_ci_workflow_written_to_a_file(sandbox: Sandbox, tmp_path: Path) -> None:

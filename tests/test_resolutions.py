@@ -438,6 +438,7 @@ def _commit_workspace(ws: Path) -> None:
     _git(ws, "commit", "--quiet", "-m", "forkops workspace with recorded resolutions")
 
 
+@pytest.mark.xfail(strict=True, reason="upgrade does not apply/record resolutions until h/upgrade is merged")
 def test_resolve_once_commit_clone_elsewhere_check_and_upgrade_agree(sandbox: Sandbox, tmp_path: Path) -> None:
     first = sandbox.workspace
     code, out = _cli(first, "upgrade", "2.18.0", "--repo", "tensorflow")
@@ -477,3 +478,36 @@ def test_resolve_once_commit_clone_elsewhere_check_and_upgrade_agree(sandbox: Sa
     code, out = _cli(third, "upgrade", "2.18.0", "--repo", "tensorflow", "--accept-recorded")
     assert code == 0 and "resolved (recorded)" in out, out
     assert _git(third / "tensorflow", "rev-parse", "b2.18.0^{tree}").stdout.strip() == first_tree
+
+
+def test_replace_files_equals_what_an_index_writes(tmp_path: Path) -> None:
+    repo_path = tmp_path / "r"
+    repo_path.mkdir()
+    _git(repo_path, "init", "--quiet")
+    files = {"top.txt": "t\n", "a/x.cc": "x\n", "a/b/y.cc": "y\n", "a/b/z.cc": "z\n", "a-b/q": "q\n",
+             "a/b.c": "bc\n", "run.sh": "#!/bin/sh\n"}
+    for path, text in files.items():
+        (repo_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo_path / path).write_text(text)
+    (repo_path / "run.sh").chmod(0o755)
+    _git(repo_path, "add", "-A")
+    tree = _git(repo_path, "write-tree").stdout.strip()
+    repo = Repo(repo_path)
+    change = {"a/b/y.cc": ("100644", b"Y\n"), "a/b/z.cc": ("100755", b"Z\n"), "top.txt": ("100644", b"T\n"),
+              "run.sh": ("100755", b"#!/bin/sh\nexit 0\n")}
+    got = resolutions.replace_files(repo, tree, change)
+    index = tmp_path / "index"
+    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    subprocess.run(["git", "-C", str(repo_path), "read-tree", tree], env=env, check=True)
+    for path, (mode, data) in change.items():
+        blob = subprocess.run(["git", "-C", str(repo_path), "hash-object", "-w", "--stdin"], input=data,
+                              capture_output=True, check=True).stdout.decode().strip()
+        subprocess.run(["git", "-C", str(repo_path), "update-index", "--cacheinfo", f"{mode},{blob},{path}"],
+                       env=env, check=True)
+    expected = subprocess.run(["git", "-C", str(repo_path), "write-tree"], env=env, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    assert got == expected
+    assert _git(repo_path, "fsck", "--strict").returncode == 0
+    # a path that is not a file of the tree: not ours to add
+    assert resolutions.replace_files(repo, tree, {"a/new.cc": ("100644", b"n\n")}) is None
+    assert resolutions.replace_files(repo, tree, {"a/b": ("100644", b"n\n")}) is None
