@@ -48,7 +48,12 @@ class RepoPreview:
 
 def preview(ws: Workspace, req: planning.Request, only: str | None = None) -> list[RepoPreview]:
     from forkops import predict
+    from forkops.upgrade.state import active_run
 
+    run = active_run(ws)
+    if run is not None:
+        raise BadInput(f"an upgrade to {run.version} is in progress; see `forkops status` (finish or abort it "
+                       f"before planning another)")
     out = []
     for rc in ws.select(only):
         if not Repo(rc.path).is_repo():
