@@ -171,7 +171,9 @@ class Repo:
         return result
 
     def status_porcelain(self) -> list[str]:
-        return self.run("status", "--porcelain=v1", "--untracked-files=no").splitlines()
+        # No optional locks: status would otherwise refresh the index under index.lock, which a
+        # kill leaves behind.
+        return self.run("--no-optional-locks", "status", "--porcelain=v1", "--untracked-files=no").splitlines()
 
     def is_dirty(self) -> bool:
         return bool(self.status_porcelain())
@@ -318,6 +320,7 @@ class Repo:
         changes and refuses to overwrite them). Run again after a kill, it finishes the job."""
         if self.rev_parse(ref) != new:
             self.run("update-ref", ref, new, old)
+        self.run_raw("update-index", "-q", "--refresh")  # read-tree trusts the index's stat data
         self.run("read-tree", "-m", "-u", old, new)
 
     def config_bytes(self) -> bytes | None:

@@ -107,22 +107,15 @@ def _new_run_id() -> str:
 
 
 def _record(repo: Repo, rc: RepoConfig, remote: str, p: planning.RepoPlan, run: RunState, log: Log) -> RepoState:
-    """State file first (with the config bytes), then backups and fetched tags in one
-    transaction, then the config change: a kill anywhere leaves what --abort needs."""
+    """The state file, before anything moves: every ref the run may move with its value now,
+    the tags it will create, the config file's bytes."""
     st = RepoState(
         run=run.id, repo=rc.name, version=run.version, phase=Phase.PREPARED, branch=p.branch, onto=p.onto,
         tag=str(p.tag), onto_sha=p.onto_sha, base=str(p.base), base_sha=p.base_sha, start=p.start,
         start_sha=p.start_sha, head_ref=repo.full_head_ref(), head_sha=repo.head() or "", refs=dict(p.touched),
-        picked=list(p.picked), remote=remote, remote_url=rc.upstream, config_before=encode_bytes(repo.config_bytes()))
+        picked=list(p.picked), new_tags=dict(p.new_tags), remote=remote, remote_url=rc.upstream,
+        config_before=encode_bytes(repo.config_bytes()))
     save_state(repo, st)
-    changes: dict[str, str | None] = {backup_ref(st.run, "HEAD"): st.head_sha}
-    changes.update({backup_ref(st.run, ref): sha for ref, sha in st.refs.items() if sha})
-    changes.update(p.new_tags)
-    repo.update_refs(changes)
-    if repo.remote_url(remote) != rc.upstream:
-        repo.set_remote(remote, rc.upstream)
-        st.config_after = encode_bytes(repo.config_bytes())
-        save_state(repo, st)
     log(f"{st.repo}: upgrading to {st.version}: {st.branch} from {st.start} ({len(st.picked)} patches "
         f"on {st.base}), onto {st.onto} ({st.tag})")
     crash_point("after-backup")
@@ -152,7 +145,16 @@ def make_branches(ctx: steps.Ctx) -> Phase | None:
         # --force replaces a branch that is checked out: leave it first, so moving the ref
         # does not leave the worktree looking modified.
         repo.detach()
-    repo.update_refs({st.onto_ref: st.onto_sha, st.branch_ref: st.start_sha})
+    # One transaction: the backups, the fetched tags and both branches move together or not at all.
+    changes: dict[str, str | None] = {backup_ref(st.run, "HEAD"): st.head_sha}
+    changes.update({backup_ref(st.run, ref): sha for ref, sha in st.refs.items() if sha})
+    changes.update(st.new_tags)
+    changes.update({st.onto_ref: st.onto_sha, st.branch_ref: st.start_sha})
+    repo.update_refs(changes)
+    if repo.remote_url(st.remote) != st.remote_url:
+        # The documented flow's `git remote add tf`; its old values are in config_before.
+        repo.set_remote(st.remote, st.remote_url)
+        st.config_after = encode_bytes(repo.config_bytes())
     crash_point("after-branches")
     return Phase.REBASING
 
