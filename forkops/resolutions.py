@@ -644,10 +644,12 @@ def _stopped_commit(repo: Repo) -> str | None:
 
 
 def apply(ws: Workspace, repo_name: str, repo: Repo, paths: Sequence[str] = ()) -> list[Applied]:
-    """At a stop of a rebase: resolve every conflicted file (of ``paths``, default all) whose
-    hunks are all recorded -- the file is written and staged (``git add``) -- and remember every
-    conflicted file's stages so that :func:`record` can find them after the person's ``git add``.
-    """
+    """At a stop of a rebase: write the resolved content of every conflicted file (of ``paths``,
+    default all) whose hunks are all recorded into the worktree, and remember every conflicted
+    file's stages so that :func:`record` can find them after the person's ``git add``.
+
+    The index is left unmerged, as git's rerere leaves it: staging is the person's (or
+    ``--continue``'s) confirmation."""
     stages = unmerged_stages(repo, paths)
     commit = _stopped_commit(repo)
     pending = {"commit": commit,
@@ -662,7 +664,6 @@ def apply(ws: Workspace, repo_name: str, repo: Repo, paths: Sequence[str] = ()) 
         mode, content, ids = found
         target = repo.path / path
         fsutil.write_atomic(target, content, mode=0o755 if mode == "100755" else 0o644)
-        repo.run("add", "--", path)
         applied.append(Applied(path, ids))
     return applied
 

@@ -40,6 +40,9 @@ def upgrade(
     cont: Annotated[bool, typer.Option("--continue", help="Continue after resolving conflicts.")] = False,
     skip: Annotated[bool, typer.Option("--skip", help="Drop the commit the rebase stopped on and continue.")] = False,
     abort: Annotated[bool, typer.Option("--abort", help="Undo the run: restore every ref and HEAD.")] = False,
+    accept_recorded: Annotated[bool, typer.Option(
+        "--accept-recorded", help="Continue past stops that recorded resolutions (forkops resolutions) fully "
+                                  "resolve, without waiting for --continue.")] = False,
 ) -> ExitCode:
     """Rebase the fork's patch stack onto an upstream release (TensorFlow, then Serving)."""
     from forkops import upgrade as engine
@@ -56,6 +59,7 @@ def upgrade(
         extra = [n for n, v in (("X.Y.Z", version), ("--repo", repo), ("--from", from_), ("--base", base),
                                 ("--branch", branch)) if v]
         extra += ["--force"] if force else []
+        extra += ["--accept-recorded"] if accept_recorded else []
         if abort:
             extra += [n for n, v in (("--push", push), ("--force-with-lease", force_with_lease)) if v]
         if extra:
@@ -85,7 +89,8 @@ def upgrade(
     else:
         assert version is not None
         opts = engine.Options(Version.parse(version), repo=repo, start=from_, base=base, branch=branch,
-                              push=push or force_with_lease, force=force, force_with_lease=force_with_lease)
+                              push=push or force_with_lease, force=force, force_with_lease=force_with_lease,
+                              accept_recorded=accept_recorded)
         clone_missing(ws, opts.repo)
         outcome = engine.start(ws, opts, log=log)
     return _report(out, outcome, final=not abort)

@@ -64,6 +64,7 @@ class Options:
     push: bool = False
     force: bool = False
     force_with_lease: bool = False
+    accept_recorded: bool = False  # no confirmation at stops recorded resolutions resolve
 
 
 @dataclass(frozen=True)
@@ -191,11 +192,18 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
                 ctx.save()
             args = ["--skip"]
         else:
-            left = sorted(repo.unmerged())
+            stop = st.stop_for(current) if current else None
+            recorded = set(stop.recorded) if stop else set()
+            left = sorted(p for p in repo.unmerged() if p not in recorded)
             if left:
                 raise NeedsPerson(f"{st.repo}: unmerged files remain: {', '.join(left)}",
                                   hint=f"resolve them in {repo.path}, `git add` each, then "
                                        f"`forkops upgrade --continue`")
+            # --continue is the person's word on the files marked recorded (resolved from a
+            # recorded resolution, or by git's rerere): they are staged as they are now.
+            confirmed = sorted(recorded & set(repo.unmerged()))
+            if confirmed:
+                repo.run("add", "--", *confirmed)
             lost = rebase.interrupted_pick(repo, st, rs)
             if lost is not None:
                 # Its changes never reached the index: have git pick it again (a kill can have
@@ -219,10 +227,11 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
                     else:
                         stop.resolved = True
                     ctx.save()
+                _record_resolutions(ctx)
             args = ["--continue"]
         ctx.log(f"{st.repo}: git rebase {args[0]}")
         if not rebase.run(repo, st, args):
-            return None
+            return _at_stop(ctx)
     elif not _contains_onto(repo, st):
         if ctx.action == "skip":
             raise BadInput(f"{st.repo}: nothing to skip: the rebase is not stopped on a commit")
@@ -248,11 +257,51 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
                 + f" in {repo.path}, then `forkops upgrade --continue` (or `--abort`); "
                   f"{st.branch} and {st.onto} were not created") from None
         if not finished:
-            return None
+            return _at_stop(ctx)
     elif ctx.action == "skip":
         raise BadInput(f"{st.repo}: nothing to skip: the rebase is not stopped on a commit")
     crash_point("after-rebase")
     return Phase.VERIFY
+
+
+def _at_stop(ctx: steps.Ctx) -> Phase | None:
+    """The rebase stopped: write the recorded resolutions (forkops.resolutions) of every file
+    they fully resolve and mark those files recorded. With --accept-recorded and nothing else
+    left, go on as --continue would; otherwise wait for the person (None)."""
+    from forkops import resolutions
+
+    repo, st = ctx.repo, ctx.st
+    applied = resolutions.apply(ctx.ws, st.repo, repo)
+    rs = repo.rebase_state()
+    current = repo.commit_of(rs.current) if rs is not None and rs.current else None
+    stop = st.stop_for(current) if current else None
+    if stop is None:
+        return None
+    if applied:
+        stop.recorded = sorted(set(stop.recorded) | {a.path for a in applied})
+        ctx.save()
+        for a in applied:
+            where = ", ".join(f"{resolutions.DIRNAME}/{st.repo}/{i}.txt" for i in a.records)
+            ctx.log(f"{st.repo}: {a.path}: resolved (recorded) from {where}")
+    if ctx.accept_recorded and stop.recorded and set(repo.unmerged()) <= set(stop.recorded):
+        ctx.log(f"{st.repo}: every conflict at {current[:12] if current else '?'} is resolved (recorded); "
+                "continuing (--accept-recorded)")
+        ctx.action = "continue"
+        return Phase.REBASING
+    return None
+
+
+def _record_resolutions(ctx: steps.Ctx) -> None:
+    """At --continue: keep how the person resolved this stop in the workspace's resolutions/."""
+    from forkops import resolutions
+
+    repo, st = ctx.repo, ctx.st
+    for r in resolutions.record(ctx.ws, st.repo, repo, onto=st.tag, pb=ctx.pb, material=gates.key_material(ctx.ws)):
+        if r.status == "recorded":
+            ctx.log(f"{st.repo}: {r.path}: resolution recorded in {resolutions.DIRNAME}/{st.repo}/{r.id}.txt "
+                    "(commit it with forkops.toml)")
+        elif r.status == "skipped":
+            ctx.log(f"{st.repo}: {r.path}: resolution not recorded: {r.reason}")
 
 
 def _contains_onto(repo: Repo, st: RepoState) -> bool:
@@ -325,7 +374,7 @@ def drive(ws: Workspace, run: RunState, action: str | None, log: Log) -> Outcome
             action = None
         elif st.phase in (Phase.FINISHED, Phase.DONE):
             continue  # the action (--continue/--skip) is for the repository that stopped
-        ctx = steps.Ctx(ws, rc, repo, ws.playbook(rc), st, log, action)
+        ctx = steps.Ctx(ws, rc, repo, ws.playbook(rc), st, log, action, accept_recorded=run.accept_recorded)
         if not advance(ctx):
             return _outcome(ws)
         action = None
@@ -360,7 +409,7 @@ def start(ws: Workspace, opts: Options, *, log: Log = _quiet, progress: Progress
         configs = ws.select(opts.repo)
         run = RunState(id=_new_run_id(), version=str(opts.version), repos=[rc.name for rc in configs],
                        start=opts.start, base=opts.base, branch=opts.branch, push=opts.push, force=opts.force,
-                       force_with_lease=opts.force_with_lease)
+                       force_with_lease=opts.force_with_lease, accept_recorded=opts.accept_recorded)
         plans = []
         for rc in configs:
             repo = ensure_clone(rc, progress)

@@ -108,6 +108,7 @@ class RunState:
     push: bool = False
     force: bool = False
     force_with_lease: bool = False
+    accept_recorded: bool = False  # continue past stops recorded resolutions fully resolve
     phase: str = "running"  # running | done
     format: int = FORMAT
 

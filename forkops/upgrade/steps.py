@@ -37,6 +37,7 @@ class Ctx:
     st: RepoState
     log: Log
     action: str | None = None  # "continue" | "skip" until a step consumes it
+    accept_recorded: bool = False  # RunState.accept_recorded
 
     def save(self) -> None:
         save_state(self.repo, self.st)
