@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 # Each module registers its commands; only commands that work are registered.
-COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "build", "playbook")
+COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "cryptlib", "build", "playbook")
 
 
 def _version(value: bool) -> None:

@@ -29,5 +29,6 @@ TOP_HELP = (
     '  smoke     Serve the encrypted half_plus_two from IMAGE and check the...\n'
     '  doctor    Check git, the docker client and engine, buildx, the NVIDIA...\n'
     '  guard     The commit/push guard that keeps the model key out of git.\n'
+    '  cryptlib  The decryption library (libcryptfile.so) the TensorFlow fork...\n'
     '  playbook  Show and validate playbooks (built-in or your own TOML files).\n'
 )
