@@ -115,7 +115,13 @@ def build_cmd(
     options = engine.BuildOptions(ver, variants, registry, builder, tuple(cache_from or ()), tuple(cache_to or ()),
                                   tuple(bazel_option or ()), remote_cache, push)
     engine.check_options(options, material)
-    serving, tensorflow = engine.forks(ws, ver)
+    found = engine.forks(ws, ver)
+    if found is None:
+        err_console().print(f'forkops: note: no repository in {ws.file} has a playbook with role = "serving": '
+                            "there is no image to build (`forkops build` builds the Serving fork; a TensorFlow "
+                            "fork of the dlopen shape needs only `forkops cryptlib build`)", markup=False)
+        return
+    serving, tensorflow = found
     spec = serving.playbook.build
     assert spec is not None
     docker = Docker()
