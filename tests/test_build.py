@@ -27,7 +27,6 @@ import pytest
 from forkops import build, keys
 from forkops import sandbox as sb_mod
 from forkops.errors import ConfigError, ExternalError, NeedsPerson
-from forkops.playbook import BuildSpec
 from forkops.playbook import load as load_playbook
 from forkops.version import Version
 from tests.clihelp import run_cli
@@ -938,7 +937,8 @@ def test_bazel_options_remote_cache_and_push(ws: sb_mod.Sandbox, standin: Path) 
 
 
 def test_every_build_arg_is_free_of_the_key(ws: sb_mod.Sandbox, standin: Path) -> None:
-    assert run_cli("build", "2.18.0", "--all", "--bazel-option=--jobs=8", "--remote-cache", "https://c.example").code == 0
+    res = run_cli("build", "2.18.0", "--all", "--bazel-option=--jobs=8", "--remote-cache", "https://c.example")
+    assert res.code == 0, res.err
     build_args = [a[i + 1] for a in build_calls(standin) for i, x in enumerate(a) if x == "--build-arg"]
     assert len(build_args) == 4 * 2 + 2 + 2  # branch+commit per build, devel image per serving, options per devel
     assert not holds_key("\n".join(build_args).encode(), material())
