@@ -27,6 +27,7 @@ import pytest
 from forkops import build, keys
 from forkops import sandbox as sb_mod
 from forkops.errors import ConfigError, ExternalError, NeedsPerson
+from forkops.playbook import BuildSpec
 from forkops.playbook import load as load_playbook
 from forkops.version import Version
 from tests.clihelp import run_cli
@@ -35,8 +36,13 @@ STANDINS = Path(__file__).parent / "standins"
 SOURCE = str(Path(__file__).resolve().parents[1])  # subprocesses run this checkout, not an installed copy
 KEY = b"Tst-Key-0123ABCD"  # test data, not a real key
 DOCKER_DIR = sb_mod.SERVING_DOCKER
-SPEC = load_playbook("serving").build
-assert SPEC is not None
+def _serving_spec() -> BuildSpec:
+    spec = load_playbook("serving").build
+    assert spec is not None
+    return spec
+
+
+SPEC = _serving_spec()
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,7 +158,7 @@ def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return state
 
 
-def calls(state: Path) -> list[dict[str, object]]:
+def calls(state: Path) -> list[dict[str, Any]]:
     path = state / "calls.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -348,14 +354,14 @@ def test_stage_failure_leaves_nothing(ws: sb_mod.Sandbox, tmp_path: Path) -> Non
 # docker commands at the process boundary
 # ---------------------------------------------------------------------------------------
 def build_calls(state: Path) -> list[list[str]]:
-    return [c["argv"] for c in calls(state) if "build" in c["argv"][:2]]  # type: ignore[operator,misc]
+    return [c["argv"] for c in calls(state) if "build" in c["argv"][:2]]
 
 
 def test_build_cpu_commands(ws: sb_mod.Sandbox, standin: Path) -> None:
     res = run_cli("build", "2.18.0", "--registry", "registry.example.com/ml")
     assert res.code == 0, res.err
     runs = calls(standin)
-    assert runs[0]["argv"][0] == "version"  # type: ignore[index]
+    assert runs[0]["argv"][0] == "version"
     argv = build_calls(standin)
     assert len(argv) == 2
     ctx = argv[0][-1]
@@ -560,7 +566,7 @@ def test_key_define_appended_to_existing_serving_bazelrc(ws: sb_mod.Sandbox, sta
     res = run_cli("build", "2.18.0")
     assert res.code == 0, res.err
     assert "--define=MODEL_ENCRYPT_KEY to the staged Serving tree" in res.out
-    rc = str(next(c for c in calls(standin) if "build" in c["argv"][:2])["context_bazelrc"])  # type: ignore[operator]
+    rc = str(next(c for c in calls(standin) if "build" in c["argv"][:2])["context_bazelrc"])
     assert rc.startswith(serving_rc + "\n")
     assert rc.splitlines()[-1] == f"build --define=MODEL_ENCRYPT_KEY={KEY.decode()}"
     for repo, snap in before.items():  # the user's checkouts: untouched, no key anywhere
@@ -859,13 +865,13 @@ def test_dlopen_staged_library_stage_really_compiles_with_the_secret(dlopen: Pat
 def test_dlopen_build_runs_serving_with_the_secret_and_buildkit(dlopen: Path, standin: Path) -> None:
     res = run_cli("build", "2.4.0", "--registry", "r.example/ml")
     assert res.code == 0, res.err
-    devel, serving = [c for c in calls(standin) if "build" in c["argv"][:2]]  # type: ignore[operator]
-    assert devel["DOCKER_BUILDKIT"] is None and "--secret" not in devel["argv"]  # type: ignore[operator]
+    devel, serving = [c for c in calls(standin) if "build" in c["argv"][:2]]
+    assert devel["DOCKER_BUILDKIT"] is None and "--secret" not in devel["argv"]
     assert serving["DOCKER_BUILDKIT"] == "1"
     argv = serving["argv"]
-    secret = argv[argv.index("--secret") + 1]  # type: ignore[union-attr,index]
+    secret = argv[argv.index("--secret") + 1]
     assert re.fullmatch(r"id=forkops_cryptfile_key,src=\S+/secrets/cryptfile_key\.h", secret)
-    context = Path(argv[-1])  # type: ignore[index]
+    context = Path(argv[-1])
     assert Path(secret.split("src=")[1]).parent.parent == context.parent  # beside the context, not in it
     assert "COPY --from=forkops_cryptlib" in str(serving["dockerfile_text"])
     everything = json.dumps([c["argv"] for c in calls(standin)]).encode()
@@ -929,8 +935,8 @@ def test_bazel_options_remote_cache_and_push(ws: sb_mod.Sandbox, standin: Path) 
     res = run_cli("build", "2.18.0", "--all", "--registry", "r.example/ml", "--remote-cache", "grpc://cache:9092",
                   "--bazel-option=--jobs=200", "--bazel-option", "--remote_timeout=600", "--push")
     assert res.code == 0, res.err
-    argv = [c["argv"] for c in calls(standin) if c["argv"][0] != "version"]  # type: ignore[index]
-    kinds = [(a[0], a[a.index("--tag") + 1] if "--tag" in a else a[-1]) for a in argv]  # type: ignore[union-attr]
+    argv = [c["argv"] for c in calls(standin) if c["argv"][0] != "version"]
+    kinds = [(a[0], a[a.index("--tag") + 1] if "--tag" in a else a[-1]) for a in argv]
     assert kinds == [("build", "r.example/ml/tensorflow-serving:2.18.0-devel"),
                      ("build", "r.example/ml/tensorflow-serving:2.18.0"),
                      ("push", "r.example/ml/tensorflow-serving:2.18.0"),
@@ -938,8 +944,8 @@ def test_bazel_options_remote_cache_and_push(ws: sb_mod.Sandbox, standin: Path) 
                      ("build", "r.example/ml/tensorflow-serving:2.18.0-gpu"),
                      ("push", "r.example/ml/tensorflow-serving:2.18.0-gpu")]  # never the devel image
     opts = "TF_SERVING_BAZEL_OPTIONS=--remote_cache=grpc://cache:9092 --jobs=200 --remote_timeout=600"
-    assert opts in argv[0] and opts in argv[3]  # type: ignore[operator]
-    assert not any(a.startswith("TF_SERVING_BAZEL_OPTIONS") for a in argv[1])  # type: ignore[union-attr]
+    assert opts in argv[0] and opts in argv[3]
+    assert not any(a.startswith("TF_SERVING_BAZEL_OPTIONS") for a in argv[1])
     assert "pushed r.example/ml/tensorflow-serving:2.18.0-gpu" in res.out
 
 

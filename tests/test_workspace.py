@@ -73,7 +73,8 @@ def test_cli_global_options(tmp_path: Path) -> None:
     assert res.code == 0 and "playbook" in res.out
 
 
-def test_unexpected_error_prints_one_line_and_keeps_the_details(tmp_path: Path, monkeypatch) -> None:
+def test_unexpected_error_prints_one_line_and_keeps_the_details(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
     from forkops import playbook

@@ -5,10 +5,10 @@ TF-like and Serving-like forks with the patch stack) inside DIR and then runs th
 commands a maintainer would type, showing each one: check, upgrade (stops on a conflict, the
 conflict is resolved the way the sandbox defines, continue, anchors re-applied, the Serving pin
 moved), the --abort path, set-key with the commit guard, model encryption and inspection, a
-dry-run build, and a short section on forks of the dlopen shape (init detects it; the dry-run build
-compiles the decryption library from a BuildKit secret). Every step runs the real CLI in-process; nothing is simulated, nothing is
-written outside DIR, and no network is used. A step that does not end as expected stops the
-demo with exit 1.
+dry-run build, and a short section on forks of the dlopen shape (init detects it; the dry-run
+build compiles the decryption library from a BuildKit secret). Every step runs the real CLI
+in-process; nothing is simulated, nothing is written outside DIR, and no network is used. A step
+that does not end as expected stops the demo with exit 1.
 """
 
 from __future__ import annotations
