@@ -107,10 +107,7 @@ class BuildSpec:
     # Instructions of the serving Dockerfiles that install a prebuilt decryption library (the
     # public fork downloads one with somebody's key in it); `forkops build` replaces them by a
     # copy from its own library stage when the TensorFlow playbook declares [library].
-    library_install: tuple[str, ...] = (
-        r"^ADD\s+\S+\s+/opt/lib/libcryptfile\.so$",
-        r"^COPY\s+(?:--\S+\s+)*\S+\s+/opt/lib/libcryptfile\.so$",
-    )
+    library_install: tuple[str, ...] = (r"^(?:ADD|COPY)\s+(?:--\S+\s+)*\S+\s+/opt/lib/libcryptfile\.so$",)
 
 
 @dataclass(frozen=True)

@@ -920,6 +920,10 @@ def test_library_stage_rewrite_of_a_copied_library_and_a_file_without_one() -> N
                                  compile_argv=[])
     assert rw.replaced == () and rw.text.endswith("COPY --from=forkops_cryptlib /forkops/out/ /usr/lib/crypt/\n")
     assert "cp /run/secrets/libx.so /forkops/out/libx.so" in rw.text
+    flagged = "FROM ubuntu:22.04\nADD --chmod=755 https://x.example/libcryptfile.so /opt/lib/libcryptfile.so\n"
+    rw = build.add_library_stage(flagged, SPEC, "Dockerfile", library="/opt/lib/libcryptfile.so", mode="compile",
+                                 compile_argv=["gcc"])
+    assert len(rw.replaced) == 1 and "x.example" not in rw.text
     # An ARG another instruction still uses stays.
     shared = ("FROM ubuntu:22.04\nARG ENCRYPT_FILE_URL=https://x/libcryptfile.so\n"
               "ADD ${ENCRYPT_FILE_URL} /opt/lib/libcryptfile.so\nLABEL source=${ENCRYPT_FILE_URL}\n")
