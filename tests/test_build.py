@@ -874,7 +874,7 @@ def test_dlopen_build_runs_serving_with_the_secret_and_buildkit(dlopen: Path, st
     context = Path(argv[-1])
     assert Path(secret.split("src=")[1]).parent.parent == context.parent  # beside the context, not in it
     assert "COPY --from=forkops_cryptlib" in str(serving["dockerfile_text"])
-    everything = json.dumps([c["argv"] for c in calls(standin)]).encode()
+    everything = json.dumps([[c["argv"], c["env"]] for c in calls(standin)]).encode()  # command lines, environment
     assert not holds_key(everything, material())
     assert not context.parent.exists()  # the staging folder with the secret is gone
 
@@ -1015,3 +1015,16 @@ def test_two_serving_roles_is_bad_input(ws: sb_mod.Sandbox, standin: Path) -> No
                  f'upstream = "{ws.upstream_url("serving")}"\nplaybook = "serving"\n')
     res = run_cli("build", "2.18.0", "--dry-run")
     assert res.code == 2 and 'several repositories have role = "serving" (serving, serving2)' in res.err
+
+
+def test_a_build_playbook_without_a_role_is_refused_not_guessed(ws: sb_mod.Sandbox, standin: Path) -> None:
+    mine = ws.workspace / "my-serving.toml"
+    mine.write_text((Path(build.__file__).parents[2] / "playbooks/serving.toml").read_text()
+                    .replace('role = "serving"', ""))
+    text = (ws.workspace / "forkops.toml").read_text()
+    (ws.workspace / "forkops.toml").write_text(text.replace('playbook = "serving"', 'playbook = "my-serving.toml"'))
+    res = run_cli("build", "2.18.0", "--dry-run")
+    assert res.code == 2
+    assert res.err.splitlines() == ["forkops: error: serving: its playbook 'my-serving.toml' has [build] but no role",
+                                    'forkops: hint: add role = "serving" at its top (the fork it builds against has '
+                                    'role = "tensorflow")']

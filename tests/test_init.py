@@ -165,3 +165,35 @@ def test_init_help_documents_every_url_option() -> None:
                           ("--serving-upstream URL", "Upstream TensorFlow Serving"),
                           ("--only REPO", "tensorflow or serving")):
         assert option in text and words in text, option
+
+
+def test_interrupt_after_the_clones_removes_what_init_made(sandbox: Sandbox, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after both clones, before forkops.toml: both clones and the folder go."""
+    from forkops import init as engine
+
+    root = tmp_path / "ws"
+    repos = engine.plan(root, {"tensorflow": str(sandbox.origin["tensorflow"]),
+                               "serving": str(sandbox.origin["serving"])}, {})
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        assert (root / "tensorflow" / ".git").is_dir() and (root / "serving" / ".git").is_dir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_detect", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        engine.create(root, repos, clone=True)
+    assert not root.exists()
+
+
+def test_init_result_as_json(sandbox: Sandbox, tmp_path: Path) -> None:
+    from forkops import init as engine
+
+    root = tmp_path / "ws"
+    repos = engine.plan(root, {"tensorflow": str(sandbox.origin["tensorflow"])}, {})
+    result = engine.create(root, repos, clone=True)
+    data = result.as_json()
+    assert data["repos"] == ["tensorflow"] and data["cloned"] == ["tensorflow"]
+    assert data["detections"] == [{"repo": "tensorflow", "playbook": "tensorflow",
+                                   "reason": result.detections[0].reason}]
+    assert "decrypts in place" in result.detections[0].reason
