@@ -1028,3 +1028,26 @@ def test_a_build_playbook_without_a_role_is_refused_not_guessed(ws: sb_mod.Sandb
     assert res.err.splitlines() == ["forkops: error: serving: its playbook 'my-serving.toml' has [build] but no role",
                                     'forkops: hint: add role = "serving" at its top (the fork it builds against has '
                                     'role = "tensorflow")']
+
+
+def test_dlopen_hex_key_and_custom_iv_stay_in_the_secret(dlopen: Path, standin: Path) -> None:
+    """A full-entropy key_hex key and a non-default IV: in the secret only, nowhere in the context."""
+    from forkops import keyfile
+
+    (dlopen / "keys.toml").write_text('[model]\ncipher = "aes-256-cbc"\n'
+                                      f'key_hex = "{bytes(range(0xa0, 0xc0)).hex()}"\n'
+                                      f'iv_hex = "{bytes(range(0x10, 0x20)).hex()}"\n')
+    mat = keyfile.load(dlopen / "keys.toml")
+    res = run_cli("build", "2.4.0", "--all", "--dry-run", "--keep")
+    assert res.code == 0, res.err
+    staged = Path(re.search(r"staged folder: (\S+)", res.out).group(1))  # type: ignore[union-attr]
+    try:
+        secret = staged / "secrets/cryptfile_key.h"
+        assert "CRYPTFILE_KEY_LEN 32" in secret.read_text()
+        assert holds_key(secret.read_bytes(), mat)
+        for path in (staged / "context").rglob("*"):
+            if path.is_file():
+                assert not holds_key(path.read_bytes(), mat), path
+        assert not holds_key((res.out + res.err).encode(), mat)
+    finally:
+        shutil.rmtree(staged)
