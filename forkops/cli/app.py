@@ -21,8 +21,8 @@ from forkops.cli import common
 from forkops.errors import BadInput, Interrupted
 
 # Every command module, in the order top-level help lists their commands.
-COMMAND_MODULES = ("demo", "init", "upgrade", "push", "check", "keys", "crypto", "build", "playbook", "resolutions",
-                   "ci")
+COMMAND_MODULES = ("demo", "init", "upgrade", "push", "check", "keys", "crypto", "cryptlib", "build", "playbook",
+                   "resolutions", "ci")
 
 # Top-level command -> its module. tests/test_cli_help.py keeps it equal to what the modules register.
 COMMANDS = {
@@ -41,6 +41,7 @@ COMMANDS = {
     "build": "build",
     "smoke": "build",
     "doctor": "build",
+    "cryptlib": "cryptlib",
     "playbook": "playbook",
     "resolutions": "resolutions",
     "ci": "ci",
