@@ -513,3 +513,39 @@ def test_replace_files_equals_what_an_index_writes(tmp_path: Path) -> None:
     # a path that is not a file of the tree: not ours to add
     assert resolutions.replace_files(repo, tree, {"a/new.cc": ("100644", b"n\n")}) is None
     assert resolutions.replace_files(repo, tree, {"a/b": ("100644", b"n\n")}) is None
+
+
+def test_serving_two_stops_recorded_by_a_person_then_accept_recorded_elsewhere(sandbox: Sandbox,
+                                                                               tmp_path: Path) -> None:
+    """Serving 2.18.0 stops twice (WORKSPACE; then both Dockerfiles, whose resolution also edits
+    lines outside the conflict). Resolved once through `forkops upgrade`, a fresh workspace
+    clone with --accept-recorded runs through both stops and reaches the same tree."""
+    first = sandbox.workspace
+    sv = sandbox.clone("serving")
+    code, out = _cli(first, "upgrade", "2.18.0", "--repo", "serving")
+    stops = 0
+    while code == 1:
+        stops += 1
+        for path in Repo(sv).unmerged_paths():
+            ours = _git(sv, "show", f":2:{path}").stdout
+            theirs = _git(sv, "show", f":3:{path}").stdout
+            content = sandbox_mod.resolve("serving", path, ours=ours, theirs=theirs)
+            assert content is not None
+            (sv / path).write_text(content)
+            _git(sv, "add", "--", path)
+        code, out = _cli(first, "upgrade", "--continue")
+        assert stops < 5, out
+    assert code == 0 and stops == 2, out
+    records = resolutions.load(first, "serving")
+    assert sorted(r.path for r in records) == ["WORKSPACE", "tensorflow_serving/tools/docker/Dockerfile.devel",
+                                               "tensorflow_serving/tools/docker/Dockerfile.devel-gpu"]
+    assert any(r.edits for r in records)  # the -gpu resolution moved the fetch outside its hunk
+    tree = _git(sv, "rev-parse", "b2.18.0^{tree}").stdout.strip()
+    _commit_workspace(first)
+
+    other = tmp_path / "other"
+    _git(tmp_path, "clone", "--quiet", str(first), str(other))
+    code, out = _cli(other, "upgrade", "2.18.0", "--repo", "serving", "--accept-recorded")
+    assert code == 0, out
+    assert out.count("(--accept-recorded)") == 2 and "Dockerfile.devel-gpu: resolved (recorded)" in out
+    assert _git(other / "serving", "rev-parse", "b2.18.0^{tree}").stdout.strip() == tree

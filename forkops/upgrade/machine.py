@@ -283,7 +283,9 @@ def _at_stop(ctx: steps.Ctx) -> Phase | None:
         for a in applied:
             where = ", ".join(f"{resolutions.DIRNAME}/{st.repo}/{i}.txt" for i in a.records)
             ctx.log(f"{st.repo}: {a.path}: resolved (recorded) from {where}")
-    if ctx.accept_recorded and stop.recorded and set(repo.unmerged()) <= set(stop.recorded):
+    # Only forkops' own records (reviewed, committed data) go through unconfirmed; what git's
+    # rerere resolved from this clone's private cache still waits for the person.
+    if ctx.accept_recorded and applied and set(repo.unmerged()) <= {a.path for a in applied}:
         ctx.log(f"{st.repo}: every conflict at {current[:12] if current else '?'} is resolved (recorded); "
                 "continuing (--accept-recorded)")
         ctx.action = "continue"
