@@ -37,6 +37,7 @@ class Ctx:
     st: RepoState
     log: Log
     action: str | None = None  # "continue" | "skip" until a step consumes it
+    fresh: bool = False  # planned (all checked) by this very process: no need to check again
 
     def save(self) -> None:
         save_state(self.repo, self.st)
