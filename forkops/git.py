@@ -361,7 +361,10 @@ class Repo:
         now = self.config_bytes()
         if before is None or now == before:
             return
-        if after is not None and now == after:
+        if after is not None and now == after and all(
+                _without_section(before, s) == _without_section(after, s) for s in keys_of):
+            # Still what forkops left, and forkops' sections are the only difference (not so when
+            # the config was rewritten elsewhere since, e.g. a workspace moved mid-run).
             write_atomic(self.config_path(), before)
             return
         import tempfile
@@ -605,6 +608,20 @@ class RangeDiffLine:
     mark: str
     new: str
     subject: str
+
+
+def _without_section(config: bytes, section: str) -> bytes:
+    """``config`` text without the section ``remote.tf`` (``[remote "tf"]`` and its lines)."""
+    head, _, sub = section.partition(".")
+    header = re.compile(rb'^\s*\[\s*' + re.escape(head.encode()) + rb'\s+"' + re.escape(sub.encode()) + rb'"\s*\]',
+                        re.I)
+    out, skipping = [], False
+    for line in config.splitlines(keepends=True):
+        if line.lstrip().startswith(b"["):
+            skipping = bool(header.match(line))
+        if not skipping:
+            out.append(line)
+    return b"".join(out)
 
 
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
