@@ -167,9 +167,6 @@ class Repo:
         commit it names."""
         return rev if _FULL_SHA.fullmatch(rev) else self.commit_of(rev)
 
-    def ref_exists(self, ref: str) -> bool:
-        return self.rev_parse(ref) is not None
-
     def current_branch(self) -> str | None:
         proc = self.run_raw("symbolic-ref", "--quiet", "--short", "HEAD")
         return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
@@ -190,9 +187,6 @@ class Repo:
         # No optional locks: status would otherwise refresh the index under index.lock, which a
         # kill leaves behind.
         return self.run("--no-optional-locks", "status", "--porcelain=v1", "--untracked-files=no").splitlines()
-
-    def is_dirty(self) -> bool:
-        return bool(self.status_porcelain())
 
     def operation_in_progress(self) -> str | None:
         """'rebase', 'merge', 'cherry-pick', 'revert', 'am', 'bisect' or None (git's own files)."""
@@ -754,14 +748,16 @@ def clone(url: str, path: Path, *, progress: Progress | None = None) -> Repo:
     import git as gitpython  # lazy: importing GitPython costs ~0.1 s
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    listener = _progress_class(gitpython)(progress or _no_progress)
     started = time.perf_counter()
     try:
-        gitpython.Repo.clone_from(url, str(path), progress=_progress_class(gitpython)(progress or _no_progress),
-                                  env=git_env())
+        gitpython.Repo.clone_from(url, str(path), progress=listener, env=git_env())
     except gitpython.GitCommandError as exc:
         status = exc.status if isinstance(exc.status, int) else 1
         _trace(["clone", url, str(path)], None, status, started)
-        raise GitError(["clone", url, str(path)], status, str(exc.stderr or "")) from None
+        # With a progress listener GitPython hands git's stderr to it, not to the exception.
+        stderr = str(exc.stderr or "").strip() or "\n".join(listener.error_lines + listener.other_lines)
+        raise GitError(["clone", url, str(path)], status, stderr) from None
     _trace(["clone", url, str(path)], None, 0, started)
     return Repo(path)
 

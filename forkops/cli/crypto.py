@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from forkops.cli.common import console, err_console, print_json
+from forkops.cli.common import JsonOption, KeysOption, console, cwd, err_console, print_json
 from forkops.errors import BadInput
 
 if TYPE_CHECKING:
@@ -25,20 +25,13 @@ if TYPE_CHECKING:
 # Files smaller than this finish before a bar would be worth drawing.
 PROGRESS_MIN_BYTES = 16 << 20
 
-KeysOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--keys", metavar="FILE",
-        help="keys.toml to use (default: $FORKOPS_KEYS, else keys.toml of the workspace).",
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
 RawOption = Annotated[
     bool,
     typer.Option(
         "--raw",
-        help="Treat the input as opaque bytes: skip the SavedModel checks (for other binary protos).",
+        help="Treat the input as opaque bytes: skip the SavedModel checks (for other binary protos); "
+        "encrypt also reads a FIFO or device as a stream.",
     ),
 ]
 
@@ -56,7 +49,7 @@ def load_keys(explicit: Path | None, *, required: bool) -> KeyMaterial | None:
         from forkops import workspace  # only here: it pulls in playbooks (startup time)
 
         try:
-            root = workspace.find().parent
+            root = workspace.find(cwd()).parent
         except BadInput:
             if not required:
                 return None
@@ -122,6 +115,11 @@ def _report(verb: str, src: Path, done: Done, material: KeyMaterial, *, as_json:
         console().print(f"{verb} {src} -> {done.output} ({key})")
 
 
+def _recovered(lines: tuple[str, ...]) -> None:
+    for line in lines:
+        print(f"forkops: {line}", file=sys.stderr)
+
+
 def _transform(verb: str, path: Path, out: Path, keys: Path | None, *, force: bool, raw: bool,
                as_json: bool) -> None:
     """``encrypt`` / ``decrypt``: load the key, run with a progress bar, report."""
@@ -132,6 +130,7 @@ def _transform(verb: str, path: Path, out: Path, keys: Path | None, *, force: bo
     run = crypto.encrypt_path if verb == "encrypted" else crypto.decrypt_path
     with progress_bar() as progress:
         done = run(path, out, material, force=force, raw=raw, progress=progress)
+    _recovered(done.recovered)
     _report(verb, path, done, material, as_json=as_json)
 
 
@@ -176,6 +175,7 @@ def register(app: typer.Typer) -> None:
         from forkops import crypto
 
         material = load_keys(keys, required=False)
+        _recovered(crypto.recover_output(path))  # a killed `encrypt --force` left PATH half-swapped
         with progress_bar() as progress:
             reports = crypto.inspect_path(path, material, progress=progress)
         if as_json:
