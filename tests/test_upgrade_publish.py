@@ -287,3 +287,20 @@ def test_no_identity_refused_before_anything_moves(sandbox: Sandbox, monkeypatch
     changed = {k for k, v in repo_bytes(tf / ".git").items() if before.get(k) != v} | (set(before) - set(
         repo_bytes(tf / ".git")))
     assert all(k.startswith("objects/") for k in changed)
+
+
+def test_completion_report_tells_resolved_patches_from_forkops_commits(
+        sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    sv = sandbox.clone("serving")
+    res = cli(sandbox, "upgrade", "2.18.0", "--repo", "serving", monkeypatch=monkeypatch)
+    for _ in range(5):
+        if res.code != 1:
+            break
+        resolve_all(sv, "serving")
+        res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
+    assert res.code == 0, res.out + res.err
+    line = next(ln for ln in res.out.splitlines() if "range-diff old stack -> new" in ln)
+    added = line.split("added by forkops", 1)[1]
+    assert "Pin org_tensorflow to b2.18.0" in added
+    for subject in git(sv, "log", "--format=%s", "2.4.0..b2.4.0").splitlines():
+        assert subject not in added  # resolved fork commits are changed patches, not forkops'
