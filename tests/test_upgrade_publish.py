@@ -304,3 +304,16 @@ def test_completion_report_tells_resolved_patches_from_forkops_commits(
     assert "Pin org_tensorflow to b2.18.0" in added
     for subject in git(sv, "log", "--format=%s", "2.4.0..b2.4.0").splitlines():
         assert subject not in added  # resolved fork commits are changed patches, not forkops'
+
+
+def test_tag_fetch_reports_progress(sandbox: Sandbox) -> None:
+    from forkops import upgrade
+    from forkops.version import Version
+
+    seen: list[tuple[str, float | None]] = []
+    ws = workspace.load(sandbox.workspace)
+    out = upgrade.start(ws, upgrade.Options(Version.parse("2.5.0"), repo="tensorflow"),
+                        progress=lambda stage, fraction: seen.append((stage, fraction)))
+    assert out.state == "done"
+    stages = {stage for stage, _ in seen}
+    assert "receiving objects" in stages and seen[-1][1] == 1.0
