@@ -248,9 +248,9 @@ def fork_changes(repo: Repo, pb: Playbook, anchor: Anchor, *, base: str, start: 
                  version: Version | None) -> tuple[ForkChange, ...]:
     """The fork commits of ``base..start`` that changed the files where ``anchor`` holds at
     ``start`` (the change a failed anchor is missing), oldest first, each with its diff of
-    that file masked (``forkops.upgrade.mask_secrets``; cut at 4,000 characters after
+    that file masked (``forkops.upgrade.masking.mask_secrets``; cut at 4,000 characters after
     masking, so a key site's value is never half shown)."""
-    from forkops.upgrade import mask_secrets
+    from forkops.upgrade.masking import mask_secrets
 
     at_start = check(repo, start, anchor, version)
     paths = list(at_start.patched_in)

@@ -100,8 +100,9 @@ def find_base(repo: Repo, pb: Playbook, start_sha: str, remote: str | None) -> T
             ((pb.version_of_tag(t), t, sha) for t, sha in remote_release_tags(repo, pb, remote).items()),
             reverse=True,
         )
+        present = repo.present([sha for _v, _t, sha in candidates])  # one process, not one per tag
         for _version, tag, sha in candidates:
-            if repo.ok("cat-file", "-e", f"{sha}^{{commit}}") and repo.is_ancestor(sha, start_sha):
+            if sha in present and repo.is_ancestor(sha, start_sha):
                 repo.fetch(remote, [f"+{tag.ref}:{tag.ref}"])
                 return tag
     raise BadInput(f"no upstream release tag ({pb.upstream_tag}) is reachable from {start_sha[:12]}; pass --base TAG")
