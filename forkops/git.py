@@ -701,13 +701,15 @@ def clone(url: str, path: Path, *, progress: Progress | None = None) -> Repo:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    listener = _progress_class(gitpython)(progress or _no_progress)
     try:
-        gitpython.Repo.clone_from(url, str(path), progress=_progress_class(gitpython)(progress or _no_progress),
-                                  env=git_env())
+        gitpython.Repo.clone_from(url, str(path), progress=listener, env=git_env())
     except gitpython.GitCommandError as exc:
         status = exc.status if isinstance(exc.status, int) else 1
         _trace(["clone", url, str(path)], None, status, started)
-        raise GitError(["clone", url, str(path)], status, str(exc.stderr or "")) from None
+        # With a progress listener GitPython hands git's stderr to it, not to the exception.
+        stderr = str(exc.stderr or "").strip() or "\n".join(listener.error_lines + listener.other_lines)
+        raise GitError(["clone", url, str(path)], status, stderr) from None
     _trace(["clone", url, str(path)], None, 0, started)
     return Repo(path)
 
