@@ -141,7 +141,18 @@ class Repo:
         return _GIT_DIRS[key]
 
     def is_repo(self) -> bool:
-        return self.path.is_dir() and self.ok("rev-parse", "--git-dir")
+        """True when ``path`` is inside a git repository (asks git once per path and process:
+        the answer fills the git directory cache)."""
+        if not self.path.is_dir():
+            return False
+        key = str(self.path.resolve())
+        if key in _GIT_DIRS:
+            return True
+        proc = self.run_raw("rev-parse", "--absolute-git-dir")
+        if proc.returncode != 0:
+            return False
+        _GIT_DIRS[key] = Path(_text(proc.stdout).strip())
+        return True
 
     def rev_parse(self, rev: str) -> str | None:
         """The full sha ``rev`` names, or None. Use ``refs/tags/X`` forms to avoid ambiguity."""
@@ -150,6 +161,11 @@ class Repo:
 
     def commit_of(self, rev: str) -> str | None:
         return self.rev_parse(f"{rev}^{{commit}}")
+
+    def full_sha(self, rev: str) -> str | None:
+        """``rev`` when it already is a full object name (git's own files hold those), else the
+        commit it names."""
+        return rev if _FULL_SHA.fullmatch(rev) else self.commit_of(rev)
 
     def current_branch(self) -> str | None:
         proc = self.run_raw("symbolic-ref", "--quiet", "--short", "HEAD")
@@ -168,7 +184,9 @@ class Repo:
         return result
 
     def status_porcelain(self) -> list[str]:
-        return self.run("status", "--porcelain=v1", "--untracked-files=no").splitlines()
+        # No optional locks: status would otherwise refresh the index under index.lock, which a
+        # kill leaves behind.
+        return self.run("--no-optional-locks", "status", "--porcelain=v1", "--untracked-files=no").splitlines()
 
     def operation_in_progress(self) -> str | None:
         """'rebase', 'merge', 'cherry-pick', 'revert', 'am', 'bisect' or None (git's own files)."""
@@ -197,13 +215,19 @@ class Repo:
         proc = self.run_raw("remote", "get-url", name)
         return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
 
-    def set_remote(self, name: str, url: str) -> None:
-        """Add the remote, or update its URL; configured to fetch no tags implicitly."""
-        if self.remote_url(name) is None:
-            self.run("remote", "add", "--no-tags", name, url)
-        elif self.remote_url(name) != url:
+    def set_remote(self, name: str, url: str) -> bool:
+        """Add the remote, or update its URL; configured to fetch no tags implicitly. False when
+        it already was exactly that (nothing written)."""
+        current = self.remote_url(name)
+        if current is None:
+            self.run("remote", "add", "--no-tags", name, url)  # sets tagOpt itself
+            return True
+        if current == url and self.run_raw("config", f"remote.{name}.tagOpt").stdout.strip() == b"--no-tags":
+            return False
+        if current != url:
             self.run("remote", "set-url", name, url)
         self.run("config", f"remote.{name}.tagOpt", "--no-tags")
+        return True
 
     def fetch(self, remote: str, refspecs: Sequence[str]) -> None:
         """Fetch exactly ``refspecs`` (no implicit tags)."""
@@ -312,6 +336,7 @@ class Repo:
         changes and refuses to overwrite them). Run again after a kill, it finishes the job."""
         if self.rev_parse(ref) != new:
             self.run("update-ref", ref, new, old)
+        self.run_raw("update-index", "-q", "--refresh")  # read-tree trusts the index's stat data
         self.run("read-tree", "-m", "-u", old, new)
 
     def config_bytes(self) -> bytes | None:
@@ -330,7 +355,10 @@ class Repo:
         now = self.config_bytes()
         if before is None or now == before:
             return
-        if after is not None and now == after:
+        if after is not None and now == after and all(
+                _without_section(before, s) == _without_section(after, s) for s in keys_of):
+            # Still what forkops left, and forkops' sections are the only difference (not so when
+            # the config was rewritten elsewhere since, e.g. a workspace moved mid-run).
             write_atomic(self.config_path(), before)
             return
         import tempfile
@@ -466,7 +494,12 @@ class Repo:
     def ls_remote_heads(self, remote: str, names: Iterable[str]) -> dict[str, str]:
         """``refs/heads/NAME`` on ``remote`` -> commit, for the branch names given."""
         wanted = [n if n.startswith("refs/") else f"refs/heads/{n}" for n in names]
-        out = self.run("ls-remote", "--heads", remote, *wanted)
+        proc = self.run_raw("ls-remote", "--heads", remote, *wanted)
+        if proc.returncode != 0 and self.remote_url(remote) is None:
+            return {}  # no such remote: nothing is published there
+        if proc.returncode != 0:
+            raise GitError(["ls-remote", "--heads", remote], proc.returncode, _text(proc.stderr))
+        out = _text(proc.stdout)
         found = {}
         for line in out.splitlines():
             sha, ref = line.split("\t", 1)
@@ -571,6 +604,21 @@ class RangeDiffLine:
     subject: str
 
 
+def _without_section(config: bytes, section: str) -> bytes:
+    """``config`` text without the section ``remote.tf`` (``[remote "tf"]`` and its lines)."""
+    head, _, sub = section.partition(".")
+    header = re.compile(rb'^\s*\[\s*' + re.escape(head.encode()) + rb'\s+"' + re.escape(sub.encode()) + rb'"\s*\]',
+                        re.I)
+    out, skipping = [], False
+    for line in config.splitlines(keepends=True):
+        if line.lstrip().startswith(b"["):
+            skipping = bool(header.match(line))
+        if not skipping:
+            out.append(line)
+    return b"".join(out)
+
+
+_FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _CHECK_LINE = re.compile(r"^(.+?):(\d+): (.+)$")
 
 
@@ -700,8 +748,8 @@ def clone(url: str, path: Path, *, progress: Progress | None = None) -> Repo:
     import git as gitpython  # lazy: importing GitPython costs ~0.1 s
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     listener = _progress_class(gitpython)(progress or _no_progress)
+    started = time.perf_counter()
     try:
         gitpython.Repo.clone_from(url, str(path), progress=listener, env=git_env())
     except gitpython.GitCommandError as exc:

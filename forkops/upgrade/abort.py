@@ -47,10 +47,13 @@ def abort(ws: Workspace, *, log: Log = _quiet) -> Outcome:
         restored = 0
         for rc in ws.repos:
             repo = Repo(rc.path)
+            if not repo.is_repo():
+                continue
+            # Locks a killed forkops (or its git) left, also before any state was written.
+            clear_stale_locks(repo, rc.name, log)
             st = load_state(repo)
             if st is None or st.phase is Phase.DONE or (run is not None and st.run != run.id):
                 continue
-            clear_stale_locks(repo, rc.name, log)
             abort_repo(repo, st, log)
             restored += 1
         if run is not None:

@@ -61,10 +61,22 @@ class Accounting:
         return [e for e in self.entries if e.fate is fate]
 
 
+_MEMO: dict[tuple[object, ...], Accounting] = {}
+
+
 def account(repo: Repo, st: RepoState) -> Accounting:
     """Where each commit of ``st.picked`` went on ``st.branch`` (five git processes; one more
-    when a commit has no counterpart, to look for it upstream)."""
+    when a commit has no counterpart, to look for it upstream). The answer depends only on the
+    branch tip and the recorded decisions: it is computed once per process for each."""
     tip = repo.rev_parse(st.branch_ref)
+    key = (str(repo.git_dir), tip, st.onto_sha, tuple(st.picked), tuple(st.skipped),
+           tuple((s.commit, s.resolved) for s in st.stops))
+    if key not in _MEMO:
+        _MEMO[key] = _account(repo, st, tip)
+    return _MEMO[key]
+
+
+def _account(repo: Repo, st: RepoState, tip: str | None) -> Accounting:
     if tip is None or not repo.is_ancestor(st.onto_sha, tip):
         infos = {i.sha: i for i in repo.commit_infos(st.picked)}
         return Accounting(tip, False, tuple(Entry(c, infos[c].subject if c in infos else "", Fate.MISSING, None)

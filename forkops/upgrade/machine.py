@@ -107,22 +107,15 @@ def _new_run_id() -> str:
 
 
 def _record(repo: Repo, rc: RepoConfig, remote: str, p: planning.RepoPlan, run: RunState, log: Log) -> RepoState:
-    """State file first (with the config bytes), then backups and fetched tags in one
-    transaction, then the config change: a kill anywhere leaves what --abort needs."""
+    """The state file, before anything moves: every ref the run may move with its value now,
+    the tags it will create, the config file's bytes."""
     st = RepoState(
         run=run.id, repo=rc.name, version=run.version, phase=Phase.PREPARED, branch=p.branch, onto=p.onto,
         tag=str(p.tag), onto_sha=p.onto_sha, base=str(p.base), base_sha=p.base_sha, start=p.start,
-        start_sha=p.start_sha, head_ref=repo.full_head_ref(), head_sha=repo.head() or "", refs=dict(p.touched),
-        picked=list(p.picked), remote=remote, remote_url=rc.upstream, config_before=encode_bytes(repo.config_bytes()))
+        start_sha=p.start_sha, head_ref=p.head_ref, head_sha=p.head_sha, refs=dict(p.touched),
+        picked=list(p.picked), new_tags=dict(p.new_tags), remote=remote, remote_url=rc.upstream,
+        config_before=encode_bytes(repo.config_bytes()))
     save_state(repo, st)
-    changes: dict[str, str | None] = {backup_ref(st.run, "HEAD"): st.head_sha}
-    changes.update({backup_ref(st.run, ref): sha for ref, sha in st.refs.items() if sha})
-    changes.update(p.new_tags)
-    repo.update_refs(changes)
-    if repo.remote_url(remote) != rc.upstream:
-        repo.set_remote(remote, rc.upstream)
-        st.config_after = encode_bytes(repo.config_bytes())
-        save_state(repo, st)
     log(f"{st.repo}: upgrading to {st.version}: {st.branch} from {st.start} ({len(st.picked)} patches "
         f"on {st.base}), onto {st.onto} ({st.tag})")
     crash_point("after-backup")
@@ -147,12 +140,22 @@ def _request(run: RunState) -> planning.Request:
 # ---------------------------------------------------------------------------------------
 def make_branches(ctx: steps.Ctx) -> Phase | None:
     repo, st = ctx.repo, ctx.st
-    check_startable(repo, ctx.pb, st.repo)
-    if repo.full_head_ref() in (st.onto_ref, st.branch_ref):
+    if not ctx.fresh:
+        check_startable(repo, ctx.pb, st.repo)
+    head = st.head_ref if ctx.fresh else repo.full_head_ref()
+    if head in (st.onto_ref, st.branch_ref):
         # --force replaces a branch that is checked out: leave it first, so moving the ref
         # does not leave the worktree looking modified.
         repo.detach()
-    repo.update_refs({st.onto_ref: st.onto_sha, st.branch_ref: st.start_sha})
+    # One transaction: the backups, the fetched tags and both branches move together or not at all.
+    changes: dict[str, str | None] = {backup_ref(st.run, "HEAD"): st.head_sha}
+    changes.update({backup_ref(st.run, ref): sha for ref, sha in st.refs.items() if sha})
+    changes.update(st.new_tags)
+    changes.update({st.onto_ref: st.onto_sha, st.branch_ref: st.start_sha})
+    repo.update_refs(changes)
+    # The documented flow's `git remote add tf`; its old values are in config_before.
+    if repo.set_remote(st.remote, st.remote_url):
+        st.config_after = encode_bytes(repo.config_bytes())
     crash_point("after-branches")
     return Phase.REBASING
 
@@ -182,7 +185,7 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
         action = ctx.take()
         if action is None:
             return None
-        current = repo.commit_of(rs.current) if rs.current else None
+        current = repo.full_sha(rs.current) if rs.current else None
         if action == "skip":
             if current and current not in st.skipped:
                 st.skipped.append(current)
@@ -221,15 +224,11 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
         ctx.log(f"{st.repo}: git rebase {args[0]}")
         if not rebase.run(repo, st, args):
             return None
-    elif not _contains_onto(repo, st):
+    elif (tip := st.start_sha if ctx.fresh else repo.rev_parse(st.branch_ref)) == st.start_sha:
         if ctx.action == "skip":
             raise BadInput(f"{st.repo}: nothing to skip: the rebase is not stopped on a commit")
-        tip = repo.rev_parse(st.branch_ref)
-        if tip != st.start_sha:
-            raise NeedsPerson(f"{st.repo}: {st.branch} is at {str(tip)[:12]}, neither {st.start} nor rebased "
-                              f"onto {st.tag}; it was moved outside forkops",
-                              hint="`forkops upgrade --abort` restores every ref")
-        check_startable(repo, ctx.pb, st.repo)
+        if not ctx.fresh:
+            check_startable(repo, ctx.pb, st.repo)
         ctx.log(f"{st.repo}: git rebase --onto {st.onto} {st.base} {st.branch}")
         try:
             finished = rebase.run(repo, st, ["--merge", "--no-rerere-autoupdate", "--onto",
@@ -247,15 +246,14 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
                   f"{st.branch} and {st.onto} were not created") from None
         if not finished:
             return None
+    elif tip is None or not repo.is_ancestor(st.onto_sha, tip):
+        raise NeedsPerson(f"{st.repo}: {st.branch} is at {str(tip)[:12]}, neither {st.start} nor rebased "
+                          f"onto {st.tag}; it was moved outside forkops",
+                          hint="`forkops upgrade --abort` restores every ref")
     elif ctx.action == "skip":
         raise BadInput(f"{st.repo}: nothing to skip: the rebase is not stopped on a commit")
     crash_point("after-rebase")
     return Phase.VERIFY
-
-
-def _contains_onto(repo: Repo, st: RepoState) -> bool:
-    tip = repo.rev_parse(st.branch_ref)
-    return tip is not None and repo.is_ancestor(st.onto_sha, tip)
 
 
 # The phase table: each phase's step returns the next phase, or None when a person must act.
@@ -310,20 +308,24 @@ def advance(ctx: steps.Ctx) -> bool:
     return st.phase in (Phase.FINISHED, Phase.DONE)
 
 
-def drive(ws: Workspace, run: RunState, action: str | None, log: Log) -> Outcome:
-    """Advance the run's repositories in order; stop at the first that needs a person."""
+def drive(ws: Workspace, run: RunState, action: str | None, log: Log, *,
+          fresh: dict[str, RepoState] | None = None) -> Outcome:
+    """Advance the run's repositories in order; stop at the first that needs a person.
+    ``fresh``: the states this process planned and recorded just now."""
     from forkops.upgrade import publish
 
+    fresh = dict(fresh or {})
     for name in run.repos:
         rc = ws.repo(name)
         repo = Repo(rc.path)
-        st = load_state(repo)
+        st = fresh.get(name) or load_state(repo)
         if st is None or st.run != run.id:
             st = _plan_and_record(ws, rc, run, log)
+            fresh[name] = st
             action = None
         elif st.phase in (Phase.FINISHED, Phase.DONE):
             continue  # the action (--continue/--skip) is for the repository that stopped
-        ctx = steps.Ctx(ws, rc, repo, ws.playbook(rc), st, log, action)
+        ctx = steps.Ctx(ws, rc, repo, ws.playbook(rc), st, log, action, fresh=name in fresh)
         if not advance(ctx):
             return _outcome(ws)
         action = None
@@ -367,9 +369,8 @@ def start(ws: Workspace, opts: Options, *, log: Log = _quiet, progress: Progress
                           planning.plan_repo(repo, rc, pb, _request(run), progress=progress)))
         # The run file first, so a kill while recording leaves a run --continue and --abort know.
         save_run(ws, run)
-        for rc, repo, remote, p in plans:
-            _record(repo, rc, remote, p, run, log)
-        return drive(ws, run, None, log)
+        recorded = {rc.name: _record(repo, rc, remote, p, run, log) for rc, repo, remote, p in plans}
+        return drive(ws, run, None, log, fresh=recorded)
 
 
 def resume(ws: Workspace, *, skip: bool = False, push: bool = False, force_with_lease: bool = False,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from forkops import plan
 from forkops.errors import BadInput
-from forkops.git import Progress, RemoteRef, Repo
+from forkops.git import Progress, RefInfo, RemoteRef, Repo
 from forkops.playbook import Playbook
 from forkops.upgrade.preflight import check_identity, check_startable, untracked_in_the_way
 from forkops.version import TagName, Version, nearest
@@ -53,6 +53,8 @@ class RepoPlan:
     picked: tuple[str, ...]
     new_tags: dict[str, str]
     touched: dict[str, str | None]
+    head_sha: str
+    head_ref: str | None
 
     def as_json(self) -> dict[str, object]:
         return {"repo": self.name, "tag": str(self.tag), "onto": self.onto, "onto_sha": self.onto_sha,
@@ -103,15 +105,39 @@ def _base(repo: Repo, pb: Playbook, req: Request, tags: dict[str, RemoteRef], st
                    f"pass --base TAG")
 
 
-def _check_target(repo: Repo, ref: str, want: str, what: str, remote_sha: str | None, *, force: bool,
-                  published_hint: str) -> str | None:
+def _default_start(local: dict[str, RefInfo], pb: Playbook, target: Version) -> str:
+    """The newest fork branch older than ``target``; a local branch wins over ``origin/``."""
+    older = []
+    for name in local:
+        if name.startswith(("refs/heads/", "refs/remotes/origin/")):
+            short = name.removeprefix("refs/heads/").removeprefix("refs/remotes/")
+            version = pb.version_of_fork_branch(short.removeprefix("origin/"))
+            if version is not None and version < target:
+                older.append((version, not short.startswith("origin/"), short))
+    if not older:
+        return plan.default_start_refusal(pb, target, sorted(
+            n.removeprefix("refs/heads/").removeprefix("refs/remotes/") for n in local
+            if not n.startswith("refs/tags/")))
+    return max(older)[2]
+
+
+def _resolve_branch(local: dict[str, RefInfo], name: str) -> str:
+    """The commit a branch name means: local, then remote-tracking (``origin/x`` or ``x`` on origin)."""
+    for ref in (f"refs/heads/{name}", f"refs/remotes/{name}", f"refs/remotes/origin/{name}"):
+        if ref in local:
+            return local[ref].peeled
+    raise BadInput(f"no branch {name!r} here or on origin")
+
+
+def _check_target(repo: Repo, refs: dict[str, RefInfo], ref: str, want: str, what: str, remote_sha: str | None, *,
+                  force: bool, published_hint: str) -> str | None:
     """A target branch may already exist only where it equals what forkops would create.
     Returns its current local value."""
     name = ref.removeprefix("refs/heads/")
     if remote_sha is not None and remote_sha != want:
         raise BadInput(f"origin already has branch {name} at {remote_sha[:12]}, not {what} ({want[:12]}); "
                        f"{published_hint}")
-    local = repo.rev_parse(ref)
+    local = refs[ref].sha if ref in refs else None
     if local is not None and local != want and not force:
         subject = repo.run("log", "-1", "--format=%s", local).strip()
         raise BadInput(f"branch {name} already exists at {local[:12]} ({subject!r}), not {what} "
@@ -123,17 +149,19 @@ def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progres
               fetch_env: dict[str, str] | None = None) -> RepoPlan:
     """Check everything for one repository and fetch the upstream objects it needs; write
     nothing else. BadInput on any bad input."""
-    check_startable(repo, pb, rc.name)
+    head_sha, head_ref = check_startable(repo, pb, rc.name)
     check_identity(repo, rc.name)
     tags = repo.ls_remote(rc.upstream, tags=True)
     tag, tag_ref = _remote_tag(pb, tags, req.version)
-    start = req.start or plan.default_start(repo, pb, req.version)
-    start_sha = plan.resolve_branch(repo, start)
+    # One listing of the local refs answers every "what is X here" question below.
+    local = {info.name: info for info in repo.refs("refs/heads", "refs/remotes/origin", "refs/tags")}
+    start = req.start or _default_start(local, pb, req.version)
+    start_sha = _resolve_branch(local, start)
     base, base_sha, base_ref = _base(repo, pb, req, tags, start_sha)
     new_tags: dict[str, str] = {}
-    if repo.rev_parse(tag.ref) != tag_ref.sha:
+    if tag.ref not in local or local[tag.ref].sha != tag_ref.sha:
         new_tags[tag.ref] = tag_ref.sha
-    if base_ref is not None and repo.rev_parse(base_ref.name) != base_ref.sha:
+    if base_ref is not None and (base_ref.name not in local or local[base_ref.name].sha != base_ref.sha):
         new_tags[base_ref.name] = base_ref.sha
     if new_tags:
         repo.fetch_objects(rc.upstream, sorted(new_tags), progress=progress, env=fetch_env)
@@ -144,13 +172,13 @@ def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progres
     if req.branch is not None and not repo.ok("check-ref-format", f"refs/heads/{branch}"):
         raise BadInput(f"--branch {branch}: not a valid branch name")
     onto_ref, branch_ref = f"refs/heads/{onto}", f"refs/heads/{branch}"
-    remote_heads = repo.ls_remote_heads("origin", [onto_ref, branch_ref]) if repo.remote_url("origin") else {}
+    remote_heads = repo.ls_remote_heads("origin", [onto_ref, branch_ref])
     hint = "pass --branch NAME to write the result elsewhere (e.g. --branch forkops/" + branch + ")"
-    touched: dict[str, str | None] = {ref: repo.rev_parse(ref) for ref in sorted(new_tags)}
-    touched[onto_ref] = _check_target(repo, onto_ref, tag_ref.peeled, f"tag {tag}", remote_heads.get(onto_ref),
-                                      force=req.force, published_hint="delete it on origin, or upgrade "
-                                      "to another version")
-    touched[branch_ref] = _check_target(repo, branch_ref, start_sha, f"the start branch {start}",
+    touched: dict[str, str | None] = {ref: local[ref].sha if ref in local else None for ref in sorted(new_tags)}
+    touched[onto_ref] = _check_target(repo, local, onto_ref, tag_ref.peeled, f"tag {tag}",
+                                      remote_heads.get(onto_ref), force=req.force,
+                                      published_hint="delete it on origin, or upgrade to another version")
+    touched[branch_ref] = _check_target(repo, local, branch_ref, start_sha, f"the start branch {start}",
                                         remote_heads.get(branch_ref), force=req.force, published_hint=hint)
     in_the_way = untracked_in_the_way(repo, tag_ref.peeled)
     if in_the_way:
@@ -159,7 +187,7 @@ def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progres
                        f"{tag} ({shown}); move or remove them first")
     picked = tuple(repo.lines("rev-list", "--reverse", "--no-merges", f"{base_sha}..{start_sha}"))
     return RepoPlan(rc.name, tag, tag_ref.peeled, base, base_sha, start, start_sha, str(onto), branch,
-                    picked, new_tags, touched)
+                    picked, new_tags, touched, head_sha, head_ref)
 
 
 @contextmanager

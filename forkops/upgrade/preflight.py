@@ -31,10 +31,11 @@ def dirty_paths(repo: Repo) -> list[str]:
     return [line[3:].split(" -> ")[-1] for line in repo.status_porcelain()]
 
 
-def check_startable(repo: Repo, pb: Playbook, name: str) -> None:
+def check_startable(repo: Repo, pb: Playbook, name: str) -> tuple[str, str | None]:
     """Refuse a repository forkops must not touch: an operation in progress (bisect, merge, am,
     cherry-pick, revert, rebase), no commits, a detached HEAD with commits no ref holds,
-    uncommitted changes (key sites called out), git locks."""
+    uncommitted changes (key sites called out), git locks. Returns (HEAD's commit, the full
+    ref HEAD is on or None)."""
     op = repo.operation_in_progress()
     if op is not None:
         raise BadInput(f"{name}: a {op} is in progress in {repo.path} that forkops did not start; "
@@ -43,7 +44,8 @@ def check_startable(repo: Repo, pb: Playbook, name: str) -> None:
     head = repo.head()
     if head is None:
         raise BadInput(f"{name}: {repo.path} has no commits")
-    if repo.full_head_ref() is None and repo.run(
+    head_ref = repo.full_head_ref()
+    if head_ref is None and repo.run(
             "rev-list", "-1", "HEAD", "--not", "--branches", "--tags", "--remotes").strip():
         raise BadInput(f"{name}: detached HEAD at {head[:12]} holds commits no branch has "
                        f"(create a branch for them first: git branch NAME)")
@@ -55,6 +57,7 @@ def check_startable(repo: Repo, pb: Playbook, name: str) -> None:
                            f"run `forkops set-key --clear` first")
         shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
         raise BadInput(f"{name}: uncommitted changes in {repo.path} ({shown}); commit or stash them first")
+    return head, head_ref
 
 
 def untracked_in_the_way(repo: Repo, treeish: str) -> list[str]:

@@ -83,7 +83,7 @@ def run(repo: Repo, st: RepoState, args: list[str]) -> bool:
 
 def record_stop(repo: Repo, st: RepoState, rs: RebaseState, output: str) -> None:
     """Record the stop git just made: its commit, unmerged paths, and those rerere resolved."""
-    current = repo.commit_of(rs.current) if rs.current else None
+    current = repo.full_sha(rs.current) if rs.current else None
     unmerged = sorted(repo.unmerged())
     # A stop without unmerged files (an empty commit, untracked files in the way): git's last
     # lines say why; with unmerged files, status lists them instead.
@@ -106,7 +106,7 @@ def interrupted_pick(repo: Repo, st: RepoState, rs: RebaseState) -> Interrupted 
     staged or unmerged, and HEAD is not already its result."""
     if rs.current is None:
         return None
-    current = repo.commit_of(rs.current)
+    current = repo.full_sha(rs.current)
     if current is None or st.stop_for(current) is not None or repo.unmerged() or not repo.index_matches_head():
         return None
     head = repo.commit_infos(["HEAD", current])
@@ -119,6 +119,6 @@ def interrupted_pick(repo: Repo, st: RepoState, rs: RebaseState) -> Interrupted 
 
 def position(repo: Repo, rs: RebaseState) -> tuple[str, str, int, int]:
     """(commit, subject, index, total) of where the rebase stands."""
-    full = repo.commit_of(rs.current) if rs.current else None
+    full = repo.full_sha(rs.current) if rs.current else None
     subject = repo.commit_infos([full])[0].subject if full else ""
     return full or (rs.current or ""), subject, rs.msgnum, rs.end

@@ -36,7 +36,7 @@ class Phase(enum.StrEnum):
     """One repository's place in the flow; each step is idempotent (a kill at any point is
     completed by ``--continue`` or undone by ``--abort``)."""
 
-    PREPARED = "prepared"  # backups and state recorded, tags created, nothing else moved
+    PREPARED = "prepared"  # state recorded (refs before, config before), nothing moved
     REBASING = "rebasing"  # tfX.Y.Z and the target branch exist; git rebase running or stopped
     VERIFY = "verify"  # the rebase ended: every stack commit must be accounted for
     ANCHORS = "anchors"  # anchors checked, a moved patch re-applied
@@ -136,6 +136,7 @@ class RepoState:
     head_sha: str
     refs: dict[str, str | None]
     picked: list[str]
+    new_tags: dict[str, str] = field(default_factory=dict)  # tags the run creates (ref -> object)
     remote: str = "tf"
     remote_url: str = ""
     config_before: str | None = None  # base64 of the config file before the run changed it

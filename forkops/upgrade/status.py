@@ -331,7 +331,7 @@ def status(ws: Workspace) -> Status:
     """What the current (or last) run is doing and waiting for."""
     run = load_run(ws)
     entries: dict[str, RepoStatus] = {}
-    for rc in ws.repos:
+    for rc in ws.repos if run is None else [ws.repo(n) for n in run.repos]:
         repo = Repo(rc.path)
         st = load_state(repo)
         if st is None or (run is not None and st.run != run.id):

@@ -37,6 +37,7 @@ class Ctx:
     st: RepoState
     log: Log
     action: str | None = None  # "continue" | "skip" until a step consumes it
+    fresh: bool = False  # planned (all checked) by this very process: no need to check again
 
     def save(self) -> None:
         save_state(self.repo, self.st)
@@ -50,6 +51,8 @@ def on_branch_and_clean(ctx: Ctx) -> None:
     """The anchor and pin steps commit on the new branch: HEAD must be there, nothing pending."""
     st, repo = ctx.st, ctx.repo
     finish_pending_checkout(ctx)
+    if ctx.fresh:
+        return  # this process made the branch and the rebase left it clean and checked out
     if repo.full_head_ref() != st.branch_ref:
         raise BadInput(f"{st.repo}: HEAD is not on {st.branch}; check it out to continue "
                        f"(`git checkout {st.branch}`)")
