@@ -83,6 +83,13 @@ def test_nothing_drifts_in_the_default_sandbox(sandbox: Sandbox) -> None:
         assert results and all(r["drift"] == [] for r in results), name
 
 
+def test_nothing_drifts_in_the_dlopen_shape(tmp_path: Path) -> None:
+    sb = sandbox.build(tmp_path / "sb", shape="dlopen", only="tensorflow")
+    run = run_cli("-C", str(sb.workspace), "check", "--repo", "tensorflow", "--include-rc", "--json")
+    results = json.loads(run.out)["results"]
+    assert results and all(r["drift"] == [] and r["status"] != "drift" for r in results)
+
+
 # ---------------------------------------------------------------------------------------
 # What counts
 # ---------------------------------------------------------------------------------------
