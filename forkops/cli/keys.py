@@ -5,7 +5,6 @@ Output shows fingerprints (first 8 hex digits of SHA-256), never the key or IV.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ import typer
 from forkops.cli.common import console, err_console, print_json
 
 if TYPE_CHECKING:
-    from forkops.guard import Finding
+    from forkops.guard import HookInstall
     from forkops.keyfile import KeyMaterial
     from forkops.keys import SiteResult
     from forkops.playbook import Playbook
@@ -29,6 +28,10 @@ guard_app = typer.Typer(help="The commit/push guard that keeps the model key out
 def register(app: typer.Typer) -> None:
     app.command("set-key")(set_key)
     app.add_typer(guard_app, name="guard")
+
+
+WHERE_THE_KEY_GOES = ("no playbook of this workspace has key sites: the key is compiled into libcryptfile.so "
+                      "instead, by `forkops cryptlib build --keys FILE -o libcryptfile.so` or by `forkops build`")
 
 
 KeysOpt = Annotated[Path | None, typer.Option(
@@ -191,6 +194,12 @@ def _write(targets: list[_Target], material: KeyMaterial, keys_path: Path, *, as
     from forkops.errors import NeedsPerson
 
     plans = [keys.plan_sites(t.config.path, t.playbook, material) for t in targets]  # all or nothing
+    for t in targets:  # a hooks folder forkops must not write into stops it before any key is written
+        guard.check_installable(t.config.path)
+    if not any(t.playbook.key_sites for t in targets):
+        hooks = {t.config.name: guard.install_hooks(t.config.path, keys_path) for t in targets}
+        _print_hooks(hooks, material, as_json=as_json, note=WHERE_THE_KEY_GOES)
+        return
     if not any(p.instances for p in plans):
         raise NeedsPerson("no key site found in any repository "
                           f"({', '.join(t.config.name for t in targets)}): are the clones on a fork branch?")
@@ -203,9 +212,7 @@ def _write(targets: list[_Target], material: KeyMaterial, keys_path: Path, *, as
         print_json({"key_fingerprint": material.key_fingerprint, "iv_fingerprint": material.iv_fingerprint,
                     "sites": [row for t in targets for row in _site_rows(t)],
                     "disagree": [{"repo": t.config.name, **r.as_json()} for t, r in bad],
-                    "guard": [{"repo": name, "hook": h.hook, "path": str(h.path), "action": h.action,
-                               "chained": str(h.chained) if h.chained else None}
-                              for name, hs in hooks.items() for h in hs]})
+                    "guard": [{"repo": name, **h.as_json()} for name, hs in hooks.items() for h in hs]})
     else:
         out = console()
         out.print(f"key [cyan]{material.key_fingerprint}[/cyan], iv [cyan]{material.iv_fingerprint}[/cyan] "
@@ -221,6 +228,22 @@ def _write(targets: list[_Target], material: KeyMaterial, keys_path: Path, *, as
     if not as_json:
         console().print(f"all {sum(len(t.results) for t in targets)} key sites agree. "
                         "Do not commit them: the guard refuses it; `forkops set-key --clear` restores them.")
+
+
+def _print_hooks(hooks: dict[str, list[HookInstall]], material: KeyMaterial, *, as_json: bool,
+                 note: str | None = None) -> None:
+    if as_json:
+        print_json({"key_fingerprint": material.key_fingerprint, "iv_fingerprint": material.iv_fingerprint,
+                    "note": note, "sites": [],
+                    "guard": [{"repo": name, **h.as_json()} for name, hs in hooks.items() for h in hs]})
+        return
+    out = console()
+    if note:
+        out.print(note)
+    for name, hs in hooks.items():
+        for h in hs:
+            chained = f", runs the earlier hook {h.chained.name} first" if h.chained else ""
+            out.print(f"guard: {name} {h.hook} {h.action}{chained}")
 
 
 def _check(targets: list[_Target], material: KeyMaterial, *, as_json: bool) -> None:
@@ -301,6 +324,24 @@ def _guard_repos(repo: str | None) -> tuple[list[Path], Workspace | None]:
     return [Path(here.run("rev-parse", "--show-toplevel").strip())], None
 
 
+@guard_app.command("install")
+def guard_install(
+    repo: RepoOpt = None,
+    keys: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Install the pre-commit, commit-msg and pre-push guard hooks (needs only the keys file)."""
+    from forkops import guard, keyfile
+
+    paths, ws = _guard_repos(repo)
+    keys_path = keyfile.resolve_path(keys, ws.root if ws else None)
+    material = keyfile.load(keys_path)  # a hook that cannot read it would refuse every commit
+    for path in paths:
+        guard.check_installable(path)
+    hooks = {str(path): guard.install_hooks(path, keys_path) for path in paths}
+    _print_hooks(hooks, material, as_json=as_json)
+
+
 @guard_app.command("scan")
 def guard_scan(
     revs: Annotated[list[str] | None, typer.Argument(metavar="REV-RANGE",
@@ -310,7 +351,8 @@ def guard_scan(
     keys: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Scan existing history for the key (and a non-default IV); exit 1 naming commits and paths."""
+    """Scan history for the key (and a non-default IV): every commit, tag and file version the
+    revisions reach; exit 1 naming them."""
     from forkops import guard, keyfile
     from forkops.errors import NeedsPerson
     from forkops.git import Repo
@@ -318,28 +360,42 @@ def guard_scan(
     paths, ws = _guard_repos(repo)
     material = keyfile.load(keyfile.resolve_path(keys, ws.root if ws else None))
     matcher = guard.Matcher(material)
+    err = err_console()
     report = []
     for path in paths:
-        count, findings = guard.scan_commits(Repo(path), revs or ["HEAD"], matcher)
-        report.append((path, count, findings))
-    found = [(p, f) for p, _, fs in report for f in fs]
+        def progress(objects: int, commits: int, path: Path = path) -> None:
+            err.print(f"guard scan: {path.name}: {objects} object(s), {commits} commit(s) read",
+                      markup=False, highlight=False)
+
+        result = guard.scan_objects(Repo(path), revs or ["HEAD"], matcher, progress=progress)
+        report.append((path, result))
+    found = [(p, f) for p, r in report for f in r.findings]
     if as_json:
         print_json({"key_fingerprint": material.key_fingerprint,
-                    "repos": [{"path": str(p), "commits": n, "findings": [f.as_json() for f in fs]}
-                              for p, n, fs in report]})
+                    "repos": [{"path": str(p), "commits": r.commits, "objects": r.objects,
+                               "findings": [f.as_json() for f in r.findings]} for p, r in report]})
     else:
         out = console()
-        for p, n, fs in report:
-            out.print(f"{p}: scanned {n} commit(s): " + (f"[red]{len(fs)} finding(s)[/red]" if fs else "clean"))
-            for f in fs:
-                out.print(f"  {f.describe()}")
+        for p, r in report:
+            out.print(f"{p}: scanned {r.commits} commit(s), {r.objects} object(s): "
+                      + (f"[red]{len(r.findings)} finding(s)[/red]" if r.findings else "clean"))
+            for f in r.findings:
+                out.print(f"  {f.describe()}", markup=False, highlight=False)
     if found:
-        raise NeedsPerson(f"the key or IV is in {len(found)} committed file version(s)",
-                          hint="rewrite those commits before pushing them; never push them anywhere public")
+        raise NeedsPerson(f"the key or IV is in {len(found)} object(s) of the history",
+                          hint="rewrite those commits or tags before pushing them; never push them anywhere public")
 
 
-hook_app = typer.Typer(hidden=True, help="Entry points run by the installed git hooks.")
+hook_app = typer.Typer(hidden=True, help="Entry points of hooks installed by earlier forkops versions.")
 guard_app.add_typer(hook_app, name="hook")
+
+
+def _run_hook(hook: str, keys: Path, args: list[str] | None) -> None:
+    from forkops import guard
+
+    code = guard.run_hook(hook, keys, args or [], sys.stdin)
+    if code:
+        raise typer.Exit(code)
 
 
 @hook_app.command("pre-commit")
@@ -347,14 +403,8 @@ def hook_pre_commit(
     keys: Annotated[Path, typer.Option("--keys", metavar="FILE")],
     args: Annotated[list[str] | None, typer.Argument()] = None,
 ) -> None:
-    """Refuse the commit if the staged content holds the key (run by .git/hooks/pre-commit)."""
-    from forkops import guard
-    from forkops.git import Repo
-
-    matcher = guard.Matcher(_hook_keys(keys))
-    findings = guard.scan_staged(Repo(Path.cwd()), matcher, index_file=os.environ.get("GIT_INDEX_FILE"))
-    _refuse("commit", findings, "unstage it (`git restore --staged PATH`) or put the committed "
-                                "values back (`forkops set-key --clear`), then stage again")
+    """Refuse the commit if the staged content holds the key."""
+    _run_hook("pre-commit", keys, args)
 
 
 @hook_app.command("pre-push")
@@ -362,46 +412,5 @@ def hook_pre_push(
     keys: Annotated[Path, typer.Option("--keys", metavar="FILE")],
     args: Annotated[list[str] | None, typer.Argument()] = None,
 ) -> None:
-    """Refuse the push if an outgoing commit holds the key (run by .git/hooks/pre-push)."""
-    from forkops import guard
-    from forkops.git import Repo
-
-    matcher = guard.Matcher(_hook_keys(keys))
-    repo = Repo(Path.cwd())
-    # git runs the hook as `pre-push <remote name or URL> <URL>`.
-    remote = args[0] if args else None
-    sent = guard.outgoing(repo, sys.stdin.read().splitlines(), remote=remote,
-                          upstream=guard.upstream_of(repo.path))
-    err = err_console()
-    for note in sent.notes:
-        err.print(f"forkops guard: note: {note}", markup=False, highlight=False)
-    count, findings = guard.scan_commits(repo, sent.revs, matcher) if sent.revs else (0, [])
-    _refuse("push", findings, "rewrite those commits without the key (e.g. `git rebase -i`), then push")
-    if sent.revs:
-        skipped = f" (history of upstream tag(s) {', '.join(sent.trusted_tags)} skipped)" if sent.trusted_tags else ""
-        err.print(f"forkops guard: checked {count} outgoing commit(s): no key{skipped}",
-                  markup=False, highlight=False)
-
-
-def _hook_keys(path: Path) -> KeyMaterial:
-    from forkops import keyfile
-    from forkops.errors import BadInput
-
-    try:
-        return keyfile.load(path)
-    except BadInput as exc:
-        # Fail closed: without the key the guard cannot tell, so it refuses.
-        hint = exc.hint or "fix the keys file, or bypass once with `git commit/push --no-verify`"
-        raise BadInput(f"guard: cannot read the keys file, so it refuses: {exc.message}", hint=hint) from None
-
-
-def _refuse(action: str, findings: list[Finding], hint: str) -> None:
-    from forkops.errors import NeedsPerson
-
-    if not findings:
-        return
-    err = err_console()
-    for f in findings:
-        err.print(f"forkops guard: {f.describe()}")
-    raise NeedsPerson(f"guard: refusing the {action}: it contains the model key or IV "
-                      f"({len(findings)} file version(s))", hint=hint)
+    """Refuse the push if an outgoing object holds the key."""
+    _run_hook("pre-push", keys, args)
