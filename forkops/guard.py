@@ -248,31 +248,38 @@ def scan_objects(repo: Repo, revs: list[str], matcher: _SecretsMatcher, *,
     not read (their names are scanned as the paths ``rev-list`` prints). ``progress(objects,
     commits)`` is called every few thousand objects."""
     opts, lines = _rev_args(revs)
-    check = repo.run_raw("rev-list", "--ignore-missing", "--max-count=1", *opts, "--stdin", input=lines)
+    check = repo.run_raw("rev-list", "--max-count=1", *opts, "--stdin", input=lines)
     if check.returncode != 0:
         err = check.stderr.decode("utf-8", "replace").strip()
         raise BadInput(f"not a revision range git understands: {' '.join(revs)}",
                        hint=err.splitlines()[-1] if err else None)
-    lister = subprocess.Popen(
-        ["git", "-C", str(repo.path), "rev-list", "--objects", "--filter=object:type=blob", "--ignore-missing",
-         *opts, "--stdin"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=git_env(repo.extra_env))
-    assert lister.stdin is not None and lister.stdout is not None
-    lister.stdin.write(lines.encode())
-    lister.stdin.close()
+    # Two listings: the commits, then the blobs and tags. A type filter keeps rev-list from
+    # printing trees (never read: their names are the paths it prints), but it also drops every
+    # commit except the tips, hence the commit walk of its own (cheap: no trees are parsed).
     paths: dict[str, str] = {}
     counts = [0, 0]  # objects, commits
-    stdout: IO[bytes] = lister.stdout
+
+    def listing(*args: str) -> Iterator[str]:
+        proc = subprocess.Popen(["git", "-C", str(repo.path), "rev-list", *args, *opts, "--stdin"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=git_env(repo.extra_env))
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(lines.encode())
+        proc.stdin.close()
+        for raw in proc.stdout:
+            yield raw.decode("utf-8", "surrogateescape").rstrip("\n")
+        if proc.wait() != 0:
+            raise GitError(["rev-list", *args], proc.returncode, "")
 
     def names() -> Iterator[str]:
-        for raw in stdout:
-            line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
-            sha, sep, path = line.partition(" ")
-            if sep:
-                paths[sha] = path
-            else:
-                counts[1] += 1
+        for sha in listing():
+            counts[1] += 1
             yield sha
+        for line in listing("--objects", "--filter=object:type=blob"):
+            sha, sep, path = line.partition(" ")
+            if sep:  # a blob or a tag (the commits without a name were listed above)
+                paths[sha] = path
+                yield sha
 
     found: list[Finding] = []
     hit_blobs: dict[str, Hit] = {}
@@ -292,8 +299,6 @@ def scan_objects(repo: Repo, revs: list[str], matcher: _SecretsMatcher, *,
         if progress is not None and counts[0] % _PROGRESS_EVERY == 0:
             progress(counts[0], counts[1])
     batch.flush()
-    if lister.wait() != 0:
-        raise GitError(["rev-list", "--objects"], lister.returncode, "")
     # Path names are content too (a file named after the key).
     names_blob = "\n".join(paths.values()).encode("utf-8", "surrogateescape")
     for hit in matcher.spans(names_blob):
@@ -304,7 +309,7 @@ def scan_objects(repo: Repo, revs: list[str], matcher: _SecretsMatcher, *,
         found.append(Finding(None, "", hit.what, hit.fingerprint, hit.form, "path",
                              next((sha for sha, p in paths.items() if p == path), None)))
     found += [_attribute(repo, opts, lines, sha, paths.get(sha, ""), hit) for sha, hit in hit_blobs.items()]
-    if progress is not None:
+    if progress is not None and counts[0] >= _PROGRESS_EVERY:
         progress(counts[0], counts[1])
     return ScanResult(counts[1], counts[0], tuple(found))
 
@@ -557,8 +562,7 @@ def _tracked_hooks_dir(repo: Repo, directory: Path) -> bool:
 def hook_script(hook: str, keys_path: Path, python: str, package_root: Path) -> str:
     """The hook: fails closed when ``python`` is gone; ``-S`` skips site-packages (forkops'
     hook path needs the standard library only), so ``package_root`` goes on PYTHONPATH."""
-    run = (f'PYTHONPATH={shlex.quote(str(package_root))}${{PYTHONPATH:+:$PYTHONPATH}} '
-           f'"$python" -S -P -m forkops.guard {hook} --keys {shlex.quote(str(keys_path))} -- "$@"')
+    run = f'"$python" -S -P -m forkops.guard {hook} --keys {shlex.quote(str(keys_path))} -- "$@"'
     lines = [
         "#!/bin/sh",
         f"{MARKER} installed by `forkops guard install`; re-run it to update this file.",
@@ -571,6 +575,7 @@ def hook_script(hook: str, keys_path: Path, python: str, package_root: Path) -> 
         "'forkops guard install' (or bypass once with --no-verify)\" >&2",
         "  exit 1",
         "fi",
+        f'PYTHONPATH={shlex.quote(str(package_root))}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH',
         'hooks_dir=$(dirname "$0")',
         f'chained="$hooks_dir/{hook}{CHAINED_SUFFIX}"',
     ]

@@ -49,7 +49,7 @@ def test_matcher_finds_every_encoding_and_ignores_the_default_iv() -> None:
     cases = {
         b'kKey[] = "' + KEY + b'";': "text",
         b"key_hex = " + KEY.hex().upper().encode(): "hex",
-        b'"' + "".join(f"\\X{b:02X}" for b in KEY).encode() + b'"': "C \\x escapes",
+        b'"' + "".join(f"\\X{b:02X}" for b in KEY).encode() + b'"': "C string escapes",
         b"byte key[16] = {" + arr.encode() + b"};": "C byte array",
         b"{" + ", ".join(str(b) for b in KEY).encode() + b"}": "C byte array",
         # a word right before the elements (no brace): found too
@@ -205,7 +205,7 @@ def test_custom_iv_is_guarded_default_iv_is_not(ws: Path) -> None:
     cc.write_text(cc.read_text().replace(f'kKey[] = "{KEY.decode()}"', 'kKey[] = "CHANGE_ME_16BYTE"'))
     git(tf, "add", CRYPTFILE)
     proc = git(tf, "commit", "-m", "iv only", ok=False)
-    assert f"the iv ({keyfile.fingerprint(IV)}) as C \\x escapes" in proc.stderr
+    assert f"the iv ({keyfile.fingerprint(IV)}) as C string escapes" in proc.stderr
     assert_clean(proc.stderr, secret=IV)
 
 
@@ -223,7 +223,7 @@ def test_existing_hooks_are_chained_and_still_block(ws: Path) -> None:
     assert cli("set-key").code == 0
     assert cli("set-key").code == 0  # re-install is idempotent: the chained hook is not clobbered
     assert (hooks / "pre-commit.forkops-chained").read_text() == legacy
-    assert guard.is_ours(hooks / "pre-commit") and guard.installed(tf) == {"pre-commit": True, "pre-push": True}
+    assert guard.is_ours(hooks / "pre-commit") and guard.installed(tf) == {"pre-commit": True, "commit-msg": True, "pre-push": True}
 
     clean_change(tf)
     git(tf, "commit", "-m", "clean")
