@@ -279,3 +279,108 @@ def test_hook_refuses_when_another_hook_is_in_the_way(ws: Path) -> None:
 def test_scan_rejects_bad_ranges(ws: Path) -> None:
     assert cli("guard", "scan", "--repo", "tensorflow", "no-such-rev").code == 2
     assert cli("guard", "scan", "--repo", "tensorflow", "--", "--output=x").code == 2
+
+
+# -- issue 12: every object a push sends, messages, hooks that fail closed ---------------------------
+def test_push_of_tags_and_messages_holding_the_key_is_refused(ws: Path, sandbox: Sandbox) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    remote = Repo(sandbox.origin["tensorflow"])
+    blob = subprocess.run(["git", "-C", str(tf), "hash-object", "-w", "--stdin"], input=b"k=" + KEY,
+                       capture_output=True, check=True).stdout.decode().strip()
+    git(tf, "tag", "-a", "blobtag", "-m", "a tag of a blob", blob)
+    proc = git(tf, "push", "origin", "refs/tags/blobtag", ok=False)
+    assert "refusing the push" in proc.stderr and remote.rev_parse("refs/tags/blobtag") is None
+
+    tree = subprocess.run(["git", "-C", str(tf), "mktree"], input=f"100644 blob {blob}\tleak.txt\n".encode(),
+                          capture_output=True, check=True).stdout.decode().strip()
+    git(tf, "tag", "-a", "treetag", "-m", "a tag of a tree", tree)
+    git(tf, "push", "origin", "refs/tags/treetag", ok=False)
+    assert remote.rev_parse("refs/tags/treetag") is None
+
+    git(tf, "tag", "-a", "msgtag", "-m", f"release notes {KEY.hex()}", "HEAD")
+    proc = git(tf, "push", "origin", "refs/tags/msgtag", ok=False)
+    assert "tag msgtag" in proc.stderr and remote.rev_parse("refs/tags/msgtag") is None
+
+    clean_change(tf)
+    git(tf, "commit", "-q", "--no-verify", "-m", "message with " + KEY.decode())
+    proc = git(tf, "push", "origin", "HEAD:refs/heads/msg", ok=False)
+    assert "message: the key" in proc.stderr and remote.rev_parse("refs/heads/msg") is None
+    r = cli("guard", "scan", "--repo", "tensorflow", "--", "--all")
+    assert r.code == 1 and "message: the key" in r.out and "tag msgtag" in r.out
+
+
+def test_commit_msg_hook_refuses_the_key_in_a_message(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    clean_change(tf)
+    head = Repo(tf).rev_parse("HEAD")
+    proc = git(tf, "commit", "-m", "oops " + ",".join(f"0x{b:x}u" for b in KEY), ok=False)
+    assert "commit message: the key" in proc.stderr
+    assert Repo(tf).rev_parse("HEAD") == head
+    git(tf, "commit", "-m", "a clean message")
+
+
+def test_hook_fails_closed_in_one_line_when_its_python_is_gone(ws: Path, tmp_path: Path) -> None:
+    tf = ws / "tensorflow"
+    gone = tmp_path / "venv" / "bin" / "python"
+    guard.install_hooks(tf, ws / "keys.toml", python=str(gone))
+    clean_change(tf)
+    proc = git(tf, "commit", "-m", "x", ok=False)
+    assert proc.stderr.strip().count("\n") == 0 and "forkops guard install" in proc.stderr
+
+
+def test_hooks_do_not_import_typer_rich_or_gitpython(ws: Path) -> None:
+    import sys
+
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    clean_change(tf)
+    probe = ("import sys, runpy; sys.argv=['x', 'pre-commit', '--keys', %r];"
+             "import forkops.guard as g; code = g.main(sys.argv[1:]);"
+             "print(sorted(m for m in ('typer', 'rich', 'git') if m in sys.modules)); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-S", "-P", "-c", probe % str(ws / "keys.toml")], cwd=tf,
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(CHECKOUT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_tracked_hooks_folder_is_not_written_and_chaining_is_explained(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    shared = tf / ".husky"
+    shared.mkdir()
+    (shared / "pre-commit").write_text("#!/bin/sh\nexit 0\n")
+    (shared / "pre-commit").chmod(0o755)
+    git(tf, "add", ".husky")
+    git(tf, "commit", "-q", "-m", "shared hooks")
+    git(tf, "config", "core.hooksPath", ".husky")
+    before = (tf / ".bazelrc").read_text()
+    r = cli("set-key")
+    assert r.code == 2 and "core.hooksPath" in r.err and "forkops-hooks" in r.err
+    assert (tf / ".bazelrc").read_text() == before  # nothing written
+    assert not guard.is_ours(shared / "pre-commit")
+    for hook in guard.HOOKS:
+        line = guard.chain_line(hook)
+        path = shared / hook
+        path.write_text("#!/bin/sh\n" + line + "\n")
+        path.chmod(0o755)
+    assert cli("set-key").code == 0
+    assert not any(guard.is_ours(shared / h) for h in guard.HOOKS)
+    git(tf, "add", TF_CORE)
+    proc = git(tf, "commit", "-m", "leak", ok=False)  # the tracked hook calls forkops' hook
+    assert "refusing the commit" in proc.stderr
+
+
+def test_set_key_without_key_sites_installs_the_guard_and_says_where_the_key_goes(ws: Path) -> None:
+    cfg = ws / "forkops.toml"
+    cfg.write_text("\n".join(line for line in cfg.read_text().splitlines()))
+    # only the serving fork: its playbook declares no key sites
+    text = cfg.read_text()
+    start = text.index("[repos.tensorflow]")
+    end = text.index("[repos.serving]")
+    cfg.write_text(text[:start] + text[end:])
+    r = cli("set-key")
+    assert r.code == 0, r.err
+    assert "libcryptfile.so" in r.out and "forkops cryptlib build" in r.out
+    assert all(guard.installed(ws / "serving").values())
