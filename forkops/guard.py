@@ -147,7 +147,7 @@ class Finding:
             return f"blob {self.object[:12]} {self.path or '(reached only from a tag)'}: {secret}"
         return f"staged {self.path}: {secret}"
 
-    def as_json(self) -> dict[str, object]:
+    def as_json(self) -> dict[str, str | None]:
         return {"commit": self.commit, "path": self.path, "what": self.what, "fingerprint": self.fingerprint,
                 "form": self.form, "kind": self.kind, "object": self.object}
 

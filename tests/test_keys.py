@@ -96,7 +96,6 @@ def test_c_decoding_follows_c_rules() -> None:
 def test_set_key_writes_every_site_and_check_passes(ws: Path) -> None:
     tf = ws / "tensorflow"
     before = {p: (tf / p).read_bytes() for p in SITE_FILES}
-    modes = {p: stat.S_IMODE((tf / p).stat().st_mode) for p in SITE_FILES}
     r = cli("set-key")
     assert r.code == 0, r.err
     fp = keyfile.fingerprint(KEY)
