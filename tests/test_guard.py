@@ -384,3 +384,22 @@ def test_set_key_without_key_sites_installs_the_guard_and_says_where_the_key_goe
     assert r.code == 0, r.err
     assert "libcryptfile.so" in r.out and "forkops cryptlib build" in r.out
     assert all(guard.installed(ws / "serving").values())
+
+
+def test_scan_of_a_10000_commit_history_shows_progress_and_finds_a_tag_only_blob(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.bighistory import generate
+
+    repo = tmp_path / "big"
+    generate(repo, files=300, commits=10_000, lines=10)
+    keys_file = write_keys(tmp_path / "keys.toml")
+    blob = subprocess.run(["git", "-C", str(repo), "hash-object", "-w", "--stdin"],
+                          input=b"x = {" + b", ".join(b"%d" % b for b in KEY) + b"}\n",
+                          capture_output=True, check=True).stdout.decode().strip()
+    git(repo, "tag", "-a", "only-a-tag", "-m", "nothing else reaches this blob", blob)
+    monkeypatch.chdir(repo)
+    r = cli("guard", "scan", "--keys", str(keys_file), "--", "--all")
+    assert r.code == 1, r.err
+    assert "10001 commit(s)" in r.out and f"blob {blob[:12]}" in r.out and "C byte array" in r.out
+    assert "guard scan: big: 5000 object(s)" in r.err  # progress on a long scan
+    assert cli("guard", "scan", "--keys", str(keys_file), "--", "--branches").code == 0
