@@ -12,12 +12,26 @@ from pathlib import Path
 _WORDS = ("tensor", "shape", "status", "kernel", "device", "buffer", "graph", "session", "proto", "alloc")
 
 
+_LINES = (
+    "  OP_REQUIRES_OK(ctx, ctx->input(\"{w}\", &{w}_in));",
+    "  const Tensor& {w} = ctx->input({n});",
+    "  if (!{w}.IsInitialized()) return errors::InvalidArgument(\"{w} is not ready\");",
+    "  auto {w}_flat = {w}.flat<float>();  // see {W}Op::Compute",
+    "  for (int64_t i = 0; i < {w}_flat.size(); ++i) {w}_flat(i) *= scale_;",
+    "  VLOG(2) << \"{w}: \" << {w}.DebugString();",
+    "  std::vector<{W}Handle> {w}_handles;",
+    "  TF_RETURN_IF_ERROR({W}Util::Validate({w}, /*strict=*/true));",
+)
+
+
 def _file(rng: random.Random, i: int, lines: int) -> list[str]:
-    out = [f"// generated file {i}", "#include <cstdint>", f"namespace gen{i % 97} {{"]
+    """C++ shaped like TensorFlow kernels (digits about as rare as in real source)."""
+    out = [f"// Copyright 2024 The Authors. file {i}", "#include \"tensorflow/core/framework/op_kernel.h\"",
+           "namespace tensorflow {"]
     for n in range(lines):
         w = rng.choice(_WORDS)
-        out.append(f"static const int64_t k{w.title()}{n} = {rng.randrange(1 << 20)};  // {w} {n}, 0x{n:02x}")
-    return [*out, "}  // namespace", ""]
+        out.append(rng.choice(_LINES).format(w=w, W=w.title(), n=n % 4))
+    return [*out, "}  // namespace tensorflow", ""]
 
 
 def generate(path: Path, *, files: int, commits: int, lines: int = 40, seed: int = 1) -> None:
@@ -44,7 +58,7 @@ def generate(path: Path, *, files: int, commits: int, lines: int = 40, seed: int
     for n in range(1, commits + 1):
         name = names[rng.randrange(len(names))]
         body = contents[name]
-        body[3 + rng.randrange(lines)] = f"static const int64_t kRev{n} = {n};  // change {n}"
+        body[3 + rng.randrange(lines)] = f"  // revision {n}: {rng.choice(_WORDS)} handling changed"
         w(b"commit refs/heads/master\n")
         w(b"committer Gen <gen@example.com> %d +0000\n" % (when + n))
         data(f"change {n}: {rng.choice(_WORDS)} in {name}")

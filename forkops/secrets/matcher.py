@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from forkops.secrets.encodings import Spelling, ci_hex, registry
+from forkops.secrets.encodings import Spelling, ci_text, literal_cases, registry, starts
 
 if TYPE_CHECKING:
     from forkops.keyfile import KeyMaterial
@@ -50,8 +50,10 @@ def _fingerprint(secret: bytes) -> str:
     return hashlib.sha256(secret).hexdigest()[:8]
 
 
-def _hex(secret: bytes) -> Spelling:
-    return Spelling("hex", rb"\s*".join(ci_hex(n) for b in secret for n in (b >> 4, b & 15)))
+def _hex(secret: bytes) -> list[Spelling]:
+    digits = secret.hex()
+    rest = b"".join(rb"\s*" + ci_text(d) for d in digits[1:])
+    return starts("hex", literal_cases(digits[0]), rest)
 
 
 def _base64(secret: bytes) -> list[Spelling]:
@@ -70,7 +72,7 @@ def _base64(secret: bytes) -> list[Spelling]:
 
 def spellings(secret: bytes) -> list[Spelling]:
     """Every spelling family of ``secret``, the raw text first (it names the form best)."""
-    found = [Spelling("text", re.escape(secret)), _hex(secret)]
+    found = [Spelling("text", re.escape(secret)), *_hex(secret)]
     for enc in registry().values():
         found += enc.spellings(secret)
     found += _base64(secret)
@@ -83,6 +85,14 @@ def spellings(secret: bytes) -> list[Spelling]:
 _WORD = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
 
 
+def _after_word(data: bytes, start: int) -> bool:
+    """A word character precedes ``start``, leading zeros of the same number aside."""
+    i = start - 1
+    while i >= 0 and data[i] == 0x30:
+        i -= 1
+    return i >= 0 and data[i] in _WORD
+
+
 class _Form(NamedTuple):
     form: str
     regex: re.Pattern[bytes]
@@ -91,7 +101,7 @@ class _Form(NamedTuple):
     def finditer(self, data: bytes) -> Iterator[tuple[int, int]]:
         pos = 0
         while (m := self.regex.search(data, pos)) is not None:
-            if self.word_start and m.start() > 0 and data[m.start() - 1] in _WORD:
+            if self.word_start and _after_word(data, m.start()):
                 pos = m.start() + 1
                 continue
             yield m.span()

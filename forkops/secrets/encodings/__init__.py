@@ -56,6 +56,25 @@ def get(name: str) -> Encoding:
 WS_OR_COMMENT = rb"(?:\s|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/|//[^\n]*)"
 
 
+def starts(form: str, firsts: list[bytes], rest: bytes, *, word_start: bool = False) -> list[Spelling]:
+    """One spelling per way of writing the first element, each starting with a literal (no
+    class, no repeat): ``re`` then finds candidates with its fast literal search, ten times
+    faster than trying a class or an alternation at every offset."""
+    return [Spelling(form, first + rest, word_start) for first in firsts]
+
+
+def literal_cases(digits: str) -> list[bytes]:
+    """``digits`` with its first character in each case (the rest as a case-free regex)."""
+    head, tail = digits[0], digits[1:]
+    heads = sorted({head.lower(), head.upper()})
+    return [h.encode() + ci_text(tail) for h in heads]
+
+
+def ci_text(text: str) -> bytes:
+    return b"".join(b"[" + c.lower().encode() + c.upper().encode() + b"]" if c.isalpha() else c.encode()
+                    for c in text)
+
+
 def ci_hex(n: int) -> bytes:
     """``n`` in hex digits without leading zeros, each letter in either case, as a regex."""
     return b"".join(b"[" + c.lower().encode() + c.upper().encode() + b"]" if c.isalpha() else c.encode()

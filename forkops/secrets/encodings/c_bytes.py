@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from forkops.secrets.encodings import WS_OR_COMMENT, Spelling, ci_hex
+from forkops.secrets.encodings import WS_OR_COMMENT, Spelling, ci_hex, starts
 
 NAME = "c-bytes"
 
@@ -45,17 +45,22 @@ _SUFFIX = rb"(?:[uU][lL]{0,2}|[lL]{1,2}[uU]?)?(?![0-9A-Za-z_])"
 _SEP = WS_OR_COMMENT + rb"*," + WS_OR_COMMENT + rb"*"
 
 
-def element(b: int) -> bytes:
-    """One array element equal to ``b`` (hex, octal or decimal, any suffix), as a regex."""
-    # Every alternative starts with a literal byte: then `re` skips ahead to candidate bytes
-    # instead of trying the pattern at every offset (10x faster on source code).
-    alts = [rb"0[xX]0*" + ci_hex(b), b"00*" + (f"{b:o}".encode() if b else b"")]
+def alternatives(b: int) -> list[bytes]:
+    """One array element equal to ``b``, each way a regex starting with a literal: hex (any
+    case, leading zeros), octal (the literal starts at its last leading zero), decimal."""
+    alts = [rb"0x0*" + ci_hex(b), rb"0X0*" + ci_hex(b), b"0" + (f"{b:o}".encode() if b else b"")]
     if b:
         alts.append(str(b).encode())
-    return b"(?:" + b"|".join(alts) + b")" + _SUFFIX
+    return alts
+
+
+def element(b: int) -> bytes:
+    return b"(?:" + b"|".join(alternatives(b)) + b")" + _SUFFIX
 
 
 def spellings(secret: bytes) -> list[Spelling]:
-    # The matcher drops a hit preceded by a word character ("184, 121, ..." is not the array
-    # "84, 121, ..."): a lookbehind here would cost `re` its fast skip to candidate bytes.
-    return [Spelling("C byte array", _SEP.join(element(b) for b in secret), word_start=True)]
+    # The matcher drops a hit preceded by a word character other than a leading zero
+    # ("184, 121, ..." is not the array "84, 121, ..."): a lookbehind here would cost `re`
+    # its fast literal search.
+    rest = _SUFFIX + b"".join(_SEP + element(b) for b in secret[1:])
+    return starts("C byte array", alternatives(secret[0]), rest, word_start=True)

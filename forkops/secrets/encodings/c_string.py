@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import string
 
-from forkops.secrets.encodings import WS_OR_COMMENT, Spelling, ci_hex
+from forkops.secrets.encodings import WS_OR_COMMENT, Spelling, ci_hex, starts
 
 NAME = "c-string"
 
@@ -69,16 +69,22 @@ def decode(text: str) -> bytes:
     return bytes(out)
 
 
-def byte_spelling(b: int) -> bytes:
-    """Every way one byte can stand inside a C string literal, as a regex."""
-    alts = [rb"\\[xX]0*" + ci_hex(b)]
+def byte_alternatives(b: int) -> list[bytes]:
+    """Every way one byte can stand inside a C string literal, each a regex starting with a
+    literal: ``\\x``/``\\X`` escapes (any leading zeros, any case), octal escapes of 1-3
+    digits, a simple escape, the byte itself."""
+    alts = [rb"\\x0*" + ci_hex(b), rb"\\X0*" + ci_hex(b)]
     octal = f"{b:o}"
-    alts.append(rb"\\" + (b"0{0,%d}" % (3 - len(octal)) if len(octal) < 3 else b"") + octal.encode())
+    alts += [rb"\\" + b"0" * pad + octal.encode() for pad in range(4 - len(octal))]
     if b in _SIMPLE_OF:
         alts.append(re.escape(("\\" + _SIMPLE_OF[b]).encode()))
     if b not in (0x22, 0x5C):  # '"' and '\' never stand for themselves
         alts.append(re.escape(bytes([b])))
-    return b"(?:" + b"|".join(alts) + b")"
+    return alts
+
+
+def byte_spelling(b: int) -> bytes:
+    return b"(?:" + b"|".join(byte_alternatives(b)) + b")"
 
 
 # Between two bytes: the end of a literal and the start of the next (the compiler joins them),
@@ -87,4 +93,5 @@ JOIN = rb'(?:"' + WS_OR_COMMENT + rb'*"|\\\r?\n)*'
 
 
 def spellings(secret: bytes) -> list[Spelling]:
-    return [Spelling("C string escapes", JOIN.join(byte_spelling(b) for b in secret))]
+    rest = b"".join(JOIN + byte_spelling(b) for b in secret[1:])
+    return starts("C string escapes", byte_alternatives(secret[0]), rest)
