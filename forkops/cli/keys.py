@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from forkops.cli.common import console, err_console, print_json
+from forkops.cli.common import console, cwd, err_console, print_json
 
 if TYPE_CHECKING:
     from forkops.guard import HookInstall
@@ -53,7 +53,7 @@ def _find_workspace(*, required: bool) -> Workspace | None:
     from forkops.errors import BadInput
 
     try:
-        workspace.find()
+        workspace.find(cwd())
     except BadInput:
         if required:
             raise
@@ -85,7 +85,8 @@ def set_key(
     force: Annotated[bool, typer.Option(
         "--force", help="With --generate: replace an existing keys file.")] = False,
     cipher: Annotated[str, typer.Option(
-        "--cipher", help="With --generate: aes-128-cbc, aes-192-cbc or aes-256-cbc.")] = "aes-128-cbc",
+        "--cipher", metavar="CIPHER",
+        help="With --generate: aes-128-cbc, aes-192-cbc or aes-256-cbc.")] = "aes-128-cbc",
     check: Annotated[bool, typer.Option(
         "--check", help="Only verify that every site holds the key and IV (exit 1 if not).")] = False,
     clear: Annotated[bool, typer.Option(
@@ -318,7 +319,7 @@ def _guard_repos(repo: str | None) -> tuple[list[Path], Workspace | None]:
 
     if repo is not None:
         raise BadInput("--repo needs a forkops workspace")
-    here = Repo(Path.cwd())
+    here = Repo(cwd())
     if not here.is_repo():
         raise BadInput("not in a forkops workspace or a git repository")
     return [Path(here.run("rev-parse", "--show-toplevel").strip())], None
