@@ -25,9 +25,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from forkops import guard
 from forkops.errors import BadInput, ConfigError, NeedsPerson
 from forkops.git import Repo
-from forkops.keyfile import KeyMaterial, fingerprint
+from forkops.keyfile import DEFAULT_IV, KeyMaterial, fingerprint
 from forkops.playbook import KeySite, Playbook
 from forkops.secrets import encodings
 from forkops.secrets.encodings import Unencodable
@@ -336,3 +337,134 @@ def relpath(path: Path, start: Path) -> str:
         return os.path.relpath(path, start) if path.is_relative_to(start) else str(path)
     except ValueError:
         return str(path)
+
+
+# -- set-key, --check, --clear (the engine under `forkops set-key`) ---------------------------------
+WHERE_THE_KEY_GOES = ("no playbook of this workspace has key sites: the key is compiled into libcryptfile.so "
+                      "instead, by `forkops cryptlib build --keys FILE -o libcryptfile.so` or by `forkops build`")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One fork clone of the workspace and its playbook."""
+
+    name: str
+    path: Path
+    playbook: Playbook
+
+
+@dataclass(frozen=True)
+class RepoSite:
+    repo: str
+    site: SiteResult
+
+    def as_json(self) -> dict[str, object]:
+        return {"repo": self.repo, **self.site.as_json()}
+
+
+@dataclass(frozen=True)
+class RepoHook:
+    repo: str
+    hook: guard.HookInstall
+
+    def as_json(self) -> dict[str, object]:
+        return {"repo": self.repo, **self.hook.as_json()}
+
+
+@dataclass(frozen=True)
+class SetKeyResult:
+    """What ``set-key`` did. ``disagree`` non-empty means a person must look (exit 1)."""
+
+    key_fingerprint: str
+    iv_fingerprint: str
+    sites: tuple[RepoSite, ...]
+    disagree: tuple[RepoSite, ...]
+    hooks: tuple[RepoHook, ...]
+    note: str | None = None  # where the key goes when no playbook has key sites
+
+    def as_json(self) -> dict[str, object]:
+        return {"key_fingerprint": self.key_fingerprint, "iv_fingerprint": self.iv_fingerprint,
+                "note": self.note, "sites": [s.as_json() for s in self.sites],
+                "disagree": [s.as_json() for s in self.disagree], "guard": [h.as_json() for h in self.hooks]}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    key_fingerprint: str
+    iv_fingerprint: str
+    sites: tuple[RepoSite, ...]
+    disagree: tuple[RepoSite, ...]
+    guard_missing: tuple[str, ...]  # "REPO HOOK"
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.sites) and not self.disagree
+
+    def as_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "key_fingerprint": self.key_fingerprint, "iv_fingerprint": self.iv_fingerprint,
+                "sites": [s.as_json() for s in self.sites], "disagree": [s.as_json() for s in self.disagree],
+                "guard_missing": list(self.guard_missing)}
+
+
+@dataclass(frozen=True)
+class ClearResult:
+    sites: tuple[RepoSite, ...]
+    still_secret: tuple[RepoSite, ...]  # HEAD itself holds the key there (committed earlier)
+    removed_temp_files: tuple[str, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {"sites": [s.as_json() for s in self.sites], "still_secret": [s.as_json() for s in self.still_secret],
+                "removed_temp_files": list(self.removed_temp_files)}
+
+
+def _rows(target: Target, results: Iterable[SiteResult]) -> list[RepoSite]:
+    return [RepoSite(target.name, r) for r in results]
+
+
+def set_key(targets: list[Target], material: KeyMaterial, keys_path: Path) -> SetKeyResult:
+    """Write the key and IV into every key site of every target and install the guard.
+
+    All or nothing before the first write: every site must be able to hold the values and
+    every hooks folder must accept forkops' hooks (BadInput otherwise). With no key sites in
+    any playbook the guard is still installed and ``note`` says where the key goes instead.
+    NeedsPerson if playbooks declare sites but no clone has one (not on a fork branch)."""
+    plans = [plan_sites(t.path, t.playbook, material) for t in targets]
+    for t in targets:
+        guard.check_installable(t.path)
+    fps = (material.key_fingerprint, material.iv_fingerprint)
+    if not any(t.playbook.key_sites for t in targets):
+        hooks = [RepoHook(t.name, h) for t in targets for h in guard.install_hooks(t.path, keys_path)]
+        return SetKeyResult(*fps, (), (), tuple(hooks), WHERE_THE_KEY_GOES)
+    if not any(p.instances for p in plans):
+        raise NeedsPerson("no key site found in any repository "
+                          f"({', '.join(t.name for t in targets)}): are the clones on a fork branch?")
+    sites: list[RepoSite] = []
+    for t, plan in zip(targets, plans, strict=True):
+        plan.apply()
+        sites += _rows(t, read_sites(t.path, t.playbook))
+    want = expected_fingerprints(material)
+    bad = tuple(s for s in sites if s.site.fingerprint != want[s.site.value])
+    hooks = [RepoHook(t.name, h) for t in targets for h in guard.install_hooks(t.path, keys_path)]
+    return SetKeyResult(*fps, tuple(sites), bad, tuple(hooks))
+
+
+def check(targets: list[Target], material: KeyMaterial) -> CheckResult:
+    """Read every key site and compare it with the keys file; which guard hooks are missing."""
+    sites = [row for t in targets for row in _rows(t, read_sites(t.path, t.playbook))]
+    want = expected_fingerprints(material)
+    bad = tuple(s for s in sites if s.site.fingerprint != want[s.site.value])
+    missing = tuple(f"{t.name} {hook}" for t in targets for hook, ok in guard.installed(t.path).items() if not ok)
+    return CheckResult(material.key_fingerprint, material.iv_fingerprint, tuple(sites), bad, missing)
+
+
+def clear(targets: list[Target], material: KeyMaterial | None) -> ClearResult:
+    """Put HEAD's values back into every key site (and remove stale temp files); with the key
+    known, say which sites HEAD itself holds the key in (a commit made with --no-verify)."""
+    removed = [f"{t.name}:{p}" for t in targets for p in remove_stale_temp_files(t.path, t.playbook)]
+    sites = [row for t in targets for row in _rows(t, clear_sites(t.path, t.playbook))]
+    still: list[RepoSite] = []
+    if material is not None:
+        want = expected_fingerprints(material)
+        still = [s for s in sites if s.site.fingerprint == want[s.site.value]
+                 and (s.site.value == "key" or material.iv != DEFAULT_IV)]
+    return ClearResult(tuple(sites), tuple(still), tuple(removed))
