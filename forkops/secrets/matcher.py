@@ -52,7 +52,7 @@ def _fingerprint(secret: bytes) -> str:
 
 def _hex(secret: bytes) -> list[Spelling]:
     digits = secret.hex()
-    rest = b"".join(rb"\s*" + ci_text(d) for d in digits[1:])
+    rest = [rb"\s*" + ci_text(d) for d in digits[1:]]
     return starts("hex", literal_cases(digits[0]), rest)
 
 
@@ -93,14 +93,25 @@ def _after_word(data: bytes, start: int) -> bool:
     return i >= 0 and data[i] in _WORD
 
 
-class _Form(NamedTuple):
-    form: str
-    regex: re.Pattern[bytes]
-    word_start: bool
+class _Form:
+    """One spelling family, compiled lazily: most data never matches its short ``head``
+    regex, and then the long full one (the bulk of a hook's start-up) is never compiled."""
+
+    def __init__(self, spelling: Spelling) -> None:
+        self.form = spelling.form
+        self.word_start = spelling.word_start
+        self._pattern = spelling.pattern
+        self._head = re.compile(spelling.head) if spelling.head else None
+        self._full: re.Pattern[bytes] | None = None if spelling.head else re.compile(spelling.pattern)
 
     def finditer(self, data: bytes) -> Iterator[tuple[int, int]]:
+        if self._full is None:
+            assert self._head is not None
+            if self._head.search(data) is None:
+                return
+            self._full = re.compile(self._pattern)
         pos = 0
-        while (m := self.regex.search(data, pos)) is not None:
+        while (m := self._full.search(data, pos)) is not None:
             if self.word_start and _after_word(data, m.start()):
                 pos = m.start() + 1
                 continue
@@ -119,7 +130,7 @@ def _compile(what: str, secret: bytes) -> _Secret:
     # One regex per spelling family, each starting with a literal byte or a byte class, so
     # `re` skips to candidate offsets in C (one alternation of all of them would try every
     # offset and is ten times slower).
-    forms = tuple(_Form(s.form, re.compile(s.pattern), s.word_start) for s in spellings(secret))
+    forms = tuple(_Form(s) for s in spellings(secret))
     return _Secret(what, _fingerprint(secret), secret, forms)
 
 

@@ -62,5 +62,5 @@ def spellings(secret: bytes) -> list[Spelling]:
     # The matcher drops a hit preceded by a word character other than a leading zero
     # ("184, 121, ..." is not the array "84, 121, ..."): a lookbehind here would cost `re`
     # its fast literal search.
-    rest = _SUFFIX + b"".join(_SEP + element(b) for b in secret[1:])
+    rest = [_SUFFIX + _SEP + element(secret[1])] + [_SEP + element(b) for b in secret[2:]]
     return starts("C byte array", alternatives(secret[0]), rest, word_start=True)

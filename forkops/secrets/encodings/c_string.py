@@ -93,5 +93,5 @@ JOIN = rb'(?:"' + WS_OR_COMMENT + rb'*"|\\\r?\n)*'
 
 
 def spellings(secret: bytes) -> list[Spelling]:
-    rest = b"".join(JOIN + byte_spelling(b) for b in secret[1:])
+    rest = [JOIN + byte_spelling(b) for b in secret[1:]]
     return starts("C string escapes", byte_alternatives(secret[0]), rest)
