@@ -1,7 +1,7 @@
 """The commit/push guard (SPEC section 6): the key never reaches a commit or a push.
 
-``forkops guard install`` (and ``forkops set-key``) installs ``pre-commit``, ``commit-msg`` and
-``pre-push`` hooks in every fork clone. Each runs ``<the installing python> -S -P -m
+``forkops guard install`` (and ``forkops set-key``) installs ``commit-msg`` and ``pre-push``
+hooks in every fork clone. Each runs ``<the installing python> -S -P -m
 forkops.guard HOOK --keys PATH``: no site-packages, no typer, rich or GitPython, so a commit
 pays little more than the interpreter's start; the hook knows only the keys file's *path* and
 reads the key itself, so the key is never on a command line. When that interpreter is gone
@@ -12,9 +12,10 @@ key-site reader decodes, hex, base64; the IV only when it is not the public defa
 
 What is scanned:
 
-* ``pre-commit``: the staged blob of every added or modified path (``$GIT_INDEX_FILE``
-  honoured, so ``git commit -a`` and ``git commit PATH`` are covered);
-* ``commit-msg``: the message (up to git's scissors line of ``commit -v``);
+* ``commit-msg`` (it runs for every ``git commit`` and merge commit not made with
+  ``--no-verify``, once the message is known, before the commit exists): the staged blob of
+  every added or modified path (``$GIT_INDEX_FILE`` honoured, so ``git commit -a`` and
+  ``git commit PATH`` are covered) and the message (up to git's scissors line of ``commit -v``);
 * ``pre-push`` and ``guard scan``: every object the push adds, ``git rev-list --objects`` of
   the pushed refs minus what the remote's refs reach: commits (their whole text, message
   included), annotated tags (their message; a tag of a blob or a tree too) and blobs, all
@@ -58,7 +59,10 @@ if TYPE_CHECKING:
     from forkops.keyfile import KeyMaterial
     from forkops.playbook import Playbook
 
-HOOKS = ("pre-commit", "commit-msg", "pre-push")
+# commit-msg scans the staged files and the message in one process: a second Python start-up
+# per commit (a pre-commit hook) would double the guard's cost on every commit.
+HOOKS = ("commit-msg", "pre-push")
+RETIRED_HOOKS = ("pre-commit",)  # installed by earlier versions; removed on install
 MARKER = "# forkops-guard:"
 CHAINED_SUFFIX = ".forkops-chained"
 PRIVATE_HOOKS = "forkops-hooks"  # under the git dir, when core.hooksPath is a tracked folder
@@ -648,6 +652,8 @@ def install_hooks(repo_path: Path, keys_path: Path, *, python: str | None = None
         directory = (directory if directory.is_absolute() else repo.path / directory) / PRIVATE_HOOKS
     directory.mkdir(parents=True, exist_ok=True)
     package_root = Path(forkops.__file__).resolve().parent.parent
+    for hook in RETIRED_HOOKS:
+        _retire(directory, hook)
     results = []
     for hook in HOOKS:
         path = directory / hook
@@ -669,6 +675,17 @@ def install_hooks(repo_path: Path, keys_path: Path, *, python: str | None = None
         results.append(HookInstall(hook, path, action,
                                    chained if chained.exists() or chained.is_symlink() else None))
     return results
+
+
+def _retire(directory: Path, hook: str) -> None:
+    """Remove forkops' own ``hook`` (an earlier version's), putting back the hook it chained."""
+    path, chained = directory / hook, directory / f"{hook}{CHAINED_SUFFIX}"
+    if not is_ours(path):
+        return
+    if chained.exists() or chained.is_symlink():
+        os.replace(chained, path)
+    else:
+        path.unlink()
 
 
 def installed(repo_path: Path) -> dict[str, bool]:
@@ -715,6 +732,10 @@ def run_hook(hook: str, keys_path: Path, args: list[str], stdin: IO[str]) -> int
         if not args:
             _say("commit-msg: git passed no message file, so it refuses")
             return 2
+        findings = scan_staged(repo, matcher, index_file=os.environ.get("GIT_INDEX_FILE"))
+        if findings:
+            return _refuse("commit", findings, "unstage it (`git restore --staged PATH`) or put the committed "
+                           "values back (`forkops set-key --clear`), then commit again")
         findings = scan_message(Path(args[0]), matcher)
         return _refuse("commit", findings, "write the message without it") if findings else 0
     if hook == "pre-push":

@@ -213,17 +213,17 @@ def test_existing_hooks_are_chained_and_still_block(ws: Path) -> None:
     tf = ws / "tensorflow"
     hooks = tf / ".git" / "hooks"
     marker = tf.parent / "legacy-ran"
-    (hooks / "pre-commit").write_text(f'#!/bin/sh\necho ran >> "{marker}"\nexit "$(cat {tf.parent}/legacy-rc)"\n')
-    (hooks / "pre-commit").chmod(0o755)
+    (hooks / "commit-msg").write_text(f'#!/bin/sh\necho ran >> "{marker}"\nexit "$(cat {tf.parent}/legacy-rc)"\n')
+    (hooks / "commit-msg").chmod(0o755)
     (hooks / "pre-push").write_text(f'#!/bin/sh\ncat > "{tf.parent}/push-stdin"\n')
     (hooks / "pre-push").chmod(0o755)
     (tf.parent / "legacy-rc").write_text("0")
-    legacy = (hooks / "pre-commit").read_text()
+    legacy = (hooks / "commit-msg").read_text()
 
     assert cli("set-key").code == 0
     assert cli("set-key").code == 0  # re-install is idempotent: the chained hook is not clobbered
-    assert (hooks / "pre-commit.forkops-chained").read_text() == legacy
-    assert guard.is_ours(hooks / "pre-commit") and all(guard.installed(tf).values())
+    assert (hooks / "commit-msg.forkops-chained").read_text() == legacy
+    assert guard.is_ours(hooks / "commit-msg") and all(guard.installed(tf).values())
 
     clean_change(tf)
     git(tf, "commit", "-m", "clean")
@@ -243,7 +243,7 @@ def test_hooks_honour_core_hookspath_and_work_without_a_shell_environment(ws: Pa
     tf = ws / "tensorflow"
     git(tf, "config", "core.hooksPath", "myhooks")
     assert cli("set-key", "--repo", "tensorflow").code == 0
-    assert guard.is_ours(tf / "myhooks" / "pre-commit")
+    assert guard.is_ours(tf / "myhooks" / "commit-msg")
     git(tf, "add", ".bazelrc")
     # A minimal environment (no PATH to a venv, no PYTHONPATH): the hook names its python itself.
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ["HOME"], "GIT_CONFIG_NOSYSTEM": "1",
@@ -269,11 +269,20 @@ def test_hook_fails_closed_without_a_usable_keys_file(ws: Path) -> None:
 
 def test_hook_refuses_when_another_hook_is_in_the_way(ws: Path) -> None:
     hooks = ws / "tensorflow" / ".git" / "hooks"
-    for name in ("pre-commit", "pre-commit.forkops-chained"):
+    for name in ("commit-msg", "commit-msg.forkops-chained"):
         (hooks / name).write_text("#!/bin/sh\nexit 0\n")
     r = cli("set-key")
-    assert r.code == 2 and "pre-commit.forkops-chained is taken" in r.err
-    assert (hooks / "pre-commit").read_text() == "#!/bin/sh\nexit 0\n"
+    assert r.code == 2 and "commit-msg.forkops-chained is taken" in r.err
+    assert (hooks / "commit-msg").read_text() == "#!/bin/sh\nexit 0\n"
+
+
+def test_an_earlier_versions_pre_commit_hook_is_retired_and_its_chained_hook_restored(ws: Path) -> None:
+    hooks = ws / "tensorflow" / ".git" / "hooks"
+    (hooks / "pre-commit").write_text(f"#!/bin/sh\n{guard.MARKER} an earlier install\nexit 0\n")
+    (hooks / "pre-commit.forkops-chained").write_text("#!/bin/sh\necho the user's own hook\n")
+    assert cli("guard", "install").code == 0
+    assert (hooks / "pre-commit").read_text() == "#!/bin/sh\necho the user's own hook\n"
+    assert not (hooks / "pre-commit.forkops-chained").exists()
 
 
 def test_scan_rejects_bad_ranges(ws: Path) -> None:
@@ -336,7 +345,7 @@ def test_hooks_do_not_import_typer_rich_or_gitpython(ws: Path) -> None:
     tf = ws / "tensorflow"
     assert cli("guard", "install").code == 0
     clean_change(tf)
-    probe = ("import sys, runpy; sys.argv=['x', 'pre-commit', '--keys', %r];"
+    probe = ("import sys; sys.argv=['x', 'pre-commit', '--keys', %r];"
              "import forkops.guard as g; code = g.main(sys.argv[1:]);"
              "print(sorted(m for m in ('typer', 'rich', 'git') if m in sys.modules)); sys.exit(code)")
     proc = subprocess.run([sys.executable, "-S", "-P", "-c", probe % str(ws / "keys.toml")], cwd=tf,
@@ -350,8 +359,8 @@ def test_a_tracked_hooks_folder_is_not_written_and_chaining_is_explained(ws: Pat
     tf = ws / "tensorflow"
     shared = tf / ".husky"
     shared.mkdir()
-    (shared / "pre-commit").write_text("#!/bin/sh\nexit 0\n")
-    (shared / "pre-commit").chmod(0o755)
+    (shared / "commit-msg").write_text("#!/bin/sh\nexit 0\n")
+    (shared / "commit-msg").chmod(0o755)
     git(tf, "add", ".husky")
     git(tf, "commit", "-q", "-m", "shared hooks")
     git(tf, "config", "core.hooksPath", ".husky")
@@ -359,7 +368,7 @@ def test_a_tracked_hooks_folder_is_not_written_and_chaining_is_explained(ws: Pat
     r = cli("set-key")
     assert r.code == 2 and "core.hooksPath" in r.err and "forkops-hooks" in r.err
     assert (tf / ".bazelrc").read_text() == before  # nothing written
-    assert not guard.is_ours(shared / "pre-commit")
+    assert not guard.is_ours(shared / "commit-msg")
     for hook in guard.HOOKS:
         line = guard.chain_line(hook)
         path = shared / hook
