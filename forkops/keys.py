@@ -31,7 +31,7 @@ from forkops.git import Repo
 from forkops.keyfile import DEFAULT_IV, KeyMaterial, fingerprint
 from forkops.playbook import KeySite, Playbook
 from forkops.secrets import encodings
-from forkops.secrets.encodings import Unencodable
+from forkops.secrets.encodings import Unencodable as Unencodable  # re-exported: build.py catches it
 
 # Read files as UTF-8 with surrogateescape so any byte round-trips unchanged.
 _ENC, _ERRORS = "utf-8", "surrogateescape"

@@ -119,3 +119,21 @@ def test_stream_redactor_masks_a_key_split_across_lines() -> None:
     assert m.find(joined) == [] and m.find(joined.replace(b"\n", b"")) == []
     assert out[1] == f"flag=<key {fp}>\n".encode() and out[2] == b" done\n"
     assert len(out) == len(lines) + len(arr) + 1
+
+
+def test_mask_secrets_masks_site_values_and_a_key_a_diff_splits() -> None:
+    from forkops import playbook
+    from forkops.secrets import MASKED_SITE, mask_secrets
+
+    pb = playbook.load("tensorflow")
+    mat = keyfile.KeyMaterial("aes-128-cbc", KEY, b"7" * 16)
+    arr = ", ".join(f"0x{b:02x}" for b in KEY)
+    diff = f"-byte key[16] = {{{arr}}};\n+byte key[16] = {{0x00}};\n"
+    out = mask_secrets(diff, pb, mat)
+    assert MASKED_SITE in out and matcher().find(out.encode()) == []
+    split = "+  // " + KEY.hex()[:12] + "\n+" + KEY.hex()[12:] + "\n"  # a key a diff wraps over two lines
+    out = mask_secrets(split, pb, mat)
+    assert matcher().find(out.encode()) == []
+    plain = "".join(line[1:] for line in out.splitlines(keepends=True))
+    assert matcher().find(plain.encode()) == []
+    assert mask_secrets("nothing secret\n", pb, mat) == "nothing secret\n"
