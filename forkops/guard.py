@@ -358,7 +358,9 @@ def scan_staged(repo: Repo, matcher: _SecretsMatcher, *, index_file: str | None 
     where: dict[str, str] = {}
     for path, sha in _raw_entries(out.split("\0")):
         where.setdefault(sha, path)
-    findings = []
+    findings: list[Finding] = []
+    if not where:
+        return findings
     for sha, _kind, data in _cat_file(repo, list(where)):
         for what, form in matcher.find(data):
             fp = next(s.fingerprint for s in matcher.secrets if s.what == what)
