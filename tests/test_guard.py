@@ -412,3 +412,23 @@ def test_scan_of_a_10000_commit_history_shows_progress_and_finds_a_tag_only_blob
     assert "10001 commit(s)" in r.out and f"blob {blob[:12]}" in r.out and "C byte array" in r.out
     assert "guard scan: big: 5000 object(s)" in r.err  # progress on a long scan
     assert cli("guard", "scan", "--keys", str(keys_file), "--", "--branches").code == 0
+
+
+def test_push_without_tracking_refs_reads_only_what_the_remote_lacks(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    for ref in git(tf, "for-each-ref", "--format=%(refname)", "refs/remotes/").stdout.split():
+        git(tf, "update-ref", "-d", ref)  # a clone that never fetched: git ls-remote still knows
+    clean_change(tf)
+    git(tf, "commit", "-q", "-m", "one new commit")
+    assert checked(git(tf, "push", "origin", "HEAD:refs/heads/first-push")) == 1
+
+
+def test_a_file_named_after_the_key_is_found(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    (tf / f"notes-{KEY.hex()}.txt").write_text("harmless content\n")
+    git(tf, "add", ".")
+    git(tf, "commit", "-q", "--no-verify", "-m", "a name")
+    matcher = guard.Matcher(keyfile.load(ws / "keys.toml"))
+    result = guard.scan_objects(Repo(tf), ["HEAD~1..HEAD"], matcher)
+    assert [(f.kind, f.form) for f in result.findings] == [("path", "hex")]
