@@ -432,3 +432,20 @@ def test_a_file_named_after_the_key_is_found(ws: Path) -> None:
     matcher = guard.Matcher(keyfile.load(ws / "keys.toml"))
     result = guard.scan_objects(Repo(tf), ["HEAD~1..HEAD"], matcher)
     assert [(f.kind, f.form) for f in result.findings] == [("path", "hex")]
+
+
+def test_a_ref_straight_to_a_blob_and_a_large_file_are_scanned(ws: Path, sandbox: Sandbox) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    blob = subprocess.run(["git", "-C", str(tf), "hash-object", "-w", "--stdin"], input=KEY.hex().encode(),
+                          capture_output=True, check=True).stdout.decode().strip()
+    proc = git(tf, "push", "origin", f"{blob}:refs/tags/bare-blob", ok=False)
+    assert "refusing the push" in proc.stderr
+    assert Repo(sandbox.origin["tensorflow"]).rev_parse("refs/tags/bare-blob") is None
+    big = tf / "weights.bin"
+    big.write_bytes(os.urandom(3 << 20) + b"{" + b", ".join(b"%#x" % b for b in KEY) + b"}")
+    git(tf, "add", "weights.bin")
+    git(tf, "commit", "-q", "--no-verify", "-m", "large file")
+    matcher = guard.Matcher(keyfile.load(ws / "keys.toml"))
+    found = guard.scan_objects(Repo(tf), ["HEAD~1..HEAD"], matcher).findings
+    assert [(f.path, f.form) for f in found] == [("weights.bin", "C byte array")]
