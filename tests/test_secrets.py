@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import random
 
 import pytest
 
@@ -137,3 +138,41 @@ def test_mask_secrets_masks_site_values_and_a_key_a_diff_splits() -> None:
     plain = "".join(line[1:] for line in out.splitlines(keepends=True))
     assert matcher().find(plain.encode()) == []
     assert mask_secrets("nothing secret\n", pb, mat) == "nothing secret\n"
+
+
+def _random_c_string(rng: random.Random, secret: bytes) -> str:
+    parts: list[str] = []
+    prev = ""  # what the previous spelling ends with: an escape may swallow a following digit
+    for b in secret:
+        options = [f"\\{rng.choice('xX')}{'0' * rng.randrange(3)}{b:0{rng.choice((1, 2))}{rng.choice('xX')}}",
+                   f"\\{b:0{rng.randrange(len(f'{b:o}'), 4)}o}"]
+        c = chr(b)
+        raw_ok = 0x20 <= b < 0x7F and c not in '"\\?' and not (
+            (prev == "hex" and c in "0123456789abcdefABCDEF") or (prev == "oct" and c in "01234567"))
+        if raw_ok:
+            options.append(c)
+        pick = rng.choice(options)
+        prev = "raw" if pick == c else ("hex" if pick[1] in "xX" else ("oct" if len(pick) < 4 else "raw"))
+        parts.append(pick)
+    return '"' + "".join(parts) + '"'
+
+
+def _random_c_array(rng: random.Random, secret: bytes) -> str:
+    def element(b: int) -> str:
+        style = rng.randrange(4)
+        text = (f"0x{b:x}", f"0X{b:02X}", f"0{b:o}" if b else "0", str(b))[style]
+        return text + rng.choice(("", "u", "U"))
+
+    seps = (", ", ",\n    ", " /* pad */ ,", ",// note\n", ",\t")
+    return "{" + "".join(element(b) + (rng.choice(seps) if i < len(secret) - 1 else "")
+                         for i, b in enumerate(secret)) + rng.choice(("}", ",}", ", }"))
+
+
+def test_random_spellings_the_reader_decodes_are_all_found() -> None:
+    rng = random.Random(12)
+    for _ in range(60):
+        secret = bytes(rng.randrange(256) for _ in range(rng.choice((16, 24, 32))))
+        m = matcher(secret)
+        for name, text in (("c-string", _random_c_string(rng, secret)), ("c-bytes", _random_c_array(rng, secret))):
+            assert encodings.get(name).decode(text) == secret, text
+            assert m.find(b"x = " + text.encode() + b";"), text
