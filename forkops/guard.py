@@ -211,7 +211,7 @@ class _Batcher:
     together, and only when that finds something, matched one by one. A hit that a join
     would create across two objects is only a (harmless, rechecked) extra look."""
 
-    def __init__(self, matcher: _SecretsMatcher, report: Callable[[str, str, str, Hit], None]) -> None:
+    def __init__(self, matcher: _SecretsMatcher, report: Callable[[str, str, Hit], None]) -> None:
         self.matcher, self.report = matcher, report
         self.items: list[tuple[str, str, bytes]] = []
         self.size = 0
@@ -220,7 +220,7 @@ class _Batcher:
         if len(data) >= _BATCH_BYTES:
             hit = self.matcher.first(data)
             if hit is not None:
-                self.report(sha, kind, "", hit)
+                self.report(sha, kind, hit)
             return
         self.items.append((sha, kind, data))
         self.size += len(data)
@@ -233,7 +233,7 @@ class _Batcher:
             for sha, kind, data in items:
                 hit = self.matcher.first(data)
                 if hit is not None:
-                    self.report(sha, kind, "", hit)
+                    self.report(sha, kind, hit)
 
 
 def _rev_args(revs: list[str]) -> tuple[list[str], str]:
@@ -288,7 +288,7 @@ def scan_objects(repo: Repo, revs: list[str], matcher: _SecretsMatcher, *,
     found: list[Finding] = []
     hit_blobs: dict[str, Hit] = {}
 
-    def report(sha: str, kind: str, _path: str, hit: Hit) -> None:
+    def report(sha: str, kind: str, hit: Hit) -> None:
         if kind == "blob":
             hit_blobs[sha] = hit
         else:
