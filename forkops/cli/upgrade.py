@@ -87,7 +87,17 @@ def upgrade(
         opts = engine.Options(Version.parse(version), repo=repo, start=from_, base=base, branch=branch,
                               push=push or force_with_lease, force=force, force_with_lease=force_with_lease)
         clone_missing(ws, opts.repo)
-        outcome = engine.start(ws, opts, log=log)
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        # A TensorFlow tag fetch is hundreds of MiB: git's progress, parsed by GitPython, as a bar.
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
+                      console=err_console(), transient=True) as bar:
+            task = bar.add_task("fetching upstream", total=1.0, stage="", visible=False)
+
+            def progress(stage: str, fraction: float | None) -> None:
+                bar.update(task, completed=fraction or 0.0, stage=stage, visible=True)
+
+            outcome = engine.start(ws, opts, log=log, progress=progress)
     return _report(out, outcome, final=not abort)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from forkops.git import RebaseState, Repo, conflict_kind
+from forkops.git import RangeDiffLine, RebaseState, Repo, conflict_kind
 from forkops.upgrade import accounting, rebase
 from forkops.upgrade.state import Failure, FailureKind, Phase, RepoState, RunState, load_run, load_state
 from forkops.workspace import Workspace
@@ -243,11 +243,18 @@ def completion_report(repo: Repo, st: RepoState) -> Completion:
     rows = repo.range_diff(f"{st.base_sha}..{st.start_sha}", f"{st.onto_sha}..{st.branch_ref}")
     skipped = tuple(i.subject for i in repo.commit_infos(st.skipped))
     carried = len(st.picked) - len(st.dropped) - len(st.emptied) - len(st.skipped)
+    ours = [c["commit"] for c in (*st.reapplied, *st.pinned)]
+
+    def by_forkops(row: RangeDiffLine) -> bool:
+        return any(sha.startswith(row.new) for sha in ours)
+
+    # A fork commit whose resolution changed it beyond what range-diff pairs shows up as "only
+    # in the new range": it is a changed patch, not one forkops added.
     return Completion(
         st.repo, st.branch, st.onto, len(st.picked), carried,
         unchanged=tuple(r.subject for r in rows if r.mark == "="),
-        changed=tuple(r.subject for r in rows if r.mark == "!"),
-        added=tuple(r.subject for r in rows if r.mark == ">"),
+        changed=tuple(r.subject for r in rows if r.mark == "!" or (r.mark == ">" and not by_forkops(r))),
+        added=tuple(r.subject for r in rows if r.mark == ">" and by_forkops(r)),
         dropped=tuple(st.dropped), skipped=skipped, emptied=tuple(st.emptied))
 
 
