@@ -12,12 +12,16 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from forkops.drift import tree_changes
 from forkops.errors import GitError
 from forkops.git import Repo
 from forkops.playbook import Anchor, Playbook
 from forkops.version import Version
+
+if TYPE_CHECKING:
+    from forkops.keyfile import KeyMaterial
 
 
 @dataclass(frozen=True)
@@ -245,12 +249,13 @@ def retarget(repo: Repo, res: AnchorResult, *, base: str, start: str, live: str)
 
 
 def fork_changes(repo: Repo, pb: Playbook, anchor: Anchor, *, base: str, start: str,
-                 version: Version | None) -> tuple[ForkChange, ...]:
+                 version: Version | None, material: KeyMaterial | None = None) -> tuple[ForkChange, ...]:
     """The fork commits of ``base..start`` that changed the files where ``anchor`` holds at
     ``start`` (the change a failed anchor is missing), oldest first, each with its diff of
-    that file masked (``forkops.upgrade.mask_secrets``; cut at 4,000 characters after
-    masking, so a key site's value is never half shown)."""
-    from forkops.upgrade import mask_secrets
+    that file masked (``forkops.upgrade.masking.mask_secrets``, also every line holding the
+    key of ``material``; cut at 4,000 characters after masking, so a key site's value is never
+    half shown)."""
+    from forkops.upgrade.masking import mask_secrets
 
     at_start = check(repo, start, anchor, version)
     paths = list(at_start.patched_in)
@@ -261,7 +266,7 @@ def fork_changes(repo: Repo, pb: Playbook, anchor: Anchor, *, base: str, start: 
         sha, subject = row.split("\0", 1)
         for path in repo.lines("diff-tree", "-r", "--no-commit-id", "--name-only", sha, "--", *paths):
             diff = repo.run("show", "--format=", "--no-color", "--no-ext-diff", sha, "--", path)
-            out.append(ForkChange(sha, subject, path, mask_secrets(diff, pb, None)[:4000]))
+            out.append(ForkChange(sha, subject, path, mask_secrets(diff, pb, material)[:4000]))
     return tuple(out)
 
 
@@ -281,3 +286,31 @@ def with_reapply(repo: Repo, res: AnchorResult, anchor: Anchor, *, base: str, st
     return replace(res, ok=True, reapply_from=old,
                    detail=f"{anchor.symbol} now lives in {res.path}; `forkops upgrade` re-applies the patch "
                           f"from {old} there cleanly")
+
+
+def forget_dropping_resolutions(repo: Repo, anchor: Anchor) -> list[str]:
+    """Delete git's recorded resolutions (rerere's ``rr-cache``) that resolve a conflict in the
+    anchor's function by dropping the patch: the conflict (preimage) defines the symbol, the
+    recorded resolution (postimage) defines it without ``must_contain``. rerere would offer
+    that resolution again at the next upgrade; a person who took upstream's side once should
+    not be handed the same loss silently. Returns the entries removed (their ids)."""
+    import shutil
+
+    cache = Path(repo.run("rev-parse", "--git-path", "rr-cache").strip())
+    if not cache.is_absolute():
+        cache = repo.path / cache
+    if not cache.is_dir():
+        return []
+    must = re.compile(anchor.must_contain, re.MULTILINE)
+    removed = []
+    for entry in sorted(p for p in cache.iterdir() if p.is_dir()):
+        pre = entry / "preimage"
+        if not pre.is_file() or anchor.symbol not in pre.read_text("utf-8", "replace"):
+            continue
+        for post in entry.glob("postimage*"):
+            body = body_in(post.read_text("utf-8", "replace"), anchor)
+            if body is not None and not must.search(body):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+                break
+    return removed

@@ -18,6 +18,11 @@ already-applied patches (patch-id) only between ``<upstream>`` (= BASE) and STAR
 ancestor of START, so that set is always empty and nothing is skipped up front -- a patch that
 is already upstream shows up as *dropped*, just as in the real rebase.
 
+Beyond what git says: each stop's files carry the move git followed and the upstream commits
+behind the conflict (:func:`conflict_contexts`); each result its API drift (forkops.drift) and
+the anchors (forkops.anchors) on the predicted tree, a failed one naming the fork commits it
+misses. :meth:`Simulator._step` is the one place a replayed patch's outcome is decided.
+
 Invariants (what "nothing left behind" means):
 
 * no worktree, no index, no ref is touched; every object the simulation writes (merged blobs,

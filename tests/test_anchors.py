@@ -11,9 +11,10 @@ import pytest
 from forkops import anchors, playbook
 from forkops.git import Repo
 from forkops.sandbox import PLACEHOLDER_KEY, TF_CORE, TF_TSL, Generator, Sandbox, fork_env_cc, tf_env_cc
-from forkops.upgrade import MASKED
+from forkops.upgrade.masking import MASKED
 from forkops.version import Version
 from tests.clihelp import run_cli
+from tests.test_upgrade import cli, git, status_json
 
 
 def _bytes_of(data: bytes) -> str:
@@ -151,3 +152,70 @@ def test_reapply_conflict_gives_the_live_file_with_markers(tmp_path: Path) -> No
     assert f"<<<<<<< {TF_TSL}\n" in text and f">>>>>>> {TF_CORE} with the patches\n" in text
     assert "decryptCBC(encrypted, key" in text and "namespace tsl {" in text
     assert anchors.retarget(repo, res, base=base, start=start, live=live)[0] is None
+
+
+# ---------------------------------------------------------------------------------------
+# upgrade: anchors that help
+# ---------------------------------------------------------------------------------------
+def test_upgrade_notes_the_dead_copy_with_git_rm(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    res = cli(sandbox, "upgrade", "2.11.0", "--repo", "tensorflow", monkeypatch=monkeypatch)
+    assert res.code == 0, res.out + res.err
+    tf = sandbox.clone("tensorflow")
+    command = f"git -C {tf} rm {TF_CORE}"
+    assert command in res.out.replace("\n", "")  # at completion
+    data = status_json(sandbox, monkeypatch)
+    assert data["state"] == "done"
+    assert any(command in note and f"not the live definition ({TF_TSL})" in note for note in data["notes"])
+
+
+def test_upgrade_anchor_failure_helps(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tag_conflicting_move(sandbox)
+    tf = sandbox.clone("tensorflow")
+    res = cli(sandbox, "upgrade", "2.12.0", "--repo", "tensorflow", monkeypatch=monkeypatch)
+    assert res.code == 1, res.out + res.err
+    data = status_json(sandbox, monkeypatch)
+    assert data["state"] == "anchor-failed"
+    failure = data["failure"]
+    decrypt = git(tf, "log", "--format=%H", "--grep=Decrypt models in ReadBinaryProto", "v2.4.0..b2.4.0").split()
+    assert failure["fork_commits"] == [{"sha": decrypt[0], "subject": "Decrypt models in ReadBinaryProto"}]
+    assert "+Status decryptCBC(" in failure["change"] and MASKED in failure["change"]
+    assert _bytes_of(PLACEHOLDER_KEY) not in failure["change"] and _bytes_of(PLACEHOLDER_KEY) not in res.out
+    assert decrypt[0][:12] in res.out and "Decrypt models in ReadBinaryProto" in res.out
+    # the three-way merge result, conflict markers and all, is in the live file for the person
+    live = (tf / TF_TSL).read_text()
+    assert f"<<<<<<< {TF_TSL}" in live and "decryptCBC(encrypted, key" in live
+    assert f"merge result with conflict markers is in {TF_TSL}" in failure["message"]
+    assert git(tf, "status", "--porcelain", "--", TF_TSL).startswith(" M")  # written, not committed
+
+
+def test_rerere_forgets_a_resolution_that_dropped_the_patch(tmp_path: Path) -> None:
+    """A person resolved env.cc by taking upstream's side (the patch is gone); git's rerere
+    recorded it. forget_dropping_resolutions removes exactly that entry; the resolution of an
+    unrelated file stays."""
+    (anchor,) = playbook.load("tensorflow").anchors
+    path = tmp_path / "r"
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    subprocess.run(["git", "-C", str(path), "config", "rerere.enabled", "true"], check=True)
+    base = _commit(path, {TF_CORE: tf_env_cc("core"), "other.cc": _lines_text("base")}, "base")
+    subprocess.run(["git", "-C", str(path), "checkout", "-qb", "fork"], check=True)
+    _commit(path, {TF_CORE: fork_env_cc(tf_env_cc("core")), "other.cc": _lines_text("fork")}, "fork")
+    subprocess.run(["git", "-C", str(path), "checkout", "-qb", "up", base], check=True)
+    upstream = tf_env_cc("core").replace("  std::unique_ptr<RandomAccessFile> file;\n",
+                                         "  std::unique_ptr<RandomAccessFile> file = nullptr;  // upstream\n")
+    _commit(path, {TF_CORE: upstream, "other.cc": _lines_text("upstream")}, "upstream")
+    merge = subprocess.run(["git", "-C", str(path), "merge", "-q", "fork"], capture_output=True, check=False)
+    assert merge.returncode != 0
+    (path / TF_CORE).write_text(upstream)  # upstream's side: the decryption is gone
+    (path / "other.cc").write_text(_lines_text("resolved"))
+    _commit(path, {}, "merge, resolved")
+    cache = path / ".git" / "rr-cache"
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 2 and all((cache / e / "postimage").is_file() for e in entries)
+    removed = anchors.forget_dropping_resolutions(Repo(path), anchor)
+    assert len(removed) == 1 and sorted(p.name for p in cache.iterdir()) == sorted(set(entries) - set(removed))
+    assert not (cache / removed[0]).exists()
+    assert anchors.forget_dropping_resolutions(Repo(path), anchor) == []
+
+
+def _lines_text(tag: str) -> str:
+    return "".join(f"line {i}\n" for i in range(10)) + f"{tag}\n"

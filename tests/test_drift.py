@@ -14,6 +14,7 @@ from forkops.git import Repo
 from forkops.playbook import DriftSpec
 from forkops.sandbox import Generator, Sandbox
 from tests.clihelp import run_cli
+from tests.test_upgrade import cli, resolve_all, status_json
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -80,6 +81,13 @@ def test_nothing_drifts_in_the_default_sandbox(sandbox: Sandbox) -> None:
         run = run_cli("-C", str(sandbox.workspace), "check", "--repo", name, "--include-rc", "--json")
         results = json.loads(run.out)["results"]
         assert results and all(r["drift"] == [] for r in results), name
+
+
+def test_nothing_drifts_in_the_dlopen_shape(tmp_path: Path) -> None:
+    sb = sandbox.build(tmp_path / "sb", shape="dlopen", only="tensorflow")
+    run = run_cli("-C", str(sb.workspace), "check", "--repo", "tensorflow", "--include-rc", "--json")
+    results = json.loads(run.out)["results"]
+    assert results and all(r["drift"] == [] and r["status"] != "drift" for r in results)
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,3 +182,23 @@ def test_nightly_reports_drift(removed: Sandbox, tmp_path: Path) -> None:
     (repo,) = doc["repos"]
     assert {r["tag"] for r in repo["results"] if r["drift"]} == {"v2.18.0-rc0", "v2.18.0", "v2.19.0-rc0"}
     assert "drift: `tensorflow/core/platform/env.cc:" in (tmp_path / "report.md").read_text()
+
+
+def test_upgrade_plan_and_completion_show_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sb = sandbox.build(tmp_path / "sb", removed_api=True)
+    plan = cli(sb, "upgrade", "2.18.0", "--repo", "tensorflow", "--plan", "--json", monkeypatch=monkeypatch)
+    assert plan.code == 0, plan.err
+    (repo,) = json.loads(plan.out)["repos"]
+    assert [d["identifier"] for d in repo["drift"]] == [sandbox.REMOVED_API]
+    text = cli(sb, "upgrade", "2.18.0", "--repo", "tensorflow", "--plan", monkeypatch=monkeypatch)
+    assert "api drift" in text.out and sandbox.REMOVED_API in text.out
+    older = cli(sb, "upgrade", "2.11.0", "--repo", "tensorflow", "--plan", "--json", monkeypatch=monkeypatch)
+    assert json.loads(older.out)["repos"][0]["drift"] == []
+
+    assert cli(sb, "upgrade", "2.18.0", "--repo", "tensorflow", monkeypatch=monkeypatch).code == 1
+    resolve_all(sb.clone("tensorflow"), "tensorflow")
+    done = cli(sb, "upgrade", "--continue", monkeypatch=monkeypatch)
+    assert done.code == 0, done.out + done.err
+    assert f"api drift: {sandbox.TF_CORE}:" in done.out and sandbox.REMOVED_API in done.out
+    notes = status_json(sb, monkeypatch)["notes"]
+    assert any(n.startswith("api drift: ") and "v2.18.0 no longer has it" in n for n in notes)
