@@ -8,16 +8,25 @@ as ``file: key: problem`` in one ConfigError.
 from __future__ import annotations
 
 import re
+import signal
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Literal, cast
 
 from forkops.errors import BadInput
+from forkops.secrets.encodings import NAMES as ENCODINGS
 from forkops.tomlcheck import Checker, Table, load_toml
 from forkops.version import BranchName, TagName, Version, VersionBound, parse_name
 
-BUILTIN = ("tensorflow", "serving")
-ENCODINGS = ("c-string", "c-bytes", "bazel-define")
+BUILTIN = ("tensorflow", "tensorflow-dlopen", "serving")
+REGEX_SECONDS = 2.0  # a key-site pattern that needs longer on one file is refused
+# What a fork is to the others: `forkops build` stages the "serving" fork and builds it against
+# the fork whose playbook has the role its [build] names (builds_against). Declared, never guessed
+# (a third fork without a role, or with another playbook, changes nothing for these two).
+Role = Literal["tensorflow", "serving"]
+ROLES: tuple[Role, ...] = ("tensorflow", "serving")
 KEY_VALUES = ("key", "iv")
 
 
@@ -68,6 +77,52 @@ class KeySite:
     def regex(self) -> re.Pattern[str]:
         return re.compile(self.pattern, re.MULTILINE)
 
+    def matches(self, text: str, where: str) -> list[re.Match[str]]:
+        """Every match in ``text``, within :data:`REGEX_SECONDS`; a pattern that backtracks
+        longer (catastrophically) is BadInput naming the site and ``where``."""
+        return bounded_finditer(self.regex, text, f"key site {self.name!r} on {where}")
+
+
+class _Timeout(Exception):
+    pass
+
+
+def bounded_finditer(regex: re.Pattern[str], text: str, what: str) -> list[re.Match[str]]:
+    """``list(regex.finditer(text))`` bounded by :data:`REGEX_SECONDS` of wall time. ``re``
+    checks for signals while it backtracks, so a SIGALRM timer interrupts it (main thread
+    only: elsewhere the search runs unbounded, and forkops' commands run in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return list(regex.finditer(text))
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, REGEX_SECONDS)
+    try:
+        return list(regex.finditer(text))
+    except _Timeout:
+        raise BadInput(f"{what}: the pattern ran longer than {REGEX_SECONDS:g} s (it backtracks "
+                       "catastrophically); simplify it") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file inside a repository (or staging folder); None if it can:
+    relative, '/'-separated, normalised (no '.', '..' or empty parts)."""
+    if not path:
+        return "is empty"
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path) or path.startswith("~"):
+        return f"{path!r} must be a relative path inside the repository"
+    if "\\" in path:
+        return f"{path!r} must use '/' separators"
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts) or str(PurePosixPath(path)) != path:
+        return f"{path!r} must be normalised and stay inside the repository (no '.', '..' or '//')"
+    return None
+
 
 @dataclass(frozen=True)
 class Pin:
@@ -97,6 +152,20 @@ class BuildSpec:
     tf_repo_name: str = "org_tensorflow"
     tensorflow_dir: str = "tensorflow"
     image: str = "tensorflow-serving"
+    builds_against: Role = "tensorflow"  # the role of the fork org_tensorflow points at
+    # Instructions of the serving Dockerfiles that install a prebuilt decryption library (the
+    # public fork downloads one with somebody's key in it); `forkops build` replaces them by a
+    # copy from its own library stage when the TensorFlow playbook declares [library].
+    library_install: tuple[str, ...] = (r"^(?:ADD|COPY)\s+(?:--\S+\s+)*\S+\s+/opt/lib/libcryptfile\.so$",)
+
+
+@dataclass(frozen=True)
+class LibrarySpec:
+    """Shape (b) of the decryption patch: ReadBinaryProto ``dlopen``s ``path`` and calls
+    ``symbol``; the key is compiled into that library at build time, never into the fork."""
+
+    path: str = "/opt/lib/libcryptfile.so"
+    symbol: str = "CBCMode_Decrypt"
 
 
 @dataclass(frozen=True)
@@ -123,6 +192,8 @@ class Playbook:
     pins: tuple[Pin, ...] = ()
     build: BuildSpec | None = None
     smoke: SmokeSpec | None = None
+    role: Role | None = None
+    library: LibrarySpec | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def tag(self, version: Version) -> TagName:
@@ -142,13 +213,13 @@ class Playbook:
 
 
 def builtin_path(name: str) -> Path:
-    """The shipped playbook file. Installed, it is package data (``forkops.playbooks``); in a
-    source checkout that is imported directly (``python -m pytest`` from the repository), the
-    package maps to the top-level ``playbooks/`` folder, which is used instead."""
-    try:
-        return Path(str(resources.files("forkops.playbooks").joinpath(f"{name}.toml")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "playbooks" / f"{name}.toml"
+    """The shipped playbook file. In a source checkout (``playbooks/`` beside the ``forkops``
+    package) that folder, so the checkout's own playbooks are used even when another copy of
+    forkops is installed; installed, the package data (``forkops.playbooks``)."""
+    checkout = Path(__file__).resolve().parent.parent / "playbooks" / f"{name}.toml"
+    if checkout.is_file():
+        return checkout
+    return Path(str(resources.files("forkops.playbooks").joinpath(f"{name}.toml")))
 
 
 def load(ref: str, *, base_dir: Path | None = None) -> Playbook:
@@ -172,6 +243,7 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
     top = checker.table(data, "")
     pb_name = top.str("name", required=True)
     description = top.str("description", "")
+    role = cast("Role | None", top.choice("role", ROLES, "") or None) if top.has("role") else None
 
     upstream = top.sub("upstream", required=True)
     remote = upstream.str("remote", "tf")
@@ -192,6 +264,7 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
     pins = tuple(_pin(t) for t in top.subs("pins"))
     build = _build(top.sub("build")) if top.has("build") else None
     smoke = _smoke(top.sub("smoke")) if top.has("smoke") else None
+    library = _library(top.sub("library")) if top.has("library") else None
     top.finish()
     _unique(checker, "anchors", [a.name for a in anchors])
     _unique(checker, "key_sites", [s.name for s in sites])
@@ -209,6 +282,8 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
         pins=pins,
         build=build,
         smoke=smoke,
+        role=role,
+        library=library,
         warnings=tuple(checker.warnings),
     )
 
@@ -224,7 +299,8 @@ def _unique(checker: Checker, key: str, names: list[str]) -> None:
 def _anchor(t: Table) -> Anchor:
     locations = []
     for loc in t.subs("locations"):
-        locations.append(AnchorLocation(loc.str("path", required=True), loc.bound("since"), loc.bound("until")))
+        locations.append(AnchorLocation(_path(loc, "path", loc.str("path", required=True)),
+                                        loc.bound("since"), loc.bound("until")))
         loc.finish()
     anchor = Anchor(
         name=t.str("name", required=True),
@@ -243,13 +319,21 @@ def _anchor(t: Table) -> Anchor:
 def _key_site(t: Table) -> KeySite:
     site = KeySite(
         name=t.str("name", required=True),
-        paths=tuple(t.strs("paths", required=True)),
+        paths=tuple(_path(t, f"paths[{i}]", p) for i, p in enumerate(t.strs("paths", required=True))),
         value=t.choice("value", KEY_VALUES),
         encoding=t.choice("encoding", ENCODINGS),
         pattern=t.regex("pattern", groups=("value",)),
     )
     t.finish()
     return site
+
+
+def _path(t: Table, key: str, path: str) -> str:
+    """``path`` as given; a problem is recorded when it could name a file outside its repository."""
+    problem = path_problem(path) if path else None
+    if problem:
+        t.checker.problem(t.key(key), problem)
+    return path
 
 
 def _pin(t: Table) -> Pin:
@@ -277,12 +361,27 @@ def _build(t: Table) -> BuildSpec:
         tf_repo_name=t.str("tf_repo_name", d.tf_repo_name),
         tensorflow_dir=t.str("tensorflow_dir", d.tensorflow_dir),
         image=t.str("image", d.image),
+        builds_against=cast("Role", t.choice("builds_against", ROLES, d.builds_against)),
+        library_install=tuple(t.strs("library_install", list(d.library_install))),
     )
-    for i, rx in enumerate(spec.source_fetch):
-        try:
-            re.compile(rx)
-        except re.error as exc:
-            t.checker.problem(f"{t.key('source_fetch')}[{i}]", f"invalid regular expression: {exc}")
+    for name in ("dockerfile_dir", "devel", "serving", "devel_gpu", "serving_gpu", "workspace_file",
+                 "tensorflow_dir"):
+        _path(t, name, getattr(spec, name))
+    for key in ("source_fetch", "library_install"):
+        for i, rx in enumerate(getattr(spec, key)):
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                t.checker.problem(f"{t.key(key)}[{i}]", f"invalid regular expression: {exc}")
+    t.finish()
+    return spec
+
+
+def _library(t: Table) -> LibrarySpec:
+    d = LibrarySpec()
+    spec = LibrarySpec(path=t.str("path", d.path), symbol=t.str("symbol", d.symbol))
+    if not spec.path.startswith("/"):
+        t.checker.problem(t.key("path"), f"{spec.path!r} must be an absolute path in the image")
     t.finish()
     return spec
 

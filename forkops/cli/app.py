@@ -40,6 +40,7 @@ COMMANDS = {
     "build": "build",
     "smoke": "build",
     "doctor": "build",
+    "cryptlib": "cryptlib",
     "playbook": "playbook",
 }
 

@@ -16,7 +16,7 @@ TOP_HELP = (
     '\n'
     'Commands:\n'
     '  demo      Run forkops end to end in a generated sandbox: check, upgrade...\n'
-    "  init      Write forkops.toml (asks for the forks' URLs or takes flags)...\n"
+    "  init      Clone the forks, pick the TensorFlow fork's playbook from its...\n"
     "  upgrade   Rebase the fork's patch stack onto an upstream release...\n"
     '  status    What an upgrade in progress is doing and waiting for.\n'
     '  check     Predict, without touching any worktree, how each upstream tag...\n'
