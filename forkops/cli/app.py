@@ -36,7 +36,6 @@ COMMANDS = {
     "encrypt": "crypto",
     "decrypt": "crypto",
     "inspect": "crypto",
-    "cryptlib": "cryptlib",
     "build": "build",
     "smoke": "build",
     "doctor": "build",
