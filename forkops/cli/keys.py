@@ -104,7 +104,14 @@ def set_key(
         material = keyfile.load(keys_path)
     if check:
         _check(targets, material, as_json=as_json)
-    else:
+        return
+    from forkops import lock
+
+    assert ws is not None
+    with lock.workspace_lock(ws, "forkops set-key"):
+        # A key written into a worktree mid-rebase would be committed by `git add -A` and
+        # --continue: rebase commits run no hook.
+        lock.refuse_while_upgrading(ws, "set-key")
         _write(targets, material, keys_path, as_json=as_json)
 
 
@@ -239,7 +246,10 @@ def _clear(repo: str | None, keys_file: Path | None, *, as_json: bool) -> None:
         material: KeyMaterial | None = keyfile.load(keyfile.resolve_path(keys_file, ws.root))
     except BadInput:
         material = None
-    result = keys.clear(targets, material)
+    from forkops import lock
+
+    with lock.workspace_lock(ws, "forkops set-key --clear"):
+        result = keys.clear(targets, material)
     if as_json:
         print_json(result.as_json())
     else:
