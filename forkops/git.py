@@ -402,6 +402,31 @@ class Repo:
                 rows.append(RangeDiffLine(m.group(2), m.group(3), m.group(4), m.group(5)))
         return rows
 
+    def rebase(self, config: Sequence[str], *args: str) -> subprocess.CompletedProcess[bytes]:
+        """``git -c ... rebase ARGS`` (never an editor); the caller reads git's state after it."""
+        return self.run_raw(*config, "rebase", *args, env={"GIT_EDITOR": "true"})
+
+    def rebase_quit(self) -> None:
+        """Drop git's rebase state without touching HEAD, index or worktree."""
+        self.run("rebase", "--quit")
+
+    def valid_branch_name(self, name: str) -> bool:
+        return self.ok("check-ref-format", f"refs/heads/{name}")
+
+    def head_unreachable(self) -> bool:
+        """True when HEAD holds commits no branch, tag or remote-tracking ref has."""
+        return bool(self.run("rev-list", "-1", "HEAD", "--not", "--branches", "--tags", "--remotes").strip())
+
+    def untracked(self) -> list[str]:
+        """Untracked files that are not ignored."""
+        return [p for p in self.run("ls-files", "--others", "--exclude-standard", "-z").split("\0") if p]
+
+    def tree_paths(self, treeish: str) -> set[str]:
+        return {p for p in self.run("ls-tree", "-r", "--name-only", "-z", treeish).split("\0") if p}
+
+    def diff_text(self, old: str, new: str, path: str) -> str:
+        return self.run("diff", old, new, "--", path, check=False)
+
     def present(self, shas: Sequence[str]) -> set[str]:
         """Which of ``shas`` name commits this repository has (one ``cat-file --batch-check``)."""
         if not shas:

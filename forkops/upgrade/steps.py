@@ -163,7 +163,7 @@ def _anchor_failure(ctx: Ctx, res: anchors_mod.AnchorResult, detail: str) -> Fai
         old = res.left_behind[0]
         # Old-style forks commit the key in this very file: mask before it is shown or stored,
         # and only then shorten it (a cut could leave a key site's value half matched).
-        diff = ctx.repo.run("diff", ctx.st.base_sha, ctx.st.start_sha, "--", old, check=False)
+        diff = ctx.repo.diff_text(ctx.st.base_sha, ctx.st.start_sha, old)
         change = mask_secrets(diff, ctx.pb, gates.key_material(ctx.ws))[:4000]
     return Failure(FailureKind.ANCHOR, detail or res.detail, path=res.path, anchor=res.name,
                    defined_in=list(res.defined_in), patched_in=list(res.patched_in), change=change)
