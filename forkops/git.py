@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -166,10 +166,6 @@ class Repo:
         """``rev`` when it already is a full object name (git's own files hold those), else the
         commit it names."""
         return rev if _FULL_SHA.fullmatch(rev) else self.commit_of(rev)
-
-    def current_branch(self) -> str | None:
-        proc = self.run_raw("symbolic-ref", "--quiet", "--short", "HEAD")
-        return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
 
     def head(self) -> str | None:
         return self.rev_parse("HEAD")
@@ -471,7 +467,7 @@ class Repo:
         except OSError:
             head = ""
         return RebaseState(
-            folder=folder, head_name=read("head-name"), onto=read("onto"), orig_head=read("orig-head"),
+            folder=folder, head_name=read("head-name"), onto=read("onto"),
             done=steps("done"), todo=steps("git-rebase-todo"),
             msgnum=int(read("msgnum") or 0), end=int(read("end") or 0),
             stopped_sha=read("stopped-sha") or None, head_detached=not head.startswith("ref:"))
@@ -532,8 +528,7 @@ class Repo:
                 found[ref] = sha
         return found
 
-    def fetch_objects(self, source: str, refs: Sequence[str], *, progress: Progress | None = None,
-                      env: Mapping[str, str] | None = None) -> None:
+    def fetch_objects(self, source: str, refs: Sequence[str], *, progress: Progress | None = None) -> None:
         """Fetch the objects of ``refs`` from ``source`` (a URL or remote) and nothing else: no
         ref, no FETCH_HEAD, no tags, no automatic gc (which could repack refs). The caller
         creates the refs it wants, recorded, in one transaction."""
@@ -541,7 +536,6 @@ class Repo:
                 "fetch", "--no-tags", "--no-write-fetch-head", "--progress" if progress else "--quiet",
                 source, *refs]
         merged = dict(self.extra_env)
-        merged.update(env or {})
         started = time.perf_counter()
         if progress is None:
             proc = subprocess.run(["git", "-C", str(self.path), *args], capture_output=True,
@@ -687,14 +681,12 @@ class RebaseState:
     folder: Path
     head_name: str  # the full ref being rebased; "" when git was killed before writing it
     onto: str
-    orig_head: str
     done: tuple[RebaseStep, ...]
     todo: tuple[RebaseStep, ...]
     msgnum: int
     end: int
     stopped_sha: str | None
     head_detached: bool  # False: git died after creating the folder, before it detached HEAD
-    notes: list[str] = field(default_factory=list)
 
     @property
     def current(self) -> str | None:
@@ -764,7 +756,7 @@ def conflict_kind(stages: Iterable[int]) -> str:
     return _KIND_BY_STAGES.get(frozenset(stages), "rename")
 
 
-def _no_progress(stage: str, fraction: float | None) -> None:
+def _no_progress(_stage: str, _fraction: float | None) -> None:
     return None
 
 
