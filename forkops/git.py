@@ -402,10 +402,6 @@ class Repo:
         """``git -c ... rebase ARGS`` (never an editor); the caller reads git's state after it."""
         return self.run_raw(*config, "rebase", *args, env={"GIT_EDITOR": "true"})
 
-    def enable_rerere(self) -> None:
-        self.run("config", "rerere.enabled", "true")
-        self.run("config", "rerere.autoUpdate", "false")
-
     def rebase_quit(self) -> None:
         """Drop git's rebase state without touching HEAD, index or worktree."""
         self.run("rebase", "--quit")

@@ -90,15 +90,12 @@ def _outcome(ws: Workspace) -> Outcome:
 
 
 def ensure_clone(rc: RepoConfig, progress: Progress | None = None) -> Repo:
-    """The fork clone at ``rc.path``, cloned from ``origin`` when missing. A new clone gets
-    rerere enabled (resolutions remembered across releases, never staged unreviewed); an
-    existing clone's config is never changed here (an upgrade run records what it changes)."""
+    """The fork clone at ``rc.path``, cloned from ``origin`` when missing."""
     repo = Repo(rc.path)
     if not repo.is_repo():
         if rc.path.exists() and any(rc.path.iterdir()):
             raise BadInput(f"{rc.path} exists and is not a git repository")
         repo = clone(rc.origin, rc.path, progress=progress)
-        repo.enable_rerere()
     return repo
 
 
