@@ -420,9 +420,6 @@ class Repo:
     def tree_paths(self, treeish: str) -> set[str]:
         return {p for p in self.run("ls-tree", "-r", "--name-only", "-z", treeish).split("\0") if p}
 
-    def diff_text(self, old: str, new: str, path: str) -> str:
-        return self.run("diff", old, new, "--", path, check=False)
-
     def present(self, shas: Sequence[str]) -> set[str]:
         """Which of ``shas`` name commits this repository has (one ``cat-file --batch-check``)."""
         if not shas:

@@ -228,7 +228,10 @@ def test_stop_resolved_from_a_recorded_resolution(sandbox: Sandbox, monkeypatch:
     assert res.code == 1, res.out + res.err
     assert "resolved from a recorded resolution: review, then --continue" in res.out
     data = status_json(sandbox, monkeypatch)
-    assert data["conflicts"] == [{"path": ".bazelrc", "kind": "content", "recorded": True, "moved_from": None}]
+    (entry,) = data["conflicts"]
+    assert {k: entry[k] for k in ("path", "kind", "recorded", "moved_from")} == {
+        "path": ".bazelrc", "kind": "content", "recorded": True, "moved_from": None}
+    assert [c["subject"] for c in entry["context"]] == ["Disable Bzlmod explicitly"]  # the upstream commit behind it
     # nothing was staged behind the person's back: the file is still unmerged until `git add`
     assert ".bazelrc" in git(tf, "diff", "--name-only", "--diff-filter=U")
     assert "<<<<<<<" not in (tf / ".bazelrc").read_text()

@@ -124,7 +124,13 @@ def build_cmd(
         docker.require_engine()  # before the (long) staging: exit 3 with one line
     out, err = console(), err_console()
     against = f" with {tensorflow.name} {tensorflow.branch}" if tensorflow else ""
-    with err.status(f"staging {serving.name} {serving.branch}{against}..."):
+    from forkops import lock
+
+    # The lock covers staging only (git archive of the branches): the docker build that follows
+    # reads the staged copy, so an hours-long build does not block the workspace.
+    staging = f"staging {serving.name} {serving.branch}{against}..."
+    with lock.workspace_lock(ws, f"forkops build {ver}"), err.status(staging):
+        lock.refuse_while_upgrading(ws, "build")
         stage = engine.stage(serving, tensorflow, material, variants, prebuilt_library=cryptlib)
     try:
         for note in stage.notes:
