@@ -70,3 +70,10 @@ def run_git():
         return subprocess.run(["git", "-C", str(repo), *args], check=check, capture_output=True, text=True).stdout
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The crash sweep's counts (tests/test_crash.py): kill points tried, outcomes by kind."""
+    from tests.crashkit import summarize
+
+    summarize(terminalreporter)
