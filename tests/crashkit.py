@@ -71,7 +71,23 @@ if [ "$CRASHKIT_MODE" = trace ]; then
     [ -n "$CRASHKIT_STRACE" ] || exec "$REAL_GIT" "$@"
     exec strace -f -qq -o "$d/renames.$n" -e trace=rename "$REAL_GIT" "$@"
 fi
-[ "$n" = "$CRASHKIT_AT" ] || exec "$REAL_GIT" "$@"
+fire=
+if [ -e "$d/killed" ]; then
+    :  # one kill per flow
+elif [ -n "$CRASHKIT_MATCH" ]; then
+    # the AT-th call whose argv matches the glob (e.g. '* rebase *--onto *')
+    case " $* " in
+    $CRASHKIT_MATCH)
+        m=$(flock "$d/lock" sh -c 'm=$(($(cat "$1") + 1)); echo $m > "$1"; echo $m' sh "$d/matches")
+        [ "$m" = "$CRASHKIT_AT" ] && fire=1 ;;
+    esac
+elif [ -n "$CRASHKIT_FILE" ]; then
+    # the first call made once the file holds the needle (e.g. a merged file, not committed)
+    grep -qF -- "$CRASHKIT_NEEDLE" "$CRASHKIT_FILE" 2>/dev/null && fire=1
+else
+    [ "$n" = "$CRASHKIT_AT" ] && fire=1
+fi
+[ -n "$fire" ] || exec "$REAL_GIT" "$@"
 victim=$(cat "$d/forkops.pid")
 started() {  # wait until pid $1 runs the real git (or is gone already)
     while :; do
@@ -101,6 +117,10 @@ killgit)
     kill -KILL $g
     wait $g
     exit $? ;;
+pause)
+    echo "pause $n" > "$d/killed"
+    while [ ! -e "$d/release" ]; do sleep 0.05; done
+    exec "$REAL_GIT" "$@" ;;
 rename)
     echo "rename $n $CRASHKIT_K" > "$d/killed"
     exec strace -f -qq -o "$d/strace.out" -e trace=rename \
@@ -130,8 +150,10 @@ while True:
     if pid == child:
         status = st
 if os.WIFSIGNALED(status):
-    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-    os.kill(os.getpid(), os.WTERMSIG(status))
+    sig = os.WTERMSIG(status)
+    if sig not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -197,7 +219,11 @@ def strace_works() -> bool:
 class Killer:
     """The git wrapper and its counter folder for one flow. ``mode`` ``count`` only counts."""
 
-    def __init__(self, folder: Path, *, mode: str = "count", at: int = 0, k: int = 0, start: int = 0) -> None:
+    def __init__(self, folder: Path, *, mode: str = "count", at: int = 0, k: int = 0, start: int = 0,
+                 match: str = "", file: Path | None = None, needle: str = "") -> None:
+        """Kill (``mode``) at git call ``at``; with ``match`` at the ``at``-th call whose argv
+        matches that sh glob; with ``file`` at the first call once ``file`` holds ``needle``.
+        ``pause`` holds that call until :meth:`release`."""
         self.folder = folder
         self.bin = folder / "bin"
         self.bin.mkdir(parents=True, exist_ok=True)
@@ -208,13 +234,40 @@ class Killer:
         (folder / "lock").touch()
         (folder / "calls").touch()
         (folder / "stamp").touch()
+        (folder / "matches").write_text("0\n")
         self.mode, self.at, self.k = mode, at, k
+        self.match, self.file, self.needle = match, file, needle
 
     def env(self, workspace: Path) -> dict[str, str]:
         return {"CRASHKIT_WS": str(workspace), "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
                 "CRASHKIT_DIR": str(self.folder), "CRASHKIT_MODE": self.mode, "CRASHKIT_AT": str(self.at),
                 "CRASHKIT_K": str(self.k), "REAL_GIT": REAL_GIT,
-                "CRASHKIT_STRACE": "1" if self.mode == "trace" and strace_works() else ""}
+                "CRASHKIT_STRACE": "1" if self.mode == "trace" and strace_works() else "",
+                "CRASHKIT_MATCH": self.match, "CRASHKIT_FILE": str(self.file or ""),
+                "CRASHKIT_NEEDLE": self.needle}
+
+    def spawn(self, cwd: Path, *args: str) -> subprocess.Popen[str]:
+        """Start forkops without waiting (e.g. to hold it at a ``pause``)."""
+        cmd = [sys.executable, "-c", _REAPER, str(self.folder / "forkops.pid"), sys.executable, "-m",
+               "forkops", *args]
+        return subprocess.Popen(cmd, cwd=cwd, env=base_env(self.env(cwd)), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def wait_fired(self, timeout: float = 60) -> None:
+        import time
+
+        end = time.monotonic() + timeout
+        while not (self.folder / "killed").exists():
+            if time.monotonic() > end:
+                raise AssertionError(f"the wrapper never fired ({self.mode}, at {self.at}, match {self.match!r})")
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        (self.folder / "release").touch()
+
+    @property
+    def pid(self) -> int:
+        return int((self.folder / "forkops.pid").read_text())
 
     def forkops(self, cwd: Path, *args: str) -> Run:
         return forkops(cwd, *args, env=self.env(cwd), pidfile=self.folder / "forkops.pid")
@@ -325,7 +378,7 @@ def copy_sandbox(sb: Sandbox, root: Path) -> Sandbox:
 # ---------------------------------------------------------------------------------------------
 # Files in .git that say an operation is in progress or a process holds (or held) a lock.
 _OPERATION_FILES = ("rebase-merge", "rebase-apply", "MERGE_HEAD", "MERGE_MSG", "CHERRY_PICK_HEAD",
-                    "REVERT_HEAD", "BISECT_LOG", "BISECT_START", "sequencer", "AUTO_MERGE", "ORIG_HEAD")
+                    "REVERT_HEAD", "BISECT_LOG", "BISECT_START", "sequencer", "AUTO_MERGE")
 
 
 def _tree_digest(folder: Path, *, skip: str = ".git") -> dict[str, str]:
