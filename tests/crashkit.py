@@ -649,19 +649,32 @@ def load_reference(folder: Path) -> Reference:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What one kill point led to. ``kind``: ok | named-stop (acceptable) | silent-loss |
-    abort-mismatch | abort-failed | status-traceback | status-lie | stuck | not-fired."""
+    """What one kill point led to: one finding per check that failed (kind, detail). Kinds:
+    ``status-traceback``, ``status-lie`` (a), ``abort-failed``, ``abort-mismatch`` (b),
+    ``silent-loss``, ``stuck`` (c); none means every check passed (``resumed`` says how (c)
+    ended: ``done`` or ``named-stop``, an exit-1 stop naming each missing commit)."""
 
     mode: str
     call: int
     rename: int
     phase: str
-    kind: str
-    detail: str
+    fired: bool
+    resumed: str
+    findings: list[list[str]]
+
+    @property
+    def kinds(self) -> list[str]:
+        if not self.fired:
+            return ["not-fired"]
+        return [k for k, _ in self.findings] or ["ok"]
 
     @property
     def acceptable(self) -> bool:
-        return self.kind in ("ok", "named-stop", "not-fired")
+        return not self.findings
+
+    @property
+    def silent_loss(self) -> bool:
+        return "silent-loss" in self.kinds
 
 
 def _checkpoint(ref: Reference, step: int) -> Sandbox:
@@ -715,13 +728,11 @@ def _result_diff(want: object, got: object) -> str:
 
 
 def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Outcome:
-    """Kill at (mode, call, rename) and check (a) status, (b) --abort, (c) resolve-and-continue."""
+    """Kill at (mode, call, rename), then run every check: (a) status, (b) --abort on the killed
+    sandbox, (c) resolve-and-continue on a copy of it."""
     step = ref.step_of(call)
     phase = "step {} {} {}".format(*ref.phase(call))
-
-    def out(kind: str, detail: str = "") -> Outcome:
-        return Outcome(mode, call, rename, phase, kind, detail)
-
+    findings: list[list[str]] = []
     sb = copy_sandbox(_checkpoint(ref, step), tmp / "killed")
     killer = Killer(tmp / "kit", mode=mode, at=call, k=rename, start=ref.step_start[step])
     args = ref.steps[step]
@@ -734,46 +745,58 @@ def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Ou
         resolve_workspace(sb)
         args = ["upgrade", "--continue"]
     if not killer.fired:
-        return out("not-fired", f"call {call} was not reached or git did not die: {runs[-1]}")
+        return Outcome(mode, call, rename, phase, False, "", [])
     if traceback_in(runs[-1].err) and runs[-1].code != -signal.SIGKILL:
-        return out("status-traceback", f"the command that met the kill printed a traceback: {runs[-1]}")
+        findings.append(["status-traceback", f"the command that met the kill: {runs[-1]}"])
     problem = check_status(sb, ref)
     if problem:
-        kind, _, detail = problem.partition(": ")
-        return out(kind, detail)
-    if runs[-1].code == 0:  # the kill of git did not stop forkops: the result must be the same
+        findings.append(list(problem.split(": ", 1)))
+    if runs[-1].code == 0:  # a killed git did not stop forkops: the result must still be right
         got = {name: normalise(result_of(sb.clone(name)), sb.root) for name in REPOS}
         if got != ref.result:
-            return out("silent-loss", "finished (exit 0) but " + "; ".join(
-                f"{n}: {_result_diff(ref.result[n], got[n])}" for n in REPOS if got[n] != ref.result[n]))
-        return out("ok", "finished")
+            findings.append(["silent-loss", "finished (exit 0) but " + "; ".join(
+                f"{n}: {_result_diff(ref.result[n], got[n])}" for n in REPOS if got[n] != ref.result[n])])
+        return Outcome(mode, call, rename, phase, True, "done", findings)
     resumed = copy_sandbox(sb, tmp / "resumed")
-    # (b) --abort restores everything byte-identically
+    findings += _check_abort(sb, ref)
+    how, detail = _check_resume(resumed, ref)
+    if how not in ("done", "named-stop"):
+        findings.append([how, detail])
+    return Outcome(mode, call, rename, phase, True, how, findings)
+
+
+def _check_abort(sb: Sandbox, ref: Reference) -> list[list[str]]:
+    """(b) --abort restores every clone byte-identically."""
     res = forkops(sb.workspace, "upgrade", "--abort")
     if res.code != 0 or traceback_in(res.text):
-        return out("abort-failed", str(res))
+        return [["abort-failed", str(res)]]
+    found = []
     for name in REPOS:
-        got_snap = normalise(snapshot(sb.clone(name)), sb.root)
-        assert isinstance(got_snap, dict) and isinstance(ref.before[name], dict)
-        diff = snapshot_diff(ref.before[name], got_snap)  # type: ignore[arg-type]
+        got = normalise(snapshot(sb.clone(name)), sb.root)
+        assert isinstance(got, dict) and isinstance(ref.before[name], dict)
+        diff = snapshot_diff(ref.before[name], got)  # type: ignore[arg-type]
         if diff:
-            return out("abort-mismatch", f"{name}: " + "; ".join(diff))
-    # (c) resolve and --continue to the end, on the copy
-    how, finished = finish(resumed)
+            found.append(["abort-mismatch", f"{name}: " + "; ".join(diff)])
+    return found
+
+
+def _check_resume(sb: Sandbox, ref: Reference) -> tuple[str, str]:
+    """(c) resolve-and-continue: ("done" | "named-stop" | "silent-loss" | "stuck", detail)."""
+    how, finished = finish(sb)
     if how == "done":
-        got = {name: normalise(result_of(resumed.clone(name)), resumed.root) for name in REPOS}
+        got = {name: normalise(result_of(sb.clone(name)), sb.root) for name in REPOS}
         if got != ref.result:
-            return out("silent-loss", "; ".join(f"{n}: {_result_diff(ref.result[n], got[n])}"
-                                                for n in REPOS if got[n] != ref.result[n]))
-        return out("ok", f"resumed in {len(finished)} commands")
+            return "silent-loss", "; ".join(f"{n}: {_result_diff(ref.result[n], got[n])}"
+                                            for n in REPOS if got[n] != ref.result[n])
+        return "done", f"resumed in {len(finished)} commands"
     last = finished[-1] if finished else None
     if how == "stopped" and last is not None:
         missing = [(sha, subj) for name in REPOS for sha, subj in ref.stacks[name]
-                   if subj in _stack(ref.result[name]) and subj not in current_stack(resumed.clone(name))]
+                   if subj in _stack(ref.result[name]) and subj not in current_stack(sb.clone(name))]
         named = names_a_commit(last.text, missing)
         if missing and len(named) == len(missing):
-            return out("named-stop", f"names {[s for _, s in named]}")
-    return out("stuck", f"{how}: " + (str(last) if last else "no command run"))
+            return "named-stop", f"names {[s for _, s in named]}"
+    return "stuck", f"{how}: " + (str(last) if last else "no command run")
 
 
 def summarize(reporter: object) -> None:
@@ -791,11 +814,14 @@ def summarize(reporter: object) -> None:
     by_kind: dict[str, int] = {}
     by_mode: dict[str, int] = {}
     for o in outcomes:
-        by_kind[o["kind"]] = by_kind.get(o["kind"], 0) + 1
+        kinds = (["not-fired"] if not o["fired"] else sorted({k for k, _ in o["findings"]}) or ["ok"])
+        for kind in kinds:
+            by_kind[kind] = by_kind.get(kind, 0) + 1
         by_mode[o["mode"]] = by_mode.get(o["mode"], 0) + 1
-    line = (f"crash sweep: {len(outcomes)} kill points tried "
+    silent = sum(1 for o in outcomes if any(k == "silent-loss" for k, _ in o["findings"]))
+    line = (f"crash sweep: {len(outcomes)} kill points tried, {silent} silent losses "
             f"({', '.join(f'{m} {n}' for m, n in sorted(by_mode.items()))}); outcomes: "
-            f"{', '.join(f'{k} {n}' for k, n in sorted(by_kind.items()))}")
+            f"{', '.join(f'{k} {n}' for k, n in sorted(by_kind.items()))} (a point counts once per kind it shows)")
     reporter.write_line(line)  # type: ignore[attr-defined]
     target = os.environ.get("CRASHKIT_REPORT")
     if target:

@@ -55,9 +55,10 @@ def test_kill_point(reference: crashkit.Reference, mode: str, slot: int, tmp_pat
     outcome = crashkit.evaluate(reference, mode, call, rename, tmp_path)
     record_property("crash", json.dumps(dataclasses.asdict(outcome)))
     argv = " ".join(reference.calls[call - 1])
-    assert outcome.acceptable, (
-        f"{outcome.kind} after a {mode} kill at git call {call}" + (f" (rename {rename})" if rename else "")
-        + f", {outcome.phase}: git {argv}\n{outcome.detail}")
+    where = f"a {mode} kill at git call {call}" + (f" (rename {rename})" if rename else "")
+    assert outcome.fired, f"{where} never happened"
+    assert outcome.acceptable, (f"{', '.join(outcome.kinds)} after {where}, {outcome.phase}: git {argv}\n"
+                                + "\n".join(f"{k}: {d}" for k, d in outcome.findings))
 
 
 def test_reference_covers_the_whole_flow(reference: crashkit.Reference) -> None:
