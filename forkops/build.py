@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from forkops.keyfile import KeyMaterial
     from forkops.workspace import RepoConfig, Workspace
 
-VARIANTS = ("cpu", "gpu")
 # Attributes of a fetching rule that a local_repository replaces without loss.
 _FETCH_ATTRS = frozenset({
     "name", "sha256", "git_commit", "commit", "branch", "tag", "remote", "urls", "url",

@@ -15,6 +15,7 @@ class ExitCode(enum.IntEnum):
     NEEDS_PERSON = 1  # conflicts, a failed anchor, a failed smoke test: someone must look
     BAD_INPUT = 2  # usage, malformed input, a state forkops refuses to start from
     EXTERNAL = 3  # git, docker, openssl or the network failed (or forkops itself crashed)
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, what shells report)
 
 
 class ForkopsError(Exception):
@@ -51,6 +52,15 @@ class NeedsPerson(ForkopsError):
     """forkops stopped where a person must decide (conflict, failed anchor): exit 1."""
 
     exit_code = ExitCode.NEEDS_PERSON
+
+
+class Interrupted(ForkopsError):
+    """Ctrl-C or SIGTERM stopped the command: exit 130."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self) -> None:
+        super().__init__("interrupted")
 
 
 class ExternalError(ForkopsError):

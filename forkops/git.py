@@ -132,9 +132,6 @@ class Repo:
     def commit_of(self, rev: str) -> str | None:
         return self.rev_parse(f"{rev}^{{commit}}")
 
-    def ref_exists(self, ref: str) -> bool:
-        return self.rev_parse(ref) is not None
-
     def current_branch(self) -> str | None:
         proc = self.run_raw("symbolic-ref", "--quiet", "--short", "HEAD")
         return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
@@ -153,9 +150,6 @@ class Repo:
 
     def status_porcelain(self) -> list[str]:
         return self.run("status", "--porcelain=v1", "--untracked-files=no").splitlines()
-
-    def is_dirty(self) -> bool:
-        return bool(self.status_porcelain())
 
     def operation_in_progress(self) -> str | None:
         """'rebase', 'merge', 'cherry-pick', 'revert', 'am' or None (read from git's own files)."""
@@ -245,9 +239,6 @@ class Repo:
             else:  # "<name> missing" / "ambiguous"
                 result.append(None)
         return result
-
-    def write_blob(self, data: bytes) -> str:
-        return self.run("hash-object", "-w", "--stdin", input=data).strip()
 
 
 # Index stages of an unmerged path during a rebase: 1 the merge base, 2 HEAD (the new upstream

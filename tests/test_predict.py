@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -366,4 +365,3 @@ def test_tags_fetched_are_only_the_checked_ones(sandbox: Sandbox) -> None:
     assert run.code == 1
     assert set(_git(clone, "tag").stdout.split()) - before == {"2.11.1"}
     assert _git(clone, "remote", "get-url", "tf").stdout.strip() == sandbox.upstream_url("serving")
-    assert os.environ.get("GIT_DIR") is None

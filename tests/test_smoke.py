@@ -15,12 +15,14 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
 
 from forkops import smoke
+from forkops.crypto import bundled_model
 from forkops.docker import Docker, DockerUnavailable
 from forkops.errors import BadInput
 from forkops.keyfile import KeyMaterial
@@ -30,6 +32,7 @@ from forkops.version import Version, VersionBound
 from tests.clihelp import run_cli
 
 STANDINS = Path(__file__).parent / "standins"
+Configure = Callable[..., Path]  # standin(server settings, docker settings) -> the stand-in's state folder
 KEY = b"Tst-Key-0123ABCD"  # test data, not a real key
 MATERIAL = KeyMaterial("aes-128-cbc", KEY, b"7" * 16)
 SPEC = load_playbook("serving").smoke or SmokeSpec()
@@ -37,7 +40,7 @@ REAL_DOCKER = Path("/usr/local/bin/docker")
 
 
 @pytest.fixture
-def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Configure]:
     """Stand-in docker first on PATH; yields a function to configure the stand-in server."""
     state = tmp_path / "docker-state"
     state.mkdir()
@@ -63,7 +66,7 @@ def calls(state: Path) -> list[list[str]]:
     return [json.loads(line)["argv"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def run_smoke(image: str = "tensorflow-serving:2.18.0", *, gpu: bool = False, timeout: float = 10,
+def run_smoke(image: str = "tensorflow-serving:2.18.0", *, gpu: bool = False, timeout: float = 120,
               on_status: smoke.Status | None = None, only: str | None = None) -> smoke.SmokeReport:
     options = smoke.SmokeOptions(image, gpu=gpu, timeout=timeout, poll_interval=0.05)
     cases = [c for c in smoke.CASES if only in (None, c.key)]  # fewer containers: faster tests
@@ -105,7 +108,7 @@ def test_check_predictions() -> None:
 # ---------------------------------------------------------------------------------------
 # the round trip against the stand-ins
 # ---------------------------------------------------------------------------------------
-def test_patched_image_passes_all_three_cases(standin) -> None:
+def test_patched_image_passes_all_three_cases(standin: Configure) -> None:
     state = standin()
     report = run_smoke()
     results = by_key(report)
@@ -127,7 +130,7 @@ def test_patched_image_passes_all_three_cases(standin) -> None:
     assert KEY.decode() not in json.dumps(calls(state)) and KEY.hex() not in json.dumps(calls(state))
 
 
-def test_unpatched_image_fails_the_negative_control(standin) -> None:
+def test_unpatched_image_fails_the_negative_control(standin: Configure) -> None:
     standin({"decrypts": False})  # a server that loads plaintext models: the patch is not live
     report = run_smoke()
     results = by_key(report)
@@ -137,15 +140,29 @@ def test_unpatched_image_fails_the_negative_control(standin) -> None:
     assert results["wrong-key"].ok
 
 
-def test_slow_start_is_waited_for(standin) -> None:
-    standin({"load_seconds": 1.5})
+def test_slow_start_is_waited_for(standin: Configure, tmp_path: Path) -> None:
+    """No reply, then LOADING, then AVAILABLE: the stand-in moves on only after smoke has seen the
+    previous state (marker files), so the test does not race the clock however loaded the machine."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    standin({"gate_dir": str(gate)})
     statuses: list[str] = []
-    report = run_smoke(on_status=lambda case, text: statuses.append(f"{case.key}: {text}"), only="encrypted")
-    assert report.ok
-    assert any("LOADING" in s for s in statuses) and any("no reply yet" in s for s in statuses)
+
+    def step(case: smoke.Case, text: str) -> None:
+        statuses.append(text)
+        if text == "waiting for AVAILABLE (no reply yet)":
+            (gate / "loading").touch()
+        elif text == "waiting for AVAILABLE (LOADING)":
+            (gate / "available").touch()
+
+    report = run_smoke(on_status=step, only="encrypted", timeout=600)  # the timeout is only a safety net
+    assert report.ok, by_key(report)["encrypted"].detail
+    waits = [s for s in statuses if s.startswith("waiting")]
+    assert waits[0] == "waiting for AVAILABLE (no reply yet)" and "waiting for AVAILABLE (LOADING)" in waits
+    assert statuses[-1] == "predicting"
 
 
-def test_end_state_counts_as_refused_and_fails_the_positive_case(standin) -> None:
+def test_end_state_counts_as_refused_and_fails_the_positive_case(standin: Configure) -> None:
     standin({"on_load_failure": "end", "key_hex": "00" * 16})  # the image has another key
     report = run_smoke()
     results = by_key(report)
@@ -153,7 +170,7 @@ def test_end_state_counts_as_refused_and_fails_the_positive_case(standin) -> Non
     assert results["plaintext"].ok and "END" in results["plaintext"].detail
 
 
-def test_wrong_predictions_fail(standin) -> None:
+def test_wrong_predictions_fail(standin: Configure) -> None:
     standin({"predict": "wrong"})
     results = by_key(run_smoke(only="encrypted"))
     assert not results["encrypted"].ok
@@ -162,20 +179,29 @@ def test_wrong_predictions_fail(standin) -> None:
 
 @pytest.mark.parametrize(("knob", "expect"), [({"predict": "nonjson"}, "predict reply not JSON"),
                                                ({"status_reply": "nonjson"}, "model status not JSON")])
-def test_non_json_replies_fail(standin, knob: dict[str, object], expect: str) -> None:
+def test_non_json_replies_fail(standin: Configure, knob: dict[str, object], expect: str) -> None:
     standin(knob)
-    results = by_key(run_smoke(timeout=5, only="encrypted"))
+    results = by_key(run_smoke(only="encrypted"))
     assert not results["encrypted"].ok and results["encrypted"].detail.startswith(expect)
 
 
-def test_timeout_when_never_available(standin) -> None:
+def test_timeout_when_never_available(standin: Configure, tmp_path: Path) -> None:
+    """The clock moves past the deadline only once smoke has seen LOADING: no race with a slow start."""
     standin({"never_available": True})
-    results = by_key(run_smoke(timeout=1.0, only="encrypted"))
-    assert not results["encrypted"].ok
-    assert results["encrypted"].detail.startswith("not AVAILABLE within 1 s (last state: LOADING)")
+    seen: list[str] = []
+
+    def clock() -> float:
+        return 1e6 if "waiting for AVAILABLE (LOADING)" in seen else 0.0
+
+    options = smoke.SmokeOptions("tensorflow-serving:2.18.0", timeout=1.0, poll_interval=0.05)
+    runner = smoke.Runner(Docker(), SPEC, options, on_status=lambda case, text: seen.append(text), clock=clock)
+    models = smoke.prepare_models(bundled_model(gpu=False), MATERIAL, tmp_path / "models")
+    result = runner.run_case(smoke.CASES[0], models["encrypted"])
+    assert not result.ok
+    assert result.detail.startswith("not AVAILABLE within 1 s (last state: LOADING)")
 
 
-def test_docker_run_failure_fails_every_case_and_still_removes(standin) -> None:
+def test_docker_run_failure_fails_every_case_and_still_removes(standin: Configure) -> None:
     state = standin(docker={"run_fails": True})
     report = run_smoke()
     assert not report.ok and all("docker run failed: " in r.detail for r in report.results)
@@ -183,7 +209,7 @@ def test_docker_run_failure_fails_every_case_and_still_removes(standin) -> None:
     assert all(["rm", "-f", n] in calls(state) for n in names)
 
 
-def test_interrupt_removes_the_container(standin) -> None:
+def test_interrupt_removes_the_container(standin: Configure) -> None:
     state = standin({"never_available": True})
 
     def interrupt(case: smoke.Case, text: str) -> None:
@@ -201,7 +227,7 @@ def test_interrupt_removes_the_container(standin) -> None:
 
 @pytest.mark.parametrize(("image", "flags"), [("r/tensorflow-serving:2.6.0-gpu", ["--runtime=nvidia"]),
                                               ("r/tensorflow-serving:2.18.0-gpu", ["--gpus", "all"])])
-def test_gpu_flags_in_docker_run(standin, image: str, flags: list[str]) -> None:
+def test_gpu_flags_in_docker_run(standin: Configure, image: str, flags: list[str]) -> None:
     state = standin()
     report = run_smoke(image, gpu=True, only="wrong-key")
     assert report.ok
@@ -219,7 +245,7 @@ def keys_file(tmp_path: Path, mode: int = 0o600) -> Path:
     return path
 
 
-def test_cli_smoke_json_and_junit(standin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_smoke_json_and_junit(standin: Configure, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     standin()
     monkeypatch.chdir(tmp_path)
     junit = tmp_path / "smoke.xml"
@@ -232,7 +258,8 @@ def test_cli_smoke_json_and_junit(standin, tmp_path: Path, monkeypatch: pytest.M
     assert suite.get("tests") == "3" and suite.get("failures") == "0"
 
 
-def test_cli_smoke_failure_exits_1_with_table(standin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_smoke_failure_exits_1_with_table(standin: Configure, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     standin({"decrypts": False})
     monkeypatch.chdir(tmp_path)
     junit = tmp_path / "smoke.xml"
@@ -242,14 +269,14 @@ def test_cli_smoke_failure_exits_1_with_table(standin, tmp_path: Path, monkeypat
     assert ET.parse(junit).getroot().get("failures") == "2"
 
 
-def test_cli_smoke_without_engine_exits_3(standin, tmp_path: Path) -> None:
+def test_cli_smoke_without_engine_exits_3(standin: Configure, tmp_path: Path) -> None:
     standin(docker={"engine": False})
     res = run_cli("smoke", "img:2.18.0")
     assert res.code == 3 and res.err.startswith("forkops: error: no Docker engine is reachable")
     assert len(res.err.strip().splitlines()) == 1
 
 
-def test_cli_doctor_with_standin(standin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_doctor_with_standin(standin: Configure, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     standin(docker={"runtimes": {"runc": {}, "nvidia": {"path": "nvidia-container-runtime"}}})
     monkeypatch.chdir(tmp_path)
     res = run_cli("doctor", "--json", "--keys", str(keys_file(tmp_path)))
@@ -259,7 +286,8 @@ def test_cli_doctor_with_standin(standin, tmp_path: Path, monkeypatch: pytest.Mo
                         "nvidia runtime": "ok", "keys file": "ok"}
 
 
-def test_cli_doctor_warns_and_refuses_loose_keys(standin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_doctor_warns_and_refuses_loose_keys(standin: Configure, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     standin(docker={"buildx": False})
     monkeypatch.chdir(tmp_path)
     res = run_cli("doctor", "--json", "--keys", str(keys_file(tmp_path, 0o644)))

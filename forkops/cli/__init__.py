@@ -3,8 +3,8 @@ errors to exit codes in one place (:func:`main`).
 
 ``forkops``, ``forkops -h/--help`` and ``forkops --version`` are answered without importing
 typer (``help_text.py``; a test keeps it identical to what typer prints), so they stay fast. Every
-other invocation builds the typer app (``app.py``); engine modules are imported inside the
-commands that need them.
+other invocation builds a typer app holding only the invoked command's module (``app.py``);
+engine modules are imported inside the commands that need them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import traceback
 
 from forkops import __version__
-from forkops.errors import ConfigError, ExitCode, ForkopsError
+from forkops.errors import ConfigError, ExitCode, ForkopsError, Interrupted
 
 _FAST_HELP = (["--help"], ["-h"])
 
@@ -36,35 +36,63 @@ def _fast_path(args: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit code. Expected errors print one line (no traceback)."""
+    """Run the CLI; return the exit code. The one exit path: a command returns an ExitCode (None
+    is OK) or raises a ForkopsError; usage errors and interrupts are mapped here. Expected errors
+    print one line (no traceback)."""
     args = sys.argv[1:] if argv is None else list(argv)
     if _fast_path(args):
         return ExitCode.OK
-    import typer
+    from forkops.cli import app as app_mod
+    from forkops.cli import common
 
-    from forkops.cli.app import app
-
+    common.reset()
     try:
+        app = app_mod.build(args)
         result = app(args=args, prog_name="forkops", standalone_mode=False)
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except typer.Abort:
+    except (KeyboardInterrupt, Interrupted):
         print("forkops: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except ForkopsError as exc:
         report_error(exc)
         return int(exc.exit_code)
-    except KeyboardInterrupt:
-        print("forkops: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:
-        # Usage errors come from the click that typer bundles; recognise them by shape.
-        show = getattr(exc, "show", None)
-        if callable(show) and hasattr(exc, "exit_code"):
-            show(file=sys.stderr)
-            return ExitCode.BAD_INPUT
+        code = _usage_error(exc)
+        return _crash() if code is None else code
+    finally:
+        common.reset()
+    if result is None:
+        return ExitCode.OK
+    return int(result) if isinstance(result, int) else _crash_bad_result(result)
+
+
+def _usage_error(exc: Exception) -> int | None:
+    """Click's usage errors (and its Abort, raised on Ctrl-C at a prompt) as one line plus a
+    hint; None for anything else. Typer bundles click from 0.28 and depends on it before, so
+    usage errors are recognised by shape, not by class."""
+    import typer
+
+    if isinstance(exc, typer.Abort):
+        print("forkops: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    format_message = getattr(exc, "format_message", None)
+    if not callable(format_message) or not hasattr(exc, "exit_code"):
+        return None
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "forkops"
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `forkops guard`: the group's help, as click shows it
+        print(format_message(), file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    message = " ".join(str(format_message()).split())
+    print(f"forkops: error: {message}", file=sys.stderr)
+    print(f"forkops: hint: run '{path} --help'", file=sys.stderr)
+    return ExitCode.BAD_INPUT
+
+
+def _crash_bad_result(result: object) -> int:
+    try:
+        raise TypeError(f"a command returned {type(result).__name__}, not an ExitCode")
+    except TypeError:
         return _crash()
-    return int(result) if isinstance(result, int) else ExitCode.OK
 
 
 def report_error(exc: ForkopsError) -> None:

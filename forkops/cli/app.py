@@ -1,42 +1,54 @@
-"""The typer application: global options and every command module's commands.
+"""The typer application, built per invocation with only the command module it needs.
 
-Command modules import their engine modules inside the command functions so that building this
-app (needed for any command) stays cheap.
+``COMMANDS`` maps each top-level command to the module under ``forkops.cli`` that registers it;
+:func:`build` imports and registers that module only (a typer command costs its imports and its
+parameter conversion). Top-level help, an unknown command and a command missing from the table
+get every module in ``COMMAND_MODULES``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from forkops import __version__
-from forkops.errors import BadInput
+from forkops.cli import common
+from forkops.errors import BadInput, Interrupted
 
-app = typer.Typer(
-    name="forkops",
-    help="Keep private TensorFlow and TensorFlow Serving forks current with upstream.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain click help: rendering help with rich costs ~0.15 s of imports
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-# Each module registers its commands; only commands that work are registered.
+# Every command module, in the order top-level help lists their commands.
 COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "build", "playbook")
+
+# Top-level command -> its module. tests/test_cli_help.py keeps it equal to what the modules register.
+COMMANDS = {
+    "demo": "demo",
+    "init": "init",
+    "upgrade": "upgrade",
+    "status": "upgrade",
+    "check": "check",
+    "nightly": "check",
+    "set-key": "keys",
+    "guard": "keys",
+    "encrypt": "crypto",
+    "decrypt": "crypto",
+    "inspect": "crypto",
+    "build": "build",
+    "smoke": "build",
+    "doctor": "build",
+    "playbook": "playbook",
+}
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"forkops {__version__}")
+        print(f"forkops {__version__}")
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
@@ -46,12 +58,78 @@ def _root(
     ] = None,
 ) -> None:
     if directory is not None:
+        if not directory.is_dir():
+            raise BadInput(f"-C {directory}: no such directory")
+        common.set_directory(directory.resolve())
+
+
+def command_name(args: Sequence[str]) -> str | None:
+    """The top-level command in ``args`` (None for none), skipping the global options."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "-C":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build(args: Sequence[str] = ()) -> typer.Typer:
+    """The app for ``args``: only the invoked command's module registered, or every module."""
+    app = typer.Typer(
+        name="forkops",
+        help="Keep private TensorFlow and TensorFlow Serving forks current with upstream.",
+        epilog=common.EXIT_CODES,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,  # plain click help: rendering help with rich costs ~0.15 s of imports
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    name = command_name(args)
+    modules = (COMMANDS[name],) if name in COMMANDS else COMMAND_MODULES
+    for module in modules:
+        importlib.import_module(f"forkops.cli.{module}").register(app)
+    _finish(app)
+    return app
+
+
+def _finish(app: typer.Typer) -> None:
+    """What every command shares: the exit-code epilog, and path arguments taken relative to -C."""
+    for info in app.registered_commands:
+        info.epilog = info.epilog or common.EXIT_CODES
+        if info.callback is not None:
+            info.callback = _command(info.callback)
+    for group in app.registered_groups:
+        group.epilog = group.epilog or common.EXIT_CODES
+        if group.typer_instance is not None:
+            _finish(group.typer_instance)
+
+
+def _command(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Rebase relative path parameters onto ``-C DIR`` (typer passes parameters by keyword), and
+    turn Ctrl-C into :class:`Interrupted` (typer would turn it into a silent exit 130).
+    Sub-apps are module-level objects: a callback is wrapped once however often apps are built."""
+    if getattr(callback, "_forkops_command", False):
+        return callback
+
+    @functools.wraps(callback)
+    def run(**params: Any) -> Any:
         try:
-            os.chdir(directory)
-        except OSError as exc:
-            raise BadInput(f"-C {directory}: {exc.strerror}") from None
+            return callback(**{key: _rebase(value) for key, value in params.items()})
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+    run._forkops_command = True  # type: ignore[attr-defined]
+    return run
 
 
-for _name in COMMAND_MODULES:
-    _module = importlib.import_module(f"forkops.cli.{_name}")
-    _module.register(app)
+def _rebase(value: Any) -> Any:
+    if isinstance(value, Path):
+        return common.in_cwd(value)
+    if isinstance(value, list | tuple) and value and all(isinstance(v, Path) for v in value):
+        return type(value)(common.in_cwd(v) for v in value)
+    return value

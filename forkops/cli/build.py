@@ -18,18 +18,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from forkops.cli.common import console, err_console, load_workspace, print_json
+from forkops.cli.common import JsonOption, KeysOption, console, cwd, err_console, load_workspace, print_json
 from forkops.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:
     from forkops.keyfile import KeyMaterial
     from forkops.playbook import SmokeSpec
 
-KeysOption = Annotated[
-    Path | None,
-    typer.Option("--keys", metavar="FILE", help="keys.toml (default: $FORKOPS_KEYS, else the workspace's)."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _keys(explicit: Path | None, root: Path | None) -> KeyMaterial:
@@ -150,7 +145,7 @@ def _smoke_spec() -> tuple[SmokeSpec, Path | None]:
     from forkops.playbook import SmokeSpec
 
     try:
-        workspace.find()
+        workspace.find(cwd())
     except BadInput:  # no workspace: the built-in serving playbook's settings
         return playbook.load("serving").smoke or SmokeSpec(), None
     ws = load_workspace()
@@ -173,7 +168,7 @@ def smoke_cmd(
                                                         help="Serving version when the tag does not say.")] = None,
     keys: KeysOption = None,
     json_: JsonOption = False,
-) -> None:
+) -> ExitCode:
     """Serve the encrypted half_plus_two from IMAGE and check the prediction; the plaintext model and
     one encrypted under another key must not load."""
     from forkops import smoke as engine
@@ -197,8 +192,7 @@ def smoke_cmd(
         print_json(engine.as_dict(report))
     else:
         _smoke_table(report)
-    if not report.ok:
-        raise typer.Exit(ExitCode.NEEDS_PERSON)
+    return ExitCode.OK if report.ok else ExitCode.NEEDS_PERSON
 
 
 def _smoke_table(report: Any) -> None:

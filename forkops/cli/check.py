@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from forkops.cli.common import console, err_console, load_workspace, print_json
+from forkops.cli.common import JsonOption, RepoOption, console, err_console, load_workspace, print_json
 from forkops.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:
@@ -98,17 +98,17 @@ def _check_one(ws: Workspace, rc: RepoConfig, *, start: str | None, base: str | 
 
 
 def check(
-    repo: Annotated[str | None, typer.Option("--repo", metavar="R", help="Only this repository.")] = None,
+    repo: RepoOption = None,
     start: Annotated[str | None, typer.Option("--from", metavar="BRANCH",
                                               help="Start branch (default: the newest fork branch).")] = None,
     base: Annotated[str | None, typer.Option("--base", metavar="TAG",
                                              help="Base tag (default: newest upstream release in START).")] = None,
     since: Annotated[str | None, typer.Option("--since", metavar="V",
                                               help="Only tags newer than version V (default: the base).")] = None,
-    tags: Annotated[list[str] | None, typer.Option("--tags", metavar="T1,T2,...",
+    tags: Annotated[list[str] | None, typer.Option("--tags", metavar="TAGS",
                                                    help="Exactly these tags (names or versions).")] = None,
     include_rc: Annotated[bool, typer.Option("--include-rc", help="Also release candidates.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> int:
     if since is not None:
         from forkops.version import Version
@@ -145,9 +145,9 @@ def nightly(
                                              help="Where report.json, report.md, junit.xml go.")] = Path("."),
     previous: Annotated[Path | None, typer.Option("--previous", metavar="FILE",
                                                   help="The last report.json, to mark what changed.")] = None,
-    fail_on: Annotated[str, typer.Option("--fail-on", metavar="new|any",
+    fail_on: Annotated[str, typer.Option("--fail-on", metavar="[new|any]",
                                          help="Exit 1 on newly incompatible tags (new) or on any.")] = "new",
-    repo: Annotated[str | None, typer.Option("--repo", metavar="R", help="Only this repository.")] = None,
+    repo: RepoOption = None,
     include_rc: Annotated[bool, typer.Option("--include-rc", help="Also release candidates.")] = False,
 ) -> int:
     from forkops import report

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from forkops.cli.common import console, err_console, print_json
+from forkops.cli.common import JsonOption, KeysOption, console, cwd, err_console, print_json
 from forkops.errors import BadInput
 
 if TYPE_CHECKING:
@@ -25,14 +25,6 @@ if TYPE_CHECKING:
 # Files smaller than this finish before a bar would be worth drawing.
 PROGRESS_MIN_BYTES = 16 << 20
 
-KeysOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--keys", metavar="FILE",
-        help="keys.toml to use (default: $FORKOPS_KEYS, else keys.toml of the workspace).",
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
 RawOption = Annotated[
     bool,
@@ -56,7 +48,7 @@ def load_keys(explicit: Path | None, *, required: bool) -> KeyMaterial | None:
         from forkops import workspace  # only here: it pulls in playbooks (startup time)
 
         try:
-            root = workspace.find().parent
+            root = workspace.find(cwd()).parent
         except BadInput:
             if not required:
                 return None

@@ -129,12 +129,7 @@ class _Session:
         from forkops.cli import main
 
         self._show(["forkops", *args])
-        cwd = os.getcwd()
-        try:
-            os.chdir(self.ws)
-            code = main(list(args))
-        finally:
-            os.chdir(cwd)
+        code = main(["-C", str(self.ws), *args])
         self._check(["forkops", *args], code, expect or {0})
 
     def git(self, repo: str, *args: str, expect: set[int] | None = None) -> None:

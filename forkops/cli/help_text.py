@@ -30,4 +30,7 @@ TOP_HELP = (
     '  doctor    Check git, the docker client and engine, buildx, the NVIDIA...\n'
     '  guard     The commit/push guard that keeps the model key out of git.\n'
     '  playbook  Show and validate playbooks (built-in or your own TOML files).\n'
+    '\n'
+    '  Exit codes: 0 done, 1 needs a person, 2 bad input or usage,\n'
+    '  3 an external tool failed, 130 interrupted.\n'
 )

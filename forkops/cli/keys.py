@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from forkops.cli.common import console, err_console, print_json
+from forkops.cli.common import console, cwd, err_console, print_json
 
 if TYPE_CHECKING:
     from forkops.guard import Finding
@@ -50,7 +50,7 @@ def _find_workspace(*, required: bool) -> Workspace | None:
     from forkops.errors import BadInput
 
     try:
-        workspace.find()
+        workspace.find(cwd())
     except BadInput:
         if required:
             raise
@@ -82,7 +82,8 @@ def set_key(
     force: Annotated[bool, typer.Option(
         "--force", help="With --generate: replace an existing keys file.")] = False,
     cipher: Annotated[str, typer.Option(
-        "--cipher", help="With --generate: aes-128-cbc, aes-192-cbc or aes-256-cbc.")] = "aes-128-cbc",
+        "--cipher", metavar="CIPHER",
+        help="With --generate: aes-128-cbc, aes-192-cbc or aes-256-cbc.")] = "aes-128-cbc",
     check: Annotated[bool, typer.Option(
         "--check", help="Only verify that every site holds the key and IV (exit 1 if not).")] = False,
     clear: Annotated[bool, typer.Option(
@@ -295,7 +296,7 @@ def _guard_repos(repo: str | None) -> tuple[list[Path], Workspace | None]:
 
     if repo is not None:
         raise BadInput("--repo needs a forkops workspace")
-    here = Repo(Path.cwd())
+    here = Repo(cwd())
     if not here.is_repo():
         raise BadInput("not in a forkops workspace or a git repository")
     return [Path(here.run("rev-parse", "--show-toplevel").strip())], None
@@ -352,7 +353,7 @@ def hook_pre_commit(
     from forkops.git import Repo
 
     matcher = guard.Matcher(_hook_keys(keys))
-    findings = guard.scan_staged(Repo(Path.cwd()), matcher, index_file=os.environ.get("GIT_INDEX_FILE"))
+    findings = guard.scan_staged(Repo(cwd()), matcher, index_file=os.environ.get("GIT_INDEX_FILE"))
     _refuse("commit", findings, "unstage it (`git restore --staged PATH`) or put the committed "
                                 "values back (`forkops set-key --clear`), then stage again")
 
@@ -367,7 +368,7 @@ def hook_pre_push(
     from forkops.git import Repo
 
     matcher = guard.Matcher(_hook_keys(keys))
-    repo = Repo(Path.cwd())
+    repo = Repo(cwd())
     # git runs the hook as `pre-push <remote name or URL> <URL>`.
     remote = args[0] if args else None
     sent = guard.outgoing(repo, sys.stdin.read().splitlines(), remote=remote,

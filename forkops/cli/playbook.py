@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from forkops.cli.common import console, print_json
+from forkops.cli.common import JsonOption, console, cwd, print_json
 
 playbook_app = typer.Typer(help="Show and validate playbooks (built-in or your own TOML files).",
                            no_args_is_help=True)
@@ -32,12 +32,12 @@ def _plain(value: Any) -> Any:
 @playbook_app.command("show")
 def show(
     name: Annotated[str, typer.Argument(help="A built-in playbook (tensorflow, serving) or a path.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the resolved playbook (defaults filled in)."""
     from forkops import playbook
 
-    pb = playbook.load(name, base_dir=Path.cwd())
+    pb = playbook.load(name, base_dir=cwd())
     data = _plain(pb)
     if as_json:
         print_json(data)

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from forkops.cli.common import console, err_console, load_workspace, print_json
-from forkops.errors import BadInput
+from forkops.cli.common import JsonOption, RepoOption, console, err_console, load_workspace, print_json
+from forkops.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
 def upgrade(
     version: Annotated[str | None, typer.Argument(metavar="X.Y.Z", help="The upstream release to upgrade to.")] = None,
-    repo: Annotated[str | None, typer.Option("--repo", metavar="R", help="Only this repository.")] = None,
+    repo: RepoOption = None,
     from_: Annotated[str | None, typer.Option("--from", metavar="BRANCH",
                                               help="Start branch (default: newest bA.B.C older than X.Y.Z).")] = None,
     base: Annotated[str | None, typer.Option("--base", metavar="TAG",
@@ -35,7 +35,7 @@ def upgrade(
     cont: Annotated[bool, typer.Option("--continue", help="Continue after resolving conflicts.")] = False,
     skip: Annotated[bool, typer.Option("--skip", help="Drop the commit the rebase stopped on and continue.")] = False,
     abort: Annotated[bool, typer.Option("--abort", help="Undo the run: restore every ref and HEAD.")] = False,
-) -> int:
+) -> ExitCode:
     """Rebase the fork's patch stack onto an upstream release (TensorFlow, then Serving)."""
     from forkops import upgrade as engine
     from forkops.version import Version
@@ -73,7 +73,7 @@ def upgrade(
 
 
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """What an upgrade in progress is doing and waiting for."""
     from forkops import upgrade as engine
@@ -106,16 +106,16 @@ def clone_missing(ws: Workspace, only: str | None) -> None:
         err_console().print(f"{rc.name}: cloned {rc.origin} into {rc.path}")
 
 
-def _report(out: Console, outcome: Outcome, *, final: bool) -> int:
+def _report(out: Console, outcome: Outcome, *, final: bool) -> ExitCode:
     if outcome.stopped:
         out.print()
         render_status(out, outcome.status)
-        return 1
+        return ExitCode.NEEDS_PERSON
     if final and outcome.state == "done":
         run = outcome.status.get("run") or {}
         names = ", ".join(r["repo"] for r in run.get("repos", []))
         out.print(f"[green]upgrade to {run.get('version')} done[/green] ({names})")
-    return 0
+    return ExitCode.OK
 
 
 def render_status(out: Console, data: dict[str, Any]) -> None:

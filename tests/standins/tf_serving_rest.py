@@ -35,6 +35,7 @@ DEFAULTS = {
     "iv_hex": "37" * 16,
     "load_seconds": 0.3,  # START/LOADING before AVAILABLE
     "never_available": False,  # stay LOADING forever
+    "gate_dir": "",  # set: no reply until GATE/loading exists, LOADING until GATE/available (tests step it)
     "on_load_failure": "exit",  # "exit" (the real server at start) or "end" (report END, stay up)
     "predict": "correct",  # "correct" | "wrong" | "nonjson"
     "status_reply": "json",  # "json" | "nonjson"
@@ -105,6 +106,11 @@ def main() -> int:
             elapsed = time.monotonic() - started
             if not loads:
                 return "END"
+            if cfg["gate_dir"]:
+                gate = Path(str(cfg["gate_dir"]))
+                if (gate / "available").exists():
+                    return "AVAILABLE"
+                return "LOADING" if (gate / "loading").exists() else None
             if cfg["never_available"] or elapsed < float(str(cfg["load_seconds"])):
                 return None if elapsed < float(str(cfg["load_seconds"])) / 2 else "LOADING"
             return "AVAILABLE"
