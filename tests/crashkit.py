@@ -746,6 +746,13 @@ def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Ou
         args = ["upgrade", "--continue"]
     if not killer.fired:
         return Outcome(mode, call, rename, phase, False, "", [])
+    # The kill must land where the reference says: same git subcommands up to it.
+    want = [subcommand(a) for a in ref.calls[ref.step_start[step]:call]]
+    got = [subcommand(a) for a in killer.calls()][:len(want)]
+    if got != want:
+        i = next(i for i, (w, g) in enumerate(zip([*want, ""], [*got, ""], strict=False)) if w != g)
+        findings.append(["diverged", f"git call {ref.step_start[step] + i + 1} is {got[i:i + 1]}, the reference "
+                                     f"had {want[i:i + 1]} (is the code under test changing under the run?)"])
     if traceback_in(runs[-1].err) and runs[-1].code != -signal.SIGKILL:
         findings.append(["status-traceback", f"the command that met the kill: {runs[-1]}"])
     problem = check_status(sb, ref)
