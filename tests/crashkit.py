@@ -513,6 +513,8 @@ def finish(sb: Sandbox, *, max_steps: int = 8) -> tuple[str, list[Run]]:
         runs.append(res)
         if res.code == 0:
             return "done", runs
+        if named_stale_locks(res.text):  # the person removes a lock forkops names as stale, as told
+            continue
         if not start and res.code == 2 and "no upgrade in progress" in res.err:
             start = True
             continue
@@ -520,6 +522,17 @@ def finish(sb: Sandbox, *, max_steps: int = 8) -> tuple[str, list[Run]]:
         if len(runs) >= 2 and not resolved and res.text == runs[-2].text:
             return ("stopped" if res.code == 1 else "stuck"), runs
     return "stuck", runs
+
+
+def named_stale_locks(text: str) -> list[str]:
+    """Remove the git lock files ``text`` names as stale (what forkops tells a person to do when
+    it does not clear one itself); the paths removed."""
+    removed = []
+    for path in sorted(set(re.findall(r"(/\S+?\.lock)\b", text))):
+        if "stale" in text and os.path.isfile(path):
+            os.unlink(path)
+            removed.append(path)
+    return removed
 
 
 def names_a_commit(text: str, commits: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -651,7 +664,8 @@ def load_reference(folder: Path) -> Reference:
 class Outcome:
     """What one kill point led to: one finding per check that failed (kind, detail). Kinds:
     ``status-traceback``, ``status-lie`` (a), ``abort-failed``, ``abort-mismatch`` (b),
-    ``silent-loss``, ``stuck`` (c); none means every check passed (``resumed`` says how (c)
+    ``silent-loss`` (branches or stack differ), ``result-differs`` (tags or HEAD), ``stuck`` (c),
+    ``diverged`` (the kill landed elsewhere than in the reference); none means every check passed (``resumed`` says how (c)
     ended: ``done`` or ``named-stop``, an exit-1 stop naming each missing commit)."""
 
     mode: str
@@ -761,7 +775,7 @@ def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Ou
     if runs[-1].code == 0:  # a killed git did not stop forkops: the result must still be right
         got = {name: normalise(result_of(sb.clone(name)), sb.root) for name in REPOS}
         if got != ref.result:
-            findings.append(["silent-loss", "finished (exit 0) but " + "; ".join(
+            findings.append([_difference(ref, got), "finished (exit 0) but " + "; ".join(
                 f"{n}: {_result_diff(ref.result[n], got[n])}" for n in REPOS if got[n] != ref.result[n])])
         return Outcome(mode, call, rename, phase, True, "done", findings)
     resumed = copy_sandbox(sb, tmp / "resumed")
@@ -770,6 +784,17 @@ def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Ou
     if how not in ("done", "named-stop"):
         findings.append([how, detail])
     return Outcome(mode, call, rename, phase, True, how, findings)
+
+
+def _difference(ref: Reference, got: dict[str, object]) -> str:
+    """``silent-loss`` when a finished run's branches or stack differ from the unkilled run's,
+    ``result-differs`` when only its tags or HEAD do."""
+    for name in REPOS:
+        want, have = ref.result[name], got[name]
+        assert isinstance(want, dict) and isinstance(have, dict)
+        if want["heads"] != have["heads"] or want["stack"] != have["stack"]:
+            return "silent-loss"
+    return "result-differs"
 
 
 def _check_abort(sb: Sandbox, ref: Reference) -> list[list[str]]:
@@ -793,8 +818,8 @@ def _check_resume(sb: Sandbox, ref: Reference) -> tuple[str, str]:
     if how == "done":
         got = {name: normalise(result_of(sb.clone(name)), sb.root) for name in REPOS}
         if got != ref.result:
-            return "silent-loss", "; ".join(f"{n}: {_result_diff(ref.result[n], got[n])}"
-                                            for n in REPOS if got[n] != ref.result[n])
+            return _difference(ref, got), "; ".join(f"{n}: {_result_diff(ref.result[n], got[n])}"
+                                                    for n in REPOS if got[n] != ref.result[n])
         return "done", f"resumed in {len(finished)} commands"
     last = finished[-1] if finished else None
     if how == "stopped" and last is not None:
