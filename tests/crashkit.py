@@ -665,8 +665,9 @@ class Outcome:
     """What one kill point led to: one finding per check that failed (kind, detail). Kinds:
     ``status-traceback``, ``status-lie`` (a), ``abort-failed``, ``abort-mismatch`` (b),
     ``silent-loss`` (branches or stack differ), ``result-differs`` (tags or HEAD), ``stuck`` (c),
-    ``diverged`` (the kill landed elsewhere than in the reference); none means every check passed (``resumed`` says how (c)
-    ended: ``done`` or ``named-stop``, an exit-1 stop naming each missing commit)."""
+    ``diverged`` (the kill landed elsewhere than in the reference); none: every check passed
+    (``resumed`` says how (c) ended: ``done``, or ``named-stop``: an exit-1 stop naming each
+    missing commit)."""
 
     mode: str
     call: int
