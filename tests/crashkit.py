@@ -498,12 +498,12 @@ def status_json(sb: Sandbox) -> tuple[Run, dict | None]:
         return res, None
 
 
-def finish(sb: Sandbox, *, max_steps: int = 8) -> tuple[str, list[Run]]:
+def finish(sb: Sandbox, *, max_steps: int = 8, status: tuple[dict | None] | None = None) -> tuple[str, list[Run]]:
     """Drive a (killed) run to its end as a person would, from what forkops says: start the
     upgrade again when no run is recorded, else resolve what is unmerged and --continue.
     Returns ("done" | "stopped": exit 1 twice alike with nothing to resolve | "stuck", runs)."""
     runs: list[Run] = []
-    _, data = status_json(sb)
+    data = status[0] if status is not None else status_json(sb)[1]  # status: what it said already
     if data is not None and (data.get("state") == "done" or (data.get("run") or {}).get("phase") == "done"):
         return "done", runs
     start = data is None or data.get("run") is None
@@ -706,10 +706,15 @@ def current_stack(repo: Path) -> list[str]:
                check=False).splitlines()
 
 
-def check_status(sb: Sandbox, ref: Reference) -> str | None:
-    """(a): ``status`` and ``status --json`` without a traceback, telling the truth; the problem."""
-    text = forkops(sb.workspace, "status")
+def check_status(sb: Sandbox, ref: Reference) -> tuple[str | None, dict | None]:
+    """(a): ``status`` and ``status --json`` without a traceback, telling the truth: (the
+    problem or None, what ``status --json`` said)."""
     res, data = status_json(sb)
+    return _status_problem(sb, ref, res, data), data
+
+
+def _status_problem(sb: Sandbox, ref: Reference, res: Run, data: dict | None) -> str | None:
+    text = forkops(sb.workspace, "status")
     for r in (text, res):
         if traceback_in(r.text) or r.code not in (0, 1):
             return f"status-traceback: {r}"
@@ -770,7 +775,7 @@ def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Ou
                                      f"had {want[i:i + 1]} (is the code under test changing under the run?)"])
     if traceback_in(runs[-1].err) and runs[-1].code != -signal.SIGKILL:
         findings.append(["status-traceback", f"the command that met the kill: {runs[-1]}"])
-    problem = check_status(sb, ref)
+    problem, said = check_status(sb, ref)
     if problem:
         findings.append(list(problem.split(": ", 1)))
     if runs[-1].code == 0:  # a killed git did not stop forkops: the result must still be right
@@ -781,7 +786,7 @@ def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Ou
         return Outcome(mode, call, rename, phase, True, "done", findings)
     resumed = copy_sandbox(sb, tmp / "resumed")
     findings += _check_abort(sb, ref)
-    how, detail = _check_resume(resumed, ref)
+    how, detail = _check_resume(resumed, ref, said)
     if how not in ("done", "named-stop"):
         findings.append([how, detail])
     return Outcome(mode, call, rename, phase, True, how, findings)
@@ -813,9 +818,9 @@ def _check_abort(sb: Sandbox, ref: Reference) -> list[list[str]]:
     return found
 
 
-def _check_resume(sb: Sandbox, ref: Reference) -> tuple[str, str]:
+def _check_resume(sb: Sandbox, ref: Reference, said: dict | None) -> tuple[str, str]:
     """(c) resolve-and-continue: ("done" | "named-stop" | "silent-loss" | "stuck", detail)."""
-    how, finished = finish(sb)
+    how, finished = finish(sb, status=(said,))
     if how == "done":
         got = {name: normalise(result_of(sb.clone(name)), sb.root) for name in REPOS}
         if got != ref.result:
