@@ -595,8 +595,10 @@ class Reference:
         groups: dict[tuple[int, str, str], list[tuple[int, int]]] = {}
         for point in self.candidates(mode):
             groups.setdefault(self.phase(point[0]), []).append(point)
-        # Phases in spread order too: a few slots reach the first, last and middle phases.
-        spread = [_spread(groups[key]) for key in _spread(list(groups))]
+        # Phases in spread order too: a few slots reach the first, last and middle phases. The
+        # rebases come first: git's own state machine is where a kill loses commits (issue 10).
+        keys = sorted(_spread(list(groups)), key=lambda key: key[2] != "rebase")
+        spread = [_spread(groups[key]) for key in keys]
         out: list[tuple[int, int]] = []
         for rnd in range(max((len(v) for v in spread), default=0)):
             out += [v[rnd] for v in spread if rnd < len(v)]

@@ -29,7 +29,7 @@ import pytest
 
 from tests import crashkit
 
-DEFAULT_SLOTS = {"before": 10, "during": 8, "killgit": 5, "rename": 9}
+DEFAULT_SLOTS = {"before": 9, "during": 9, "killgit": 6, "rename": 9}
 _ASKED = os.environ.get("CRASHKIT_SLOTS")
 SLOTS = {mode: int(_ASKED) if _ASKED else n for mode, n in DEFAULT_SLOTS.items()}
 
