@@ -21,7 +21,7 @@ from forkops.cli import common
 from forkops.errors import BadInput, Interrupted
 
 # Every command module, in the order top-level help lists their commands.
-COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "build", "playbook")
+COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "cryptlib", "build", "playbook")
 
 # Top-level command -> its module. tests/test_cli_help.py keeps it equal to what the modules register.
 COMMANDS = {
@@ -39,6 +39,7 @@ COMMANDS = {
     "build": "build",
     "smoke": "build",
     "doctor": "build",
+    "cryptlib": "cryptlib",
     "playbook": "playbook",
 }
 
