@@ -21,7 +21,7 @@ from forkops.cli import common
 from forkops.errors import BadInput, Interrupted
 
 # Every command module, in the order top-level help lists their commands.
-COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "cryptlib", "build", "playbook")
+COMMAND_MODULES = ("demo", "init", "upgrade", "push", "check", "keys", "crypto", "cryptlib", "build", "playbook")
 
 # Top-level command -> its module. tests/test_cli_help.py keeps it equal to what the modules register.
 COMMANDS = {
@@ -29,6 +29,7 @@ COMMANDS = {
     "init": "init",
     "upgrade": "upgrade",
     "status": "upgrade",
+    "push": "push",
     "check": "check",
     "nightly": "check",
     "set-key": "keys",
