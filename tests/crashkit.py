@@ -89,6 +89,9 @@ else
 fi
 [ -n "$fire" ] || exec "$REAL_GIT" "$@"
 victim=$(cat "$d/forkops.pid")
+# A background job gets /dev/null as stdin (dash, even with `<&0`): keep git's real stdin (an
+# `update-ref --stdin` transaction, a `hash-object --stdin` blob) on fd 3 for it.
+exec 3<&0
 started() {  # wait until pid $1 runs the real git (or is gone already)
     while :; do
         e=$(readlink "/proc/$1/exe" 2>/dev/null)
@@ -102,7 +105,7 @@ before)
     kill -KILL "$victim"
     exit 137 ;;
 during)
-    "$REAL_GIT" "$@" <&0 &
+    "$REAL_GIT" "$@" <&3 3<&- &
     g=$!
     started $g
     echo "during $n" > "$d/killed"
@@ -110,13 +113,15 @@ during)
     wait $g
     exit $? ;;
 killgit)
-    "$REAL_GIT" "$@" <&0 &
+    "$REAL_GIT" "$@" <&3 3<&- &
     g=$!
     started $g
     echo "killgit $n" > "$d/killed"
     kill -KILL $g
     wait $g
-    exit $? ;;
+    rc=$?
+    [ $rc = 137 ] || echo "git finished before the kill: $rc" > "$d/missed"
+    exit $rc ;;
 pause)
     echo "pause $n" > "$d/killed"
     while [ ! -e "$d/release" ]; do sleep 0.05; done
@@ -278,8 +283,9 @@ class Killer:
 
     @property
     def fired(self) -> bool:
-        """Whether the kill happened (for ``rename``: git reached its K-th rename and died)."""
-        if not (self.folder / "killed").exists():
+        """Whether the kill happened (``killgit``: git had not finished yet; ``rename``: git
+        reached its K-th rename and died)."""
+        if not (self.folder / "killed").exists() or (self.folder / "missed").exists():
             return False
         if self.mode == "rename":
             out = self.folder / "strace.out"
