@@ -42,8 +42,24 @@ def reference(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> crash
     return crashkit.load_reference((base if worker_id == "master" else base.parent) / "crash-reference")
 
 
-@pytest.mark.parametrize(("mode", "slot"), [(m, i) for m in crashkit.MODES for i in range(SLOTS[m])],
-                         ids=[f"{m}-{i:03d}" for m in crashkit.MODES for i in range(SLOTS[m])])
+# Kill points the engine still fails at (crash-findings.md); the slot -> point mapping is fixed
+# for a given engine, so a fix turns these into XPASS (strict): then remove the entry.
+KNOWN = {
+    ("killgit", 4): "crash-findings 07:32: git killed as Serving's `rebase --onto` starts: that "
+                    "`--continue` exits 0 with Serving not rebased (b2.18.0 == b2.4.0)",
+}
+
+
+def _params() -> list[object]:
+    out: list[object] = []
+    for m in crashkit.MODES:
+        for i in range(SLOTS[m]):
+            marks = [pytest.mark.xfail(strict=True, reason=KNOWN[(m, i)])] if (m, i) in KNOWN else []
+            out.append(pytest.param(m, i, id=f"{m}-{i:03d}", marks=marks))
+    return out
+
+
+@pytest.mark.parametrize(("mode", "slot"), _params())
 def test_kill_point(reference: crashkit.Reference, mode: str, slot: int, tmp_path: Path,
                     record_property: pytest.RecordProperty) -> None:
     if mode == "rename" and not crashkit.strace_works():
