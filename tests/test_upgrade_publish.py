@@ -228,7 +228,10 @@ def test_stop_resolved_from_a_recorded_resolution(sandbox: Sandbox, monkeypatch:
     assert res.code == 1, res.out + res.err
     assert "resolved from a recorded resolution: review, then --continue" in res.out
     data = status_json(sandbox, monkeypatch)
-    assert data["conflicts"] == [{"path": ".bazelrc", "kind": "content", "recorded": True, "moved_from": None}]
+    (entry,) = data["conflicts"]
+    assert {k: entry[k] for k in ("path", "kind", "recorded", "moved_from")} == {
+        "path": ".bazelrc", "kind": "content", "recorded": True, "moved_from": None}
+    assert [c["subject"] for c in entry["context"]] == ["Disable Bzlmod explicitly"]  # the upstream commit behind it
     # nothing was staged behind the person's back: the file is still unmerged until `git add`
     assert ".bazelrc" in git(tf, "diff", "--name-only", "--diff-filter=U")
     assert "<<<<<<<" not in (tf / ".bazelrc").read_text()
@@ -287,3 +290,34 @@ def test_no_identity_refused_before_anything_moves(sandbox: Sandbox, monkeypatch
     changed = {k for k, v in repo_bytes(tf / ".git").items() if before.get(k) != v} | (set(before) - set(
         repo_bytes(tf / ".git")))
     assert all(k.startswith("objects/") for k in changed)
+
+
+def test_completion_report_tells_resolved_patches_from_forkops_commits(
+        sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    sv = sandbox.clone("serving")
+    res = cli(sandbox, "upgrade", "2.18.0", "--repo", "serving", monkeypatch=monkeypatch)
+    for _ in range(5):
+        if res.code != 1:
+            break
+        resolve_all(sv, "serving")
+        res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
+    assert res.code == 0, res.out + res.err
+    line = next(ln for ln in res.out.splitlines() if "range-diff old stack -> new" in ln)
+    added = line.split("added by forkops", 1)[1]
+    assert "Pin org_tensorflow to b2.18.0" in added
+    for subject in git(sv, "log", "--format=%s", "2.4.0..b2.4.0").splitlines():
+        assert subject not in added  # resolved fork commits are changed patches, not forkops'
+
+
+def test_tag_fetch_reports_progress(sandbox: Sandbox) -> None:
+    from forkops import upgrade
+    from forkops.version import Version
+
+    seen: list[tuple[str, float | None]] = []
+    ws = workspace.load(sandbox.workspace)
+    out = upgrade.start(ws, upgrade.Options(Version.parse("2.5.0"), repo="tensorflow"),
+                        progress=lambda stage, fraction: seen.append((stage, fraction)))
+    assert out.state == "done"
+    stages = {stage for stage, _ in seen}
+    assert "counting objects" in stages  # git's own progress lines, parsed (few objects: no receiving stage)
+    assert stages <= {"counting objects", "compressing objects", "receiving objects", "resolving deltas"}

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from forkops.cli.common import console, print_json
-from forkops.cli.crypto import JsonOption, KeysOption, load_keys
+from forkops.cli.common import JsonOption, KeysOption, console, print_json
+from forkops.cli.crypto import load_keys
 
 
 def register(app: typer.Typer) -> None:

@@ -87,7 +87,17 @@ def upgrade(
         opts = engine.Options(Version.parse(version), repo=repo, start=from_, base=base, branch=branch,
                               push=push or force_with_lease, force=force, force_with_lease=force_with_lease)
         clone_missing(ws, opts.repo)
-        outcome = engine.start(ws, opts, log=log)
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        # A TensorFlow tag fetch is hundreds of MiB: git's progress, parsed by GitPython, as a bar.
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
+                      console=err_console(), transient=True) as bar:
+            task = bar.add_task("fetching upstream", total=1.0, stage="", visible=False)
+
+            def progress(stage: str, fraction: float | None) -> None:
+                bar.update(task, completed=fraction or 0.0, stage=stage, visible=True)
+
+            outcome = engine.start(ws, opts, log=log, progress=progress)
     return _report(out, outcome, final=not abort)
 
 
@@ -161,7 +171,10 @@ def render_status(out: Console, data: dict[str, Any]) -> None:
         out.print("  unmerged files:")
         for c in data["conflicts"]:
             mark = "  (resolved from a recorded resolution: review, then --continue)" if c.get("recorded") else ""
-            out.print(f"    {c['kind']:<14} {escape(c['path'])}{mark}")
+            where = f"{c['moved_from']} → {c['path']}" if c.get("moved_from") else c["path"]
+            out.print(f"    {c['kind']:<14} {escape(where)}{mark}")
+            for x in c.get("context") or []:
+                out.print(f"{'':<20}upstream: {str(x['sha'])[:10]} {escape(str(x['subject']))}")
     failure = data.get("failure")
     if failure and state != "done":
         out.print(f"  [red]{escape(failure['message'])}[/red]")
@@ -205,3 +218,8 @@ def render_plan(out: Console, version: str, previews: list[RepoPreview]) -> None
         for a in p.anchors:
             if not a.get("ok"):
                 out.print(f"  anchor {escape(str(a.get('name')))}: {escape(str(a.get('detail', '')))}")
+        for d in p.drift:
+            out.print(f"  [red]api drift[/red]: {escape(str(d['path']))}:{d['line']}: {escape(str(d['identifier']))} "
+                      f"is gone upstream" + (f" (removed by {str(d['removed_by'])[:12]} "
+                                             f"{escape(str(d.get('removed_by_subject') or ''))})"
+                                             if d.get("removed_by") else ""))

@@ -330,7 +330,7 @@ def drive(ws: Workspace, run: RunState, action: str | None, log: Log, *,
             return _outcome(ws)
         action = None
         report = completion_report(repo, st)
-        for line in report.lines():
+        for line in [*report.lines(), *steps.completion_notes(ctx)]:
             log(f"{st.repo}: {line}")
     if run.push:
         crash_point("before-push")

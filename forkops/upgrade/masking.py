@@ -46,7 +46,7 @@ def mask_secrets(text: str, pb: Playbook, material: KeyMaterial | None) -> str:
         text = text[:a] + MASKED + text[b:]
     if material is None:
         return text
-    from forkops.guard import Matcher
+    from forkops.secrets import Matcher
 
     matcher = Matcher(material)
     lines = []

@@ -31,10 +31,11 @@ class RepoPreview:
     plan: planning.RepoPlan | None
     refused: str | None
     commits: tuple[PlannedCommit, ...] = ()
-    status: str | None = None  # "clean" | "conflict" (the prediction)
+    status: str | None = None  # "clean" | "conflict" | "drift" (the prediction)
     stop: dict[str, object] | None = None
     conflicts: tuple[str, ...] = ()
     anchors: tuple[dict[str, object], ...] = ()
+    drift: tuple[dict[str, object], ...] = ()  # forkops.drift: removed upstream APIs the fork uses
 
     def as_json(self) -> dict[str, object]:
         data: dict[str, object] = {"repo": self.repo, "refused": self.refused}
@@ -42,7 +43,8 @@ class RepoPreview:
             data.update(self.plan.as_json())
             data["new_tags"] = sorted(self.plan.new_tags)
         data.update({"commits": [c.as_json() for c in self.commits], "status": self.status,
-                     "stopped_at": self.stop, "conflicts": list(self.conflicts), "anchors": list(self.anchors)})
+                     "stopped_at": self.stop, "conflicts": list(self.conflicts), "anchors": list(self.anchors),
+                     "drift": list(self.drift)})
         return data
 
 
@@ -71,9 +73,10 @@ def preview(ws: Workspace, req: planning.Request, only: str | None = None) -> li
             commits = tuple(PlannedCommit(i.sha, i.subject) for i in repo.commit_infos(list(p.picked)))
             patches = predict.load_patches(repo, list(p.picked))
             with predict.Simulator(repo, patches) as sim:
-                result = sim.predict_many([(p.tag, p.onto_sha, req.version)], anchors=pb.anchors, workers=1)[0]
+                result = sim.predict_many([(p.tag, p.onto_sha, req.version)], anchors=pb.anchors, workers=1,
+                                          base=p.base_sha, drift=pb.drift)[0]
             out.append(RepoPreview(
                 rc.name, p, None, commits, result.status,
                 result.stopped_at.as_json() if result.stopped_at else None, tuple(result.conflict_paths),
-                tuple(a.as_json() for a in result.anchors)))
+                tuple(a.as_json() for a in result.anchors), tuple(d.as_json() for d in result.drift)))
     return out

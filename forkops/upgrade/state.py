@@ -75,12 +75,15 @@ class Failure:
     change: str = ""
     missing: list[MissingCommit] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # file:line problems, key sites named
+    # A failed anchor: the fork commits whose change to the anchored code is missing.
+    fork_commits: list[MissingCommit] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Failure:
         data = dict(data)
         data["kind"] = FailureKind(data["kind"])
         data["missing"] = [MissingCommit(**m) for m in data.get("missing", [])]
+        data["fork_commits"] = [MissingCommit(**m) for m in data.get("fork_commits", [])]
         return cls(**data)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from forkops.git import RebaseState, Repo, conflict_kind
+from forkops.git import RangeDiffLine, RebaseState, Repo, conflict_kind
 from forkops.upgrade import accounting, rebase
 from forkops.upgrade.state import Failure, FailureKind, Phase, RepoState, RunState, load_run, load_state
 from forkops.workspace import Workspace
@@ -30,10 +30,13 @@ class ConflictEntry:
     path: str
     kind: str  # forkops.git.conflict_kind
     recorded: bool = False  # git's rerere resolved it from a recorded resolution
-    moved_from: str | None = None
+    moved_from: str | None = None  # the stopping commit's path when git followed upstream's move
+    # upstream commits of base..tag behind the conflict (forkops.predict.conflict_context)
+    context: tuple[tuple[str, str], ...] = ()  # (sha, subject), newest first
 
     def as_json(self) -> dict[str, object]:
-        return {"path": self.path, "kind": self.kind, "recorded": self.recorded, "moved_from": self.moved_from}
+        return {"path": self.path, "kind": self.kind, "recorded": self.recorded, "moved_from": self.moved_from,
+                "context": [{"sha": sha, "subject": subject} for sha, subject in self.context]}
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,20 @@ class _Draft:
     interrupted: bool = False
 
 
+def _with_context(repo: Repo, st: RepoState, commit: str,
+                  conflicts: tuple[ConflictEntry, ...]) -> tuple[ConflictEntry, ...]:
+    """The moves git followed and the upstream commits behind each conflict, as ``check``
+    predicts them (reads only)."""
+    from dataclasses import replace
+
+    from forkops.predict import Conflict, conflict_context
+
+    found = conflict_context(repo, base=st.base_sha, onto=st.onto_sha, commit=commit,
+                             conflicts=[Conflict(c.path, c.kind) for c in conflicts])
+    return tuple(replace(c, moved_from=f.moved_from, context=tuple((x.sha, x.subject) for x in f.context))
+                 for c, f in zip(conflicts, found, strict=True))
+
+
 def stop_report(repo: Repo, st: RepoState, rs: RebaseState) -> _Draft:
     """A rebase stopped on a commit: where, the unmerged files (rerere-resolved ones marked),
     and what the person does next."""
@@ -170,7 +187,8 @@ def stop_report(repo: Repo, st: RepoState, rs: RebaseState) -> _Draft:
     stages = repo.unmerged()
     stop = st.stop_for(commit)
     recorded = set(stop.recorded) if stop else set()
-    conflicts = tuple(ConflictEntry(p, conflict_kind(s), p in recorded) for p, s in sorted(stages.items()))
+    conflicts = _with_context(repo, st, commit, tuple(
+        ConflictEntry(p, conflict_kind(s), p in recorded) for p, s in sorted(stages.items())))
     draft = _Draft("conflict", StoppedAt(commit, subject, index, total), conflicts, notes=list(st.notes))
     if any(c.recorded for c in conflicts):
         names = ", ".join(c.path for c in conflicts if c.recorded)
@@ -225,11 +243,18 @@ def completion_report(repo: Repo, st: RepoState) -> Completion:
     rows = repo.range_diff(f"{st.base_sha}..{st.start_sha}", f"{st.onto_sha}..{st.branch_ref}")
     skipped = tuple(i.subject for i in repo.commit_infos(st.skipped))
     carried = len(st.picked) - len(st.dropped) - len(st.emptied) - len(st.skipped)
+    ours = [c["commit"] for c in (*st.reapplied, *st.pinned)]
+
+    def by_forkops(row: RangeDiffLine) -> bool:
+        return any(sha.startswith(row.new) for sha in ours)
+
+    # A fork commit whose resolution changed it beyond what range-diff pairs shows up as "only
+    # in the new range": it is a changed patch, not one forkops added.
     return Completion(
         st.repo, st.branch, st.onto, len(st.picked), carried,
         unchanged=tuple(r.subject for r in rows if r.mark == "="),
-        changed=tuple(r.subject for r in rows if r.mark == "!"),
-        added=tuple(r.subject for r in rows if r.mark == ">"),
+        changed=tuple(r.subject for r in rows if r.mark == "!" or (r.mark == ">" and not by_forkops(r))),
+        added=tuple(r.subject for r in rows if r.mark == ">" and by_forkops(r)),
         dropped=tuple(st.dropped), skipped=skipped, emptied=tuple(st.emptied))
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from forkops import anchors as anchors_mod
 from forkops import pins as pins_mod
 from forkops.errors import BadInput
+from forkops.fsutil import write_atomic
 from forkops.git import Repo
 from forkops.playbook import Playbook
 from forkops.upgrade import accounting, gates
-from forkops.upgrade.masking import mask_secrets
 from forkops.upgrade.preflight import dirty_paths
 from forkops.upgrade.state import Failure, FailureKind, MissingCommit, Phase, RepoState, save_state
 from forkops.workspace import RepoConfig, Workspace
@@ -144,29 +144,42 @@ def verify(ctx: Ctx) -> Phase | None:
 # anchors: check, and re-apply a patch left behind in a file upstream moved away from
 # ---------------------------------------------------------------------------------------
 def _reapply(ctx: Ctx, res: anchors_mod.AnchorResult) -> tuple[str | None, str]:
-    """Merge the fork's change to the old file into the live one; (commit, detail)."""
+    """Merge the fork's change to the old file into the live one; (commit, detail). When the
+    merge conflicts, its result with conflict markers is written into the live file in the
+    worktree (nothing committed) for the person to resolve."""
     st = ctx.st
     assert res.path is not None
-    merged, why = anchors_mod.retarget(ctx.repo, res, base=st.base_sha, start=st.start_sha, live="HEAD")
-    if merged is None:
-        return None, why
-    old = res.left_behind[0]
-    message = (f"Re-apply {res.name} patch to {res.path} (moved from {old})\n\n"
+    done = anchors_mod.merge_into_live(ctx.repo, res, base=st.base_sha, start=st.start_sha, live="HEAD")
+    if done.merged is None:
+        return None, done.why
+    if done.conflicts:
+        write_atomic(ctx.repo.path / res.path, done.merged)
+        return None, (f"{done.why}; the merge result with conflict markers is in {res.path}: resolve it there "
+                      f"and commit (then `git rm {done.old}` if that copy is no longer compiled)")
+    message = (f"Re-apply {res.name} patch to {res.path} (moved from {done.old})\n\n"
                f"Upstream moved the definition to {res.path}; the rebase left the fork's change in "
-               f"{old}.\nforkops merged the change ({st.base}..{st.start}) into the new file.\n")
-    return commit_file(ctx, res.path, merged, message), ""
+               f"{done.old}.\nforkops merged the change ({st.base}..{st.start}) into the new file.\n")
+    return commit_file(ctx, res.path, done.merged, message), ""
 
 
 def _anchor_failure(ctx: Ctx, res: anchors_mod.AnchorResult, detail: str) -> Failure:
-    change = ""
-    if res.left_behind:
-        old = res.left_behind[0]
-        # Old-style forks commit the key in this very file: mask before it is shown or stored,
-        # and only then shorten it (a cut could leave a key site's value half matched).
-        diff = ctx.repo.run("diff", ctx.st.base_sha, ctx.st.start_sha, "--", old, check=False)
-        change = mask_secrets(diff, ctx.pb, gates.key_material(ctx.ws))[:4000]
+    """The failure, with the fork commits whose change is missing and that change (masked:
+    old-style forks commit the key in this very file; masked before it is shown or stored).
+    The resolutions git recorded that dropped the patch are forgotten, so that rerere does not
+    offer the same loss again."""
+    st, pb = ctx.st, ctx.pb
+    anchor = next(a for a in pb.anchors if a.name == res.name)
+    changes = anchors_mod.fork_changes(ctx.repo, pb, anchor, base=st.base_sha, start=st.start_sha,
+                                       version=pb.version_of_tag(st.base), material=gates.key_material(ctx.ws))
+    forgotten = anchors_mod.forget_dropping_resolutions(ctx.repo, anchor)
+    if forgotten:
+        st.notes.append(f"forgot {len(forgotten)} recorded resolution(s) that dropped the {res.name} patch "
+                        f"(git rerere would have offered them again)")
+    commits = list({c.sha: MissingCommit(c.sha, c.subject) for c in changes}.values())
+    change = "\n".join(f"# {c.sha[:12]} {c.subject} ({c.path})\n{c.diff}" for c in changes)[:8000]
     return Failure(FailureKind.ANCHOR, detail or res.detail, path=res.path, anchor=res.name,
-                   defined_in=list(res.defined_in), patched_in=list(res.patched_in), change=change)
+                   defined_in=list(res.defined_in), patched_in=list(res.patched_in), change=change,
+                   fork_commits=commits)
 
 
 def check_anchors(ctx: Ctx) -> Phase | None:
@@ -176,6 +189,7 @@ def check_anchors(ctx: Ctx) -> Phase | None:
     for res in anchors_mod.check_all(repo, "HEAD", pb.anchors, version):
         if res.ok:
             ctx.log(f"{st.repo}: anchor {res.name}: ok ({res.path})")
+            _note_dead_copies(ctx, res)
             continue
         if not (res.left_behind and res.path):
             st.failure = _anchor_failure(ctx, res, "")
@@ -195,7 +209,41 @@ def check_anchors(ctx: Ctx) -> Phase | None:
         st.reapplied.append({"anchor": res.name, "from": res.left_behind[0], "to": res.path, "commit": commit})
         ctx.log(f"{st.repo}: anchor {res.name}: re-applied the patch to {res.path} "
                 f"(moved from {res.left_behind[0]}) in {commit[:12]}")
+        _note_dead_copies(ctx, again)
     return Phase.PIN
+
+
+DRIFT_NOTE = "api drift: "
+
+
+def completion_notes(ctx: Ctx) -> list[str]:
+    """What the finished branch still deserves a look for: the patched copies that are dead
+    code (with the `git rm` command) and API drift (the fork's lines use names upstream's tag
+    no longer has: the branch rebased cleanly but will not build). Kept in the notes, so
+    ``forkops status`` shows them too."""
+    from forkops import drift
+
+    st = ctx.st
+    for d in drift.find(ctx.repo, ctx.pb, st.base_sha, st.branch_ref, st.tag_ref):
+        note = f"{DRIFT_NOTE}{d.describe()}; {st.tag} no longer has it"
+        if note not in st.notes:
+            st.notes.append(note)
+    ctx.save()
+    return [n for n in st.notes if n.startswith(DRIFT_NOTE) or DEAD_COPY_MARK in n]
+
+
+DEAD_COPY_MARK = "a patched copy stays in "
+
+
+def _note_dead_copies(ctx: Ctx, res: anchors_mod.AnchorResult) -> None:
+    """A patched copy that is not the live definition is dead code: say so, with the command
+    (the note is shown at completion and by `forkops status`)."""
+    for dead in res.dead_copies:
+        note = (f"{res.name}: {DEAD_COPY_MARK}{dead}, which is not the live definition ({res.path}); "
+                f"if it is no longer compiled: git -C {ctx.repo.path} rm {dead} && git -C {ctx.repo.path} commit")
+        if note not in ctx.st.notes:
+            ctx.st.notes.append(note)
+            ctx.save()
 
 
 # ---------------------------------------------------------------------------------------
