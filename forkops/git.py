@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -166,10 +166,6 @@ class Repo:
         """``rev`` when it already is a full object name (git's own files hold those), else the
         commit it names."""
         return rev if _FULL_SHA.fullmatch(rev) else self.commit_of(rev)
-
-    def current_branch(self) -> str | None:
-        proc = self.run_raw("symbolic-ref", "--quiet", "--short", "HEAD")
-        return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
 
     def head(self) -> str | None:
         return self.rev_parse("HEAD")
@@ -402,6 +398,31 @@ class Repo:
                 rows.append(RangeDiffLine(m.group(2), m.group(3), m.group(4), m.group(5)))
         return rows
 
+    def rebase(self, config: Sequence[str], *args: str) -> subprocess.CompletedProcess[bytes]:
+        """``git -c ... rebase ARGS`` (never an editor); the caller reads git's state after it."""
+        return self.run_raw(*config, "rebase", *args, env={"GIT_EDITOR": "true"})
+
+    def rebase_quit(self) -> None:
+        """Drop git's rebase state without touching HEAD, index or worktree."""
+        self.run("rebase", "--quit")
+
+    def valid_branch_name(self, name: str) -> bool:
+        return self.ok("check-ref-format", f"refs/heads/{name}")
+
+    def head_unreachable(self) -> bool:
+        """True when HEAD holds commits no branch, tag or remote-tracking ref has."""
+        return bool(self.run("rev-list", "-1", "HEAD", "--not", "--branches", "--tags", "--remotes").strip())
+
+    def untracked(self) -> list[str]:
+        """Untracked files that are not ignored."""
+        return [p for p in self.run("ls-files", "--others", "--exclude-standard", "-z").split("\0") if p]
+
+    def tree_paths(self, treeish: str) -> set[str]:
+        return {p for p in self.run("ls-tree", "-r", "--name-only", "-z", treeish).split("\0") if p}
+
+    def diff_text(self, old: str, new: str, path: str) -> str:
+        return self.run("diff", old, new, "--", path, check=False)
+
     def present(self, shas: Sequence[str]) -> set[str]:
         """Which of ``shas`` name commits this repository has (one ``cat-file --batch-check``)."""
         if not shas:
@@ -446,7 +467,7 @@ class Repo:
         except OSError:
             head = ""
         return RebaseState(
-            folder=folder, head_name=read("head-name"), onto=read("onto"), orig_head=read("orig-head"),
+            folder=folder, head_name=read("head-name"), onto=read("onto"),
             done=steps("done"), todo=steps("git-rebase-todo"),
             msgnum=int(read("msgnum") or 0), end=int(read("end") or 0),
             stopped_sha=read("stopped-sha") or None, head_detached=not head.startswith("ref:"))
@@ -507,8 +528,7 @@ class Repo:
                 found[ref] = sha
         return found
 
-    def fetch_objects(self, source: str, refs: Sequence[str], *, progress: Progress | None = None,
-                      env: Mapping[str, str] | None = None) -> None:
+    def fetch_objects(self, source: str, refs: Sequence[str], *, progress: Progress | None = None) -> None:
         """Fetch the objects of ``refs`` from ``source`` (a URL or remote) and nothing else: no
         ref, no FETCH_HEAD, no tags, no automatic gc (which could repack refs). The caller
         creates the refs it wants, recorded, in one transaction."""
@@ -516,7 +536,6 @@ class Repo:
                 "fetch", "--no-tags", "--no-write-fetch-head", "--progress" if progress else "--quiet",
                 source, *refs]
         merged = dict(self.extra_env)
-        merged.update(env or {})
         started = time.perf_counter()
         if progress is None:
             proc = subprocess.run(["git", "-C", str(self.path), *args], capture_output=True,
@@ -662,14 +681,12 @@ class RebaseState:
     folder: Path
     head_name: str  # the full ref being rebased; "" when git was killed before writing it
     onto: str
-    orig_head: str
     done: tuple[RebaseStep, ...]
     todo: tuple[RebaseStep, ...]
     msgnum: int
     end: int
     stopped_sha: str | None
     head_detached: bool  # False: git died after creating the folder, before it detached HEAD
-    notes: list[str] = field(default_factory=list)
 
     @property
     def current(self) -> str | None:
@@ -739,7 +756,7 @@ def conflict_kind(stages: Iterable[int]) -> str:
     return _KIND_BY_STAGES.get(frozenset(stages), "rename")
 
 
-def _no_progress(stage: str, fraction: float | None) -> None:
+def _no_progress(_stage: str, _fraction: float | None) -> None:
     return None
 
 

@@ -15,7 +15,6 @@ from forkops.git import Repo
 from forkops.lock import workspace_lock
 from forkops.upgrade.machine import Outcome, crash_point
 from forkops.upgrade.preflight import clear_stale_locks
-from forkops.upgrade.rebase import REBASE_CONFIG
 from forkops.upgrade.state import (
     BACKUP_PREFIX,
     Phase,
@@ -70,7 +69,7 @@ def abort_repo(repo: Repo, st: RepoState, log: Log) -> None:
     if rs is not None and rs.head_name in ("", st.branch_ref):
         # --quit, not --abort: --abort checks out orig-head, a worktree rewrite the reset below
         # makes anyway (once).
-        repo.run(*REBASE_CONFIG, "rebase", "--quit")
+        repo.rebase_quit()
     crash_point("abort-after-rebase")
     changes: dict[str, str | None] = {}
     for ref, sha in st.refs.items():

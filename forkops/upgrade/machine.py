@@ -178,7 +178,7 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
     rs = rebase.ours(repo, st)
     if rs is not None and rebase.half_started(rs):
         # git died after making its folder, before it detached HEAD: nothing was rebased.
-        repo.run(*rebase.REBASE_CONFIG, "rebase", "--quit")
+        repo.rebase_quit()
         ctx.log(f"{st.repo}: git was killed as the rebase began (nothing was rebased); starting it again")
         rs = None
     if rs is not None:

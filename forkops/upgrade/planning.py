@@ -139,14 +139,15 @@ def _check_target(repo: Repo, refs: dict[str, RefInfo], ref: str, want: str, wha
                        f"{published_hint}")
     local = refs[ref].sha if ref in refs else None
     if local is not None and local != want and not force:
-        subject = repo.run("log", "-1", "--format=%s", local).strip()
+        subject = repo.commit_infos([local])[0].subject
         raise BadInput(f"branch {name} already exists at {local[:12]} ({subject!r}), not {what} "
-                       f"({want[:12]}); pass --force to replace the local branch, or --branch NAME")
+                       f"({want[:12]}); to publish a finished run: `forkops push`; else pass --force to replace "
+                       f"the local branch, or --branch NAME")
     return local
 
 
-def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progress: Progress | None = None,
-              fetch_env: dict[str, str] | None = None) -> RepoPlan:
+def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progress: Progress | None = None
+              ) -> RepoPlan:
     """Check everything for one repository and fetch the upstream objects it needs; write
     nothing else. BadInput on any bad input."""
     head_sha, head_ref = check_startable(repo, pb, rc.name)
@@ -164,12 +165,12 @@ def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progres
     if base_ref is not None and (base_ref.name not in local or local[base_ref.name].sha != base_ref.sha):
         new_tags[base_ref.name] = base_ref.sha
     if new_tags:
-        repo.fetch_objects(rc.upstream, sorted(new_tags), progress=progress, env=fetch_env)
+        repo.fetch_objects(rc.upstream, sorted(new_tags), progress=progress)
     if not repo.is_ancestor(base_sha, start_sha):
         raise BadInput(f"base {base} is not an ancestor of {start}")
     onto, default_branch = plan.branch_names(pb, req.version)
     branch = req.branch or str(default_branch)
-    if req.branch is not None and not repo.ok("check-ref-format", f"refs/heads/{branch}"):
+    if req.branch is not None and not repo.valid_branch_name(branch):
         raise BadInput(f"--branch {branch}: not a valid branch name")
     onto_ref, branch_ref = f"refs/heads/{onto}", f"refs/heads/{branch}"
     remote_heads = repo.ls_remote_heads("origin", [onto_ref, branch_ref])
@@ -185,7 +186,7 @@ def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progres
         shown = ", ".join(in_the_way[:5]) + (" ..." if len(in_the_way) > 5 else "")
         raise BadInput(f"{rc.name}: untracked files in {repo.path} would be overwritten by checking out "
                        f"{tag} ({shown}); move or remove them first")
-    picked = tuple(repo.lines("rev-list", "--reverse", "--no-merges", f"{base_sha}..{start_sha}"))
+    picked = tuple(repo.rev_list("--reverse", "--no-merges", f"{base_sha}..{start_sha}"))
     return RepoPlan(rc.name, tag, tag_ref.peeled, base, base_sha, start, start_sha, str(onto), branch,
                     picked, new_tags, touched, head_sha, head_ref)
 

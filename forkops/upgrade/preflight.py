@@ -45,8 +45,7 @@ def check_startable(repo: Repo, pb: Playbook, name: str) -> tuple[str, str | Non
     if head is None:
         raise BadInput(f"{name}: {repo.path} has no commits")
     head_ref = repo.full_head_ref()
-    if head_ref is None and repo.run(
-            "rev-list", "-1", "HEAD", "--not", "--branches", "--tags", "--remotes").strip():
+    if head_ref is None and repo.head_unreachable():
         raise BadInput(f"{name}: detached HEAD at {head[:12]} holds commits no branch has "
                        f"(create a branch for them first: git branch NAME)")
     dirty = dirty_paths(repo)
@@ -64,10 +63,10 @@ def untracked_in_the_way(repo: Repo, treeish: str) -> list[str]:
     """Untracked (not ignored) files that checking out ``treeish`` would overwrite: the same
     path, a file where the tree has a folder, or a file inside a folder the tree has as a file.
     git refuses the whole rebase for them; ignored files it overwrites silently."""
-    untracked = [p for p in repo.run("ls-files", "--others", "--exclude-standard", "-z").split("\0") if p]
+    untracked = repo.untracked()
     if not untracked:
         return []
-    files = {p for p in repo.run("ls-tree", "-r", "--name-only", "-z", treeish).split("\0") if p}
+    files = repo.tree_paths(treeish)
     folders = {f[:i] for f in files for i, c in enumerate(f) if c == "/"}
 
     def parents(path: str) -> list[str]:

@@ -66,7 +66,7 @@ def run(repo: Repo, st: RepoState, args: list[str]) -> bool:
     (the stop is recorded). Raises RebaseRefused when a starting rebase failed before it began."""
     from forkops.upgrade.machine import crash_point
 
-    proc = repo.run_raw(*REBASE_CONFIG, "rebase", *args, env={"GIT_EDITOR": "true"})
+    proc = repo.rebase(REBASE_CONFIG, *args)
     output = proc.stdout.decode("utf-8", "replace") + "\n" + proc.stderr.decode("utf-8", "replace")
     rs = repo.rebase_state()
     if rs is not None:
