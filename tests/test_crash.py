@@ -44,10 +44,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> crash
 
 # Kill points the engine still fails at (crash-findings.md); the slot -> point mapping is fixed
 # for a given engine, so a fix turns these into XPASS (strict): then remove the entry.
-KNOWN = {
-    ("killgit", 4): "crash-findings 07:32: git killed as Serving's `rebase --onto` starts: that "
-                    "`--continue` exits 0 with Serving not rebased (b2.18.0 == b2.4.0)",
-}
+KNOWN: dict[tuple[str, int], str] = {}  # (mode, slot) -> the finding, e.g. ("killgit", 4): "..."
 
 
 def _params() -> list[object]:

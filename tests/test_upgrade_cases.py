@@ -87,6 +87,9 @@ def assert_whole_or_named(sb: Sandbox, repo_name: str, want: list[str]) -> None:
 # 1. kill -9 of forkops while `git rebase --onto` runs: git's `done` lists a pick whose
 #    changes never reached the index; "done" must never follow with that commit missing.
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=False, reason="crash-findings 07:16 A: where git dies of SIGPIPE varies; when it dies "
+                   "after committing a pick but before writing rebase-merge/message, every --continue fails "
+                   "'could not read log file' while status advises --continue (not strict: the race decides)")
 def test_kill_during_rebase_onto_never_loses_the_done_pick(sb: Sandbox, tmp_path: Path) -> None:
     before = snapshots(sb)
     killer = crashkit.Killer(tmp_path / "kit", mode="during", at=1, match="* rebase *--onto *")
