@@ -161,3 +161,10 @@ def sandbox(tmp_path: Path) -> sandbox_mod.Sandbox:
 def run_git() -> Callable[..., str]:
     """:func:`tests.gitutil.git` as a fixture (for modules that take their helpers that way)."""
     return git
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The crash sweep's counts (tests/test_crash.py): kill points tried, outcomes by kind."""
+    from tests.crashkit import summarize
+
+    summarize(terminalreporter)
