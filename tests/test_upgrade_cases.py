@@ -225,8 +225,6 @@ def test_second_upgrade_at_once_names_the_holder(sb: Sandbox, tmp_path: Path) ->
 # ---------------------------------------------------------------------------------------------
 # 7. set-key while an upgrade is stopped is refused; the key never reaches a commit.
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="crash-findings 06:43 #1: set-key (cli/keys.py) does not call "
-                   "lock.upgrade_stopped yet: it exits 0 and writes the key into the stopped rebase's worktree")
 def test_set_key_refused_while_upgrade_stopped(sb: Sandbox) -> None:
     tf = sb.clone("tensorflow")
     keys = sb.workspace / "keys.toml"
