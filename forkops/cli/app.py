@@ -21,7 +21,7 @@ from forkops.cli import common
 from forkops.errors import BadInput, Interrupted
 
 # Every command module, in the order top-level help lists their commands.
-COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "build", "playbook")
+COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "build", "doctor", "gc", "playbook")
 
 # Top-level command -> its module. tests/test_cli_help.py keeps it equal to what the modules register.
 COMMANDS = {
@@ -38,7 +38,8 @@ COMMANDS = {
     "inspect": "crypto",
     "build": "build",
     "smoke": "build",
-    "doctor": "build",
+    "doctor": "doctor",
+    "gc": "gc",
     "playbook": "playbook",
 }
 
