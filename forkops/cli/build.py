@@ -177,20 +177,22 @@ def smoke_cmd(
     if timeout <= 0:
         raise BadInput("--timeout must be a positive number of seconds")
     docker = Docker()
-    docker.require_engine()  # exit 3 first: nothing else matters without an engine
     spec, root = _smoke_spec()
-    material = _keys(keys, root)
-    options = engine.SmokeOptions(image, gpu, Version.parse(serving_version) if serving_version else None, timeout)
-    err = err_console()
-    with _sigterm_as_interrupt(), err.status("smoke") as status:
-        report = engine.run(docker, spec, options, material, model=model,
-                            on_status=lambda case, text: status.update(f"{case.key}: {text}"))
+    report = engine.without_engine(docker, image)  # exit 3 first: nothing else matters without an engine
+    if report is None:
+        material = _keys(keys, root)
+        options = engine.SmokeOptions(image, gpu, Version.parse(serving_version) if serving_version else None,
+                                      timeout)
+        with _sigterm_as_interrupt(), err_console().status("smoke") as status:
+            report = engine.run(docker, spec, options, material, model=model,
+                                on_status=lambda case, text: status.update(f"{case.key}: {text}"))
     if junit is not None:
         junit.write_text(engine.junit_xml(report))
     if json_:
-        print_json(engine.as_dict(report))
-    else:
+        print_json(report.as_json())
+    elif report.infrastructure is None:
         _smoke_table(report)
+    report.raise_for_infrastructure()  # no engine: exit 3, after --json/--junit said so
     return ExitCode.OK if report.ok else ExitCode.NEEDS_PERSON
 
 
