@@ -185,6 +185,23 @@ def test_dash_c_to_a_missing_folder_is_bad_input(tmp_path: Path) -> None:
     assert res.err == f"forkops: error: -C {tmp_path / 'nope'}: no such directory\n"
 
 
+# -- playbook warnings -----------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [["status"], ["check", "--repo", "serving", "--tags", "2.4.1"], ["gc"]])
+def test_every_command_that_loads_the_workspace_shows_playbook_warnings(tmp_path: Path, args: list[str]) -> None:
+    """A typo in a playbook (must_contian) is a warning every command shows, not only `playbook validate`."""
+    from forkops import sandbox
+
+    sb = sandbox.build(tmp_path / "sb")
+    text = (Path(__file__).parent.parent / "playbooks" / "serving.toml").read_text()
+    custom = sb.workspace / "my-serving.toml"
+    custom.write_text(text.replace("[[pins]]\n", "[[pins]]\nmust_contian = 'typo'\n", 1))
+    config = sb.workspace / "forkops.toml"
+    config.write_text(config.read_text().replace('playbook = "serving"', 'playbook = "my-serving.toml"'))
+    res = run_cli("-C", str(sb.workspace), *args)
+    warnings = [line for line in res.err.splitlines() if line.startswith("forkops: warning: ")]
+    assert warnings == ["forkops: warning: my-serving.toml: pins[0].must_contian: unknown key, ignored"], res.err
+
+
 if __name__ == "__main__":
     os.environ["COLUMNS"] = "80"
     print('"""What ``forkops --help`` prints, kept verbatim so that top-level help needs no typer import.\n\n'
