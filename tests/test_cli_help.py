@@ -179,6 +179,25 @@ def test_dash_c_finds_the_workspace_and_takes_relative_paths_from_dir(tmp_path: 
     assert res.code == 0 and "no upgrade in progress" in res.out
 
 
+def test_nested_invocations_keep_the_outer_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`demo` runs commands in-process: an inner invocation must not reset the outer one's -C."""
+    from forkops.cli import common, main
+
+    seen: list[Path | None] = []
+
+    def inner(start: Path | None = None) -> Path:
+        assert main(["-C", "/", "playbook", "show", "serving"]) == 0
+        seen.append(common.directory())
+        raise KeyboardInterrupt
+
+    from forkops import workspace
+
+    monkeypatch.setattr(workspace, "find", inner)
+    assert run_cli("-C", str(tmp_path), "status").code == 130
+    assert seen == [tmp_path.resolve()]
+    assert common.directory() is None
+
+
 def test_dash_c_to_a_missing_folder_is_bad_input(tmp_path: Path) -> None:
     res = run_cli("-C", str(tmp_path / "nope"), "status")
     assert res.code == ExitCode.BAD_INPUT

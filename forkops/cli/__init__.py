@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     from forkops.cli import app as app_mod
     from forkops.cli import common
 
-    common.reset()
+    # Invocations nest (demo runs commands in-process): each starts without -C and gives the
+    # outer one its directory back.
+    outer = common.directory()
+    common.set_directory(None)
     try:
         app = app_mod.build(args)
         result = app(args=args, prog_name="forkops", standalone_mode=False)
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _usage_error(exc)
         return _crash() if code is None else code
     finally:
-        common.reset()
+        common.set_directory(outer)
     if result is None:
         return ExitCode.OK
     return int(result) if isinstance(result, int) else _crash_bad_result(result)
