@@ -75,7 +75,9 @@ def test_command_table_names_every_registered_command() -> None:
     (["-h"], None),
 ])
 def test_command_name_skips_global_options(args: list[str], expected: str | None) -> None:
-    assert app_mod.command_name(args) == expected
+    from forkops.cli import split_global
+
+    assert split_global(args)[1] == expected
 
 
 def _loaded_after(*args: str) -> set[str]:
@@ -95,6 +97,12 @@ def test_status_help_imports_only_what_status_uses() -> None:
     assert {m for m in loaded if m.split(".")[0] in ("rich", "git")} == set()
     assert loaded <= {"forkops", "forkops.cli", "forkops.cli.app", "forkops.cli.common", "forkops.cli.upgrade",
                       "forkops.errors"}
+
+
+@pytest.mark.parametrize("args", [["--version"], ["-C", "/nonexistent", "--version"], ["--version", "status"]])
+def test_version_among_the_global_options(args: list[str]) -> None:
+    res = run_cli(*args)
+    assert (res.code, res.out, res.err) == (0, f"forkops {__import__('forkops').__version__}\n", "")
 
 
 # -- one exit path -------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def check(
                                                    help="Exactly these tags (names or versions).")] = None,
     include_rc: Annotated[bool, typer.Option("--include-rc", help="Also release candidates.")] = False,
     as_json: JsonOption = False,
-) -> int:
+) -> ExitCode:
     if since is not None:
         from forkops.version import Version
 
@@ -149,7 +149,7 @@ def nightly(
                                          help="Exit 1 on newly incompatible tags (new) or on any.")] = "new",
     repo: RepoOption = None,
     include_rc: Annotated[bool, typer.Option("--include-rc", help="Also release candidates.")] = False,
-) -> int:
+) -> ExitCode:
     from forkops import report
 
     if fail_on not in ("new", "any"):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 import typer
 
 from forkops.cli.common import JsonOption, KeysOption, console, cwd, load_workspace, print_json
-from forkops.errors import BadInput, ExitCode
+from forkops.errors import BadInput, ExitCode, ExternalError
 
 if TYPE_CHECKING:
     from forkops.doctor import Report
@@ -38,11 +37,12 @@ def doctor(keys: KeysOption = None, json_: JsonOption = False) -> ExitCode:
         print_json(report.as_json())
     else:
         _table(report)
-    code = report.exit_code()
-    if code == ExitCode.EXTERNAL and not json_:
-        first = next(c for c in report.failed if c.name in engine.EXTERNAL)
-        print(f"forkops: error: {first.detail}", file=sys.stderr)
-    return code
+    if report.exit_code() == ExitCode.EXTERNAL:
+        raise ExternalError(next(c for c in report.failed if c.name in engine.EXTERNAL).detail)
+    if report.failed:
+        names = ", ".join(c.name for c in report.failed)
+        raise BadInput(f"{len(report.failed)} check(s) failed: {names}", hint="each failure above shows its fix")
+    return ExitCode.OK
 
 
 def _table(report: Report) -> None:
