@@ -9,7 +9,11 @@ Invariants:
 * Atomic: an output file is written anonymously (``O_TMPFILE`` where the file system has it,
   else a hidden temporary file in the same folder) and renamed over the destination only when
   complete and verified; a model directory is built in a hidden sibling folder and renamed into
-  place at the end. An error, Ctrl-C or ``kill -9`` never leaves half of an output.
+  place at the end. An error, Ctrl-C or ``kill -9`` never leaves half of an output; a kill between
+  the two renames of ``--force`` leaves a state :func:`recover_output` finishes (the next run and
+  ``inspect`` call it).
+* Inputs are regular files: opening one never blocks (a FIFO is refused) unless the caller asks
+  to read a stream (``encrypt --raw``).
 * The key never appears in a message: errors and reports name its fingerprint only.
 
 A plaintext SavedModel starts with ``08 01`` (field 1, schema version 1) and then ``12``
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import importlib.resources
 import io
 import os
@@ -95,6 +100,7 @@ class Done:
     output: Path
     files: tuple[Path, ...]  # relative to the output for a directory; the output for a file
     copied: int  # other files copied unchanged (directories only)
+    recovered: tuple[str, ...] = ()  # what an interrupted earlier run left and this one repaired
 
 
 def bundled_model(*, gpu: bool = False) -> Path:
@@ -316,17 +322,42 @@ def _size_or_zero(fh: Source) -> int:
 # Files and model directories
 
 
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _file_type(mode: int) -> str:
+    return next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+
+
 @contextlib.contextmanager
-def _open_input(path: Path) -> Iterator[io.BufferedReader]:
+def _open_input(path: Path, *, stream: bool = False) -> Iterator[io.BufferedReader]:
+    """Open ``path`` for reading; anything but a regular file is BadInput unless ``stream``.
+
+    The first open is non-blocking, so a FIFO without a writer cannot hang forkops; only an
+    accepted stream is reopened to block for its data.
+    """
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below, after the body ran
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file or directory") from None
     except OSError as exc:
         raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
-    with fh:
-        with contextlib.suppress(OSError):  # a hint: larger read-ahead for one sequential pass
-            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        os.set_blocking(fd, True)
+    else:
+        os.close(fd)
+        if not stream or stat.S_ISDIR(mode):
+            raise BadInput(f"{path}: is {_file_type(mode)}, not a regular file (only `encrypt --raw` reads a stream)")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # waits for a writer: the user asked to read it
+        except OSError as exc:
+            raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
+    with open(fd, "rb") as fh:
+        if stat.S_ISREG(mode):
+            with contextlib.suppress(OSError):  # a hint: larger read-ahead for one sequential pass
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         yield fh
 
 
@@ -440,8 +471,8 @@ def _refuse_decrypt(path: Path, *, raw: bool) -> None:
         raise BadInput(f"{path}: not ciphertext ({size} bytes is not a positive multiple of 16)")
 
 
-def _encrypt_file(src: Path, dst: Sink, material: KeyMaterial, progress: Progress | None) -> None:
-    with _open_input(src) as fh:
+def _encrypt_file(src: Path, dst: Sink, material: KeyMaterial, progress: Progress | None, *, raw: bool) -> None:
+    with _open_input(src, stream=raw) as fh:
         encrypt_stream(fh, dst, material, progress=_bind(progress, src))
 
 
@@ -498,6 +529,7 @@ def _run(
     encrypt: bool, force: bool, raw: bool, progress: Progress | None,
 ) -> Done:
     keyfile.validate(material)
+    recovered = recover_output(dst)
     _check_paths(src, dst, force=force)
     targets = model_files(src) if src.is_dir() else [src]
     for path in targets:  # every refusal happens before anything is written
@@ -508,17 +540,17 @@ def _run(
 
     def transform(path: Path, out: IO[bytes]) -> None:
         if encrypt:
-            _encrypt_file(path, out, material, progress)
+            _encrypt_file(path, out, material, progress, raw=raw)
         else:
             _decrypt_file(path, out, material, progress, raw=raw)
 
     try:
         if src.is_dir():
             copied = _build_directory(src, dst, set(targets), transform)
-            return Done(dst, tuple(p.relative_to(src) for p in targets), copied)
+            return Done(dst, tuple(p.relative_to(src) for p in targets), copied, recovered)
         with output_file(dst) as out:
             transform(src, out)
-        return Done(dst, (dst,), 0)
+        return Done(dst, (dst,), 0, recovered)
     except OSError as exc:
         where = exc.filename or dst
         raise ExternalError(f"{where}: {exc.strerror or exc}") from None
@@ -528,9 +560,8 @@ def _build_directory(
     src: Path, dst: Path, targets: set[Path], transform: Callable[[Path, IO[bytes]], None]
 ) -> int:
     """Build the output in a hidden sibling of ``dst``; rename it into place at the end."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.forkops-", suffix=".tmp", dir=dst.parent))
     copied = 0
-    try:
+    with staging_dir(dst) as tmp:
         os.chmod(tmp, stat.S_IMODE(src.stat().st_mode) | stat.S_IRWXU)  # mkdtemp made it 0700
         for folder, dirnames, filenames in os.walk(src):
             here = Path(folder)
@@ -545,6 +576,9 @@ def _build_directory(
                     with open(into / name, "wb") as out:
                         transform(path, out)
                 else:
+                    mode = path.stat().st_mode
+                    if not stat.S_ISREG(mode):  # copyfile would block on a FIFO
+                        raise BadInput(f"{path}: is {_file_type(mode)}, not a regular file; a model holds only files")
                     shutil.copyfile(path, into / name)  # content only: follows a file symlink
                     copied += 1
                 # Keep the source's permission bits, but always owner-writable so the output
@@ -552,9 +586,6 @@ def _build_directory(
                 os.chmod(into / name, stat.S_IMODE(path.stat().st_mode) | stat.S_IWUSR)
         _fsync_tree(tmp)
         _move_into_place(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return copied
 
 
@@ -568,22 +599,126 @@ def _fsync_tree(root: Path) -> None:
                 os.close(fd)
 
 
+# ---------------------------------------------------------------------------------------------
+# Staging folders and the --force swap
+#
+# An output ``OUT`` is built in ``.OUT.forkops-T.tmp`` (T random). With ``--force`` the old
+# output is first renamed to ``.OUT.forkops-old-T`` (same T), then the new one to ``OUT``, then
+# the old one is deleted. ``old-T`` exists only once ``T.tmp`` is complete, so after a kill at
+# any point the names alone say what to do (``recover_output``). The builder holds an flock on
+# the staging folder (the inode, so it follows the folder through its renames) until it is
+# done: a folder whose lock can be taken belongs to no living run.
+
+
+def _token(name: str, prefix: str) -> str | None:
+    """T of ``PREFIX T.tmp``; None for other names (including ``PREFIX old-T``)."""
+    if name.startswith(prefix) and name.endswith(".tmp") and not name.startswith(prefix + "old-"):
+        return name[len(prefix) : -len(".tmp")]
+    return None
+
+
+def _prefix(dst: Path) -> str:
+    return f".{dst.name}.forkops-"
+
+
+@contextlib.contextmanager
+def staging_dir(dst: Path) -> Iterator[Path]:
+    """A private (0700) hidden folder beside ``dst`` (same file system: renames are atomic),
+    locked while the block runs and removed with everything in it on any exit."""
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(dst), suffix=".tmp", dir=dst.parent))
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)  # releases the lock, only after the folder is gone
+
+
 def _move_into_place(tmp: Path, dst: Path) -> None:
     """Rename ``tmp`` to ``dst``; an existing ``dst`` (``--force``) is moved aside first."""
     if not (dst.exists() or dst.is_symlink()):
         os.rename(tmp, dst)
         return
-    aside = dst.parent / f".{dst.name}.forkops-old-{secrets.token_hex(4)}"
+    token = _token(tmp.name, _prefix(dst))
+    assert token is not None, tmp
+    aside = dst.parent / f"{_prefix(dst)}old-{token}"
     os.rename(dst, aside)
     try:
         os.rename(tmp, dst)
     except BaseException:
         os.rename(aside, dst)  # put the old one back
         raise
-    if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside, ignore_errors=True)
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        aside.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def _claim(folder: Path) -> Iterator[bool]:
+    """True (and the lock held) if no living run holds ``folder``'s lock; False if one does
+    or the folder vanished meanwhile (its run moved on)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def recover_output(dst: Path) -> tuple[str, ...]:
+    """Finish or roll back what a killed run left beside ``dst``; say what was done.
+
+    ``old-T`` with ``T.tmp`` and no ``dst``: the new output was complete, finish the swap.
+    ``old-T`` alone and no ``dst``: put the old output back. Otherwise leftovers are removed
+    (an incomplete ``T.tmp``, an ``old-T`` already replaced). Folders of a living run are left.
+    """
+    prefix = _prefix(dst)
+    try:
+        names = os.listdir(dst.parent)
+    except OSError:
+        return ()
+    tokens = {t for n in names if (t := _token(n, prefix)) is not None}
+    tokens |= {n[len(prefix) + 4 :] for n in names if n.startswith(prefix + "old-")}
+    done: list[str] = []
+    for token in sorted(tokens):
+        tmp, old = dst.parent / f"{prefix}{token}.tmp", dst.parent / f"{prefix}old-{token}"
+        has_tmp, has_old = tmp.is_dir(), old.exists() or old.is_symlink()
+        # The living run, if any, holds the lock on T.tmp, or on dst once T.tmp became dst.
+        with _claim(tmp if has_tmp else dst) as free:
+            if not free and (has_tmp or dst.is_dir()):
+                continue
+            present = dst.exists() or dst.is_symlink()
+            if has_old and not present:
+                if has_tmp:
+                    os.rename(tmp, dst)
+                    done.append(f"{dst}: finished replacing it (an earlier run was interrupted)")
+                else:
+                    os.rename(old, dst)
+                    done.append(f"{dst}: restored the previous output (an earlier run was interrupted)")
+                    continue
+            if has_old:
+                _remove(old)
+                if present:
+                    done.append(f"{dst}: removed the previous output an interrupted run left beside it")
+            if has_tmp and tmp.exists():
+                _remove(tmp)
+                done.append(f"{dst}: removed the unfinished output of an interrupted run")
+    return tuple(done)
 
 
 # ---------------------------------------------------------------------------------------------

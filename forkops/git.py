@@ -276,11 +276,14 @@ def clone(url: str, path: Path, *, progress: Callable[[str, float | None], None]
             progress(stage, float(cur_count) / total if total else None)
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    listener = _Progress()
     try:
-        gitpython.Repo.clone_from(url, str(path), progress=_Progress(), env=git_env())  # type: ignore[arg-type]
+        gitpython.Repo.clone_from(url, str(path), progress=listener, env=git_env())  # type: ignore[arg-type]
     except gitpython.GitCommandError as exc:
         status = exc.status if isinstance(exc.status, int) else 1
-        raise GitError(["clone", url, str(path)], status, str(exc.stderr or "")) from None
+        # With a progress listener GitPython hands git's stderr to it, not to the exception.
+        stderr = str(exc.stderr or "").strip() or "\n".join(listener.error_lines + listener.other_lines)
+        raise GitError(["clone", url, str(path)], status, stderr) from None
     return Repo(path)
 
 

@@ -11,12 +11,18 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal, cast
 
 from forkops.errors import BadInput
 from forkops.tomlcheck import Checker, Table, load_toml
 from forkops.version import BranchName, TagName, Version, VersionBound, parse_name
 
-BUILTIN = ("tensorflow", "serving")
+BUILTIN = ("tensorflow", "tensorflow-dlopen", "serving")
+# What a fork is to the others: `forkops build` stages the "serving" fork and builds it against
+# the fork whose playbook has the role its [build] names (builds_against). Declared, never guessed
+# (a third fork without a role, or with another playbook, changes nothing for these two).
+Role = Literal["tensorflow", "serving"]
+ROLES: tuple[Role, ...] = ("tensorflow", "serving")
 ENCODINGS = ("c-string", "c-bytes", "bazel-define")
 KEY_VALUES = ("key", "iv")
 
@@ -97,6 +103,20 @@ class BuildSpec:
     tf_repo_name: str = "org_tensorflow"
     tensorflow_dir: str = "tensorflow"
     image: str = "tensorflow-serving"
+    builds_against: Role = "tensorflow"  # the role of the fork org_tensorflow points at
+    # Instructions of the serving Dockerfiles that install a prebuilt decryption library (the
+    # public fork downloads one with somebody's key in it); `forkops build` replaces them by a
+    # copy from its own library stage when the TensorFlow playbook declares [library].
+    library_install: tuple[str, ...] = (r"^(?:ADD|COPY)\s+(?:--\S+\s+)*\S+\s+/opt/lib/libcryptfile\.so$",)
+
+
+@dataclass(frozen=True)
+class LibrarySpec:
+    """Shape (b) of the decryption patch: ReadBinaryProto ``dlopen``s ``path`` and calls
+    ``symbol``; the key is compiled into that library at build time, never into the fork."""
+
+    path: str = "/opt/lib/libcryptfile.so"
+    symbol: str = "CBCMode_Decrypt"
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,8 @@ class Playbook:
     pins: tuple[Pin, ...] = ()
     build: BuildSpec | None = None
     smoke: SmokeSpec | None = None
+    role: Role | None = None
+    library: LibrarySpec | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def tag(self, version: Version) -> TagName:
@@ -142,13 +164,13 @@ class Playbook:
 
 
 def builtin_path(name: str) -> Path:
-    """The shipped playbook file. Installed, it is package data (``forkops.playbooks``); in a
-    source checkout that is imported directly (``python -m pytest`` from the repository), the
-    package maps to the top-level ``playbooks/`` folder, which is used instead."""
-    try:
-        return Path(str(resources.files("forkops.playbooks").joinpath(f"{name}.toml")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "playbooks" / f"{name}.toml"
+    """The shipped playbook file. In a source checkout (``playbooks/`` beside the ``forkops``
+    package) that folder, so the checkout's own playbooks are used even when another copy of
+    forkops is installed; installed, the package data (``forkops.playbooks``)."""
+    checkout = Path(__file__).resolve().parent.parent / "playbooks" / f"{name}.toml"
+    if checkout.is_file():
+        return checkout
+    return Path(str(resources.files("forkops.playbooks").joinpath(f"{name}.toml")))
 
 
 def load(ref: str, *, base_dir: Path | None = None) -> Playbook:
@@ -172,6 +194,7 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
     top = checker.table(data, "")
     pb_name = top.str("name", required=True)
     description = top.str("description", "")
+    role = cast("Role | None", top.choice("role", ROLES, "") or None) if top.has("role") else None
 
     upstream = top.sub("upstream", required=True)
     remote = upstream.str("remote", "tf")
@@ -192,6 +215,7 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
     pins = tuple(_pin(t) for t in top.subs("pins"))
     build = _build(top.sub("build")) if top.has("build") else None
     smoke = _smoke(top.sub("smoke")) if top.has("smoke") else None
+    library = _library(top.sub("library")) if top.has("library") else None
     top.finish()
     _unique(checker, "anchors", [a.name for a in anchors])
     _unique(checker, "key_sites", [s.name for s in sites])
@@ -209,6 +233,8 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
         pins=pins,
         build=build,
         smoke=smoke,
+        role=role,
+        library=library,
         warnings=tuple(checker.warnings),
     )
 
@@ -277,12 +303,24 @@ def _build(t: Table) -> BuildSpec:
         tf_repo_name=t.str("tf_repo_name", d.tf_repo_name),
         tensorflow_dir=t.str("tensorflow_dir", d.tensorflow_dir),
         image=t.str("image", d.image),
+        builds_against=cast("Role", t.choice("builds_against", ROLES, d.builds_against)),
+        library_install=tuple(t.strs("library_install", list(d.library_install))),
     )
-    for i, rx in enumerate(spec.source_fetch):
-        try:
-            re.compile(rx)
-        except re.error as exc:
-            t.checker.problem(f"{t.key('source_fetch')}[{i}]", f"invalid regular expression: {exc}")
+    for key in ("source_fetch", "library_install"):
+        for i, rx in enumerate(getattr(spec, key)):
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                t.checker.problem(f"{t.key(key)}[{i}]", f"invalid regular expression: {exc}")
+    t.finish()
+    return spec
+
+
+def _library(t: Table) -> LibrarySpec:
+    d = LibrarySpec()
+    spec = LibrarySpec(path=t.str("path", d.path), symbol=t.str("symbol", d.symbol))
+    if not spec.path.startswith("/"):
+        t.checker.problem(t.key("path"), f"{spec.path!r} must be an absolute path in the image")
     t.finish()
     return spec
 

@@ -44,6 +44,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from forkops.git import git_env
 
@@ -363,6 +364,42 @@ def fork_env_cc(upstream_text: str) -> str:
     text = upstream_text.replace("#include <sys/stat.h>\n\n#include <deque>\n", _FORK_INCLUDES, 1)
     text = text.replace("constexpr size_t kCopyFileBufferSize = 128 * 1024;\n", _FORK_DECRYPT, 1)
     text = text.replace(_FORK_READ, _FORK_READ_NEW, 1)
+    text = text.replace(
+        "      !coded_stream.ConsumedEntireMessage()) {\n    TF_RETURN_IF_ERROR(stream->status());\n",
+        "      !coded_stream.ConsumedEntireMessage()) {\n", 1)
+    return text
+
+
+_DLOPEN_READ_NEW = """  // The model file is AES-CBC encrypted: read it whole and decrypt it with the library the
+  // image ships (the key is compiled into that library, never into this source).
+  string encrypted;
+  TF_RETURN_IF_ERROR(ReadFileToString(env, fname, &encrypted));
+  void* lib = dlopen("/opt/lib/libcryptfile.so", RTLD_NOW);
+  if (lib == nullptr) {
+    return errors::Internal("Can't load /opt/lib/libcryptfile.so: ", dlerror());
+  }
+  typedef unsigned long (*DecryptFn)(const char*, char**, unsigned long);
+  DecryptFn decrypt = reinterpret_cast<DecryptFn>(dlsym(lib, "CBCMode_Decrypt"));
+  if (decrypt == nullptr) {
+    return errors::Internal("No CBCMode_Decrypt in /opt/lib/libcryptfile.so");
+  }
+  char* plain = nullptr;
+  // CBCMode_Decrypt returns the plaintext length (0: it did not decrypt) and sets plain,
+  // which the caller never frees.
+  unsigned long plain_size = decrypt(encrypted.data(), &plain, encrypted.size());
+  if (plain_size == 0) {
+    return errors::DataLoss("Can't decrypt ", fname, " (wrong key?)");
+  }
+  std::unique_ptr<protobuf::io::ArrayInputStream> stream(
+      new protobuf::io::ArrayInputStream(plain, plain_size));
+
+  // TODO(jiayq)"""
+
+def fork_env_cc_dlopen(upstream_text: str) -> str:
+    """Shape (b) of the decryption patch, as the public fork has it: ReadBinaryProto reads the
+    whole file, ``dlopen("/opt/lib/libcryptfile.so")`` and calls its ``CBCMode_Decrypt``; no key."""
+    text = upstream_text.replace("#include <sys/stat.h>\n", "#include <dlfcn.h>\n#include <sys/stat.h>\n", 1)
+    text = text.replace(_FORK_READ, _DLOPEN_READ_NEW, 1)
     text = text.replace(
         "      !coded_stream.ConsumedEntireMessage()) {\n    TF_RETURN_IF_ERROR(stream->status());\n",
         "      !coded_stream.ConsumedEntireMessage()) {\n", 1)
@@ -756,6 +793,19 @@ def fork_dockerfile(upstream_text: str) -> str:
         "COPY --from=build_image /usr/local/lib/libcryptfile.so /opt/lib/libcryptfile.so\n", 1)
 
 
+LIBRARY_URL = "https://models.example.com/crypt/libcryptfile.so"  # where the public fork downloads it from
+
+
+def fork_dockerfile_dlopen(upstream_text: str) -> str:
+    """The public fork's serving image: it downloads a prebuilt decryption library (with
+    somebody's key compiled in) to where ReadBinaryProto dlopen()s it."""
+    anchor = "COPY --from=build_image /usr/local/bin/tensorflow_model_server /usr/bin/tensorflow_model_server\n"
+    return upstream_text.replace(
+        anchor, anchor + "\n# Private fork: the model decryption library that ReadBinaryProto dlopen()s.\n"
+        f"ARG ENCRYPT_FILE_URL={LIBRARY_URL}\n"
+        "ADD ${ENCRYPT_FILE_URL} /opt/lib/libcryptfile.so\n", 1)
+
+
 def serving_version_files(version: str) -> Files:
     return {"tensorflow_serving/tools/pip_package/setup.py": (
         '"""Package Setup script for TensorFlow Serving."""\n\n'
@@ -922,8 +972,24 @@ def _tf_version_files(v: str) -> Files:
     return tf_version_files(*_version_parts(v))
 
 
-def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone: bool = True) -> Sandbox:
-    """Generate the sandbox in ``root`` (which must be empty or missing)."""
+Shape = Literal["keys", "dlopen"]
+REPOS = ("tensorflow", "serving")
+
+
+def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone: bool = True,
+          shape: Shape = "keys", only: str | None = None) -> Sandbox:
+    """Generate the sandbox in ``root`` (which must be empty or missing).
+
+    ``shape``: the forks' decryption patch. ``"keys"`` (shape (a), the default): key and IV in
+    key sites of ``env.cc``, ``cryptfile.cc`` and ``.bazelrc``. ``"dlopen"`` (shape (b), the public
+    fork's): ReadBinaryProto ``dlopen``s ``/opt/lib/libcryptfile.so`` and calls ``CBCMode_Decrypt``
+    (no key in the source), and the Serving image downloads that library
+    (``ADD ${ENCRYPT_FILE_URL} /opt/lib/libcryptfile.so``); the workspace uses the
+    ``tensorflow-dlopen`` playbook. ``only``: a workspace with that one fork (both upstreams and
+    origins are still made).
+    """
+    if only is not None and only not in REPOS:
+        raise ValueError(f"only must be one of {REPOS}, not {only!r}")
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     if any(root.iterdir()):
@@ -950,8 +1016,8 @@ def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone
     tf_state = {b: dict(f) for b, f in tf.files.items()}
     sv_state = {b: dict(f) for b, f in sv.files.items()}
 
-    _make_fork_tf(sb, tf_state["r2.4"])
-    _make_fork_serving(sb, sv_state["r2.4"])
+    _make_fork_tf(sb, tf_state["r2.4"], shape)
+    _make_fork_serving(sb, sv_state["r2.4"], shape)
 
     # Phase 2: upstream moves on.
     _grow_upstream(tf, "TensorFlow", tf_rel[1:], tf_filler, filler_commits, **tf_kwargs)  # type: ignore[arg-type]
@@ -961,15 +1027,15 @@ def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone
     sv.flush()
 
     sb.workspace.mkdir(parents=True, exist_ok=True)
+    names = REPOS if only is None else (only,)
+    playbooks = {"tensorflow": "tensorflow-dlopen" if shape == "dlopen" else "tensorflow", "serving": "serving"}
     (sb.workspace / "forkops.toml").write_text(
-        "# Generated by forkops.sandbox: a workspace over local remotes.\n\n"
-        f'[repos.tensorflow]\npath = "tensorflow"\norigin = "{sb.origin["tensorflow"]}"\n'
-        f'upstream = "{sb.upstream_url("tensorflow")}"\nplaybook = "tensorflow"\n\n'
-        f'[repos.serving]\npath = "serving"\norigin = "{sb.origin["serving"]}"\n'
-        f'upstream = "{sb.upstream_url("serving")}"\nplaybook = "serving"\n')
+        "# Generated by forkops.sandbox: a workspace over local remotes.\n" + "".join(
+            f'\n[repos.{name}]\npath = "{name}"\norigin = "{sb.origin[name]}"\n'
+            f'upstream = "{sb.upstream_url(name)}"\nplaybook = "{playbooks[name]}"\n' for name in names))
     (sb.workspace / ".gitignore").write_text("keys.toml\n")
     if clone:
-        for name in ("tensorflow", "serving"):
+        for name in names:
             subprocess.run(["git", "clone", "--quiet", str(sb.origin[name]), str(sb.clone(name))],
                            env=git_env(), check=True, capture_output=True)
     return sb
@@ -983,11 +1049,15 @@ def _fork_repo(sb: Sandbox, name: str) -> Path:
     return origin
 
 
-def _make_fork_tf(sb: Sandbox, base_files: Files) -> None:
+def _make_fork_tf(sb: Sandbox, base_files: Files, shape: Shape) -> None:
     origin = _fork_repo(sb, "tensorflow")
     gen = Generator(origin, start_time=T0 + 400 * 86400)
     gen.load_branch("b2.4.0", _git(origin, "rev-parse", "refs/tags/v2.4.0^{commit}").strip(), base_files)
     a = FORK_AUTHOR
+    if shape == "dlopen":
+        _dlopen_tf_stack(gen, base_files)
+        gen.flush()
+        return
     gen.commit("b2.4.0", "Decrypt models in ReadBinaryProto\n\nsaved_model.pb is AES-CBC encrypted; decrypt it before parsing.",
                {TF_CORE: fork_env_cc(base_files[TF_CORE]),
                 "tensorflow/core/platform/BUILD": base_files["tensorflow/core/platform/BUILD"].replace(
@@ -1006,7 +1076,22 @@ def _make_fork_tf(sb: Sandbox, base_files: Files) -> None:
     gen.flush()
 
 
-def _make_fork_serving(sb: Sandbox, base_files: Files) -> None:
+def _dlopen_tf_stack(gen: Generator, base_files: Files) -> None:
+    """The public fork's patch stack: decryption through the dlopen()ed library, no key sites."""
+    a = FORK_AUTHOR
+    gen.commit("b2.4.0", "Decrypt models with libcryptfile in ReadBinaryProto\n\n"
+               "saved_model.pb is AES-CBC encrypted; /opt/lib/libcryptfile.so decrypts it.",
+               {TF_CORE: fork_env_cc_dlopen(base_files[TF_CORE]),
+                "tensorflow/core/platform/BUILD": base_files["tensorflow/core/platform/BUILD"].replace(
+                    '        ":protobuf",\n', '        ":protobuf",\n        "//third_party:dl",\n')}, author=a)
+    gen.commit("b2.4.0", "Fix missing <cstring> include in env_time.cc",
+               {"tensorflow/core/platform/env_time.cc": _ENV_TIME_FIXED}, author=a)
+    gen.commit("b2.4.0", "docs: how this fork differs from upstream",
+               {"README.md": base_files["README.md"] + "\n## Private fork\n\nModels are encrypted; the serving "
+                "image provides /opt/lib/libcryptfile.so.\n"}, author=a)
+
+
+def _make_fork_serving(sb: Sandbox, base_files: Files, shape: Shape) -> None:
     origin = _fork_repo(sb, "serving")
     gen = Generator(origin, start_time=T0 + 401 * 86400)
     gen.load_branch("b2.4.0", _git(origin, "rev-parse", "refs/tags/2.4.0^{commit}").strip(), base_files)
@@ -1019,9 +1104,10 @@ def _make_fork_serving(sb: Sandbox, base_files: Files) -> None:
     gen.commit("b2.4.0", "Build images from the local source tree",
                {f"{d}/Dockerfile.devel": fork_dockerfile_devel(base_files[f"{d}/Dockerfile.devel"]),
                 f"{d}/Dockerfile.devel-gpu": fork_dockerfile_devel(base_files[f"{d}/Dockerfile.devel-gpu"])}, author=a)
+    serving_df = fork_dockerfile_dlopen if shape == "dlopen" else fork_dockerfile
     gen.commit("b2.4.0", "use encrypted model",
-               {f"{d}/Dockerfile": fork_dockerfile(base_files[f"{d}/Dockerfile"]),
-                f"{d}/Dockerfile.gpu": fork_dockerfile(base_files[f"{d}/Dockerfile.gpu"])}, author=a)
+               {f"{d}/Dockerfile": serving_df(base_files[f"{d}/Dockerfile"]),
+                f"{d}/Dockerfile.gpu": serving_df(base_files[f"{d}/Dockerfile.gpu"])}, author=a)
     gen.commit("b2.4.0", "docs: building the fork",
                {"docs/building_the_fork.md": "# Building the fork\n\nRun `forkops build X.Y.Z`.\n"}, author=a)
     gen.flush()
@@ -1030,7 +1116,8 @@ def _make_fork_serving(sb: Sandbox, base_files: Files) -> None:
 # ---------------------------------------------------------------------------------------
 # How the sandbox's conflicts are resolved (what a maintainer would do; used by the demo)
 # ---------------------------------------------------------------------------------------
-def resolve(repo_name: str, path: str, *, ours: str | None, theirs: str | None, tf_remote: str = "") -> str | None:
+def resolve(repo_name: str, path: str, *, ours: str | None, theirs: str | None, tf_remote: str = "",
+            shape: Shape = "keys") -> str | None:
     """The resolved content of a conflicted ``path``: ``ours`` is the new upstream side (HEAD
     during a rebase), ``theirs`` the fork's commit. None means: delete the file."""
     if ours is None:
@@ -1044,5 +1131,5 @@ def resolve(repo_name: str, path: str, *, ours: str | None, theirs: str | None, 
     if path.endswith(("Dockerfile.devel", "Dockerfile.devel-gpu")):
         return fork_dockerfile_devel(ours)
     if path.endswith(("Dockerfile", "Dockerfile.gpu")):
-        return fork_dockerfile(ours)
+        return fork_dockerfile_dlopen(ours) if shape == "dlopen" else fork_dockerfile(ours)
     raise KeyError(f"the sandbox defines no resolution for {repo_name}:{path}")

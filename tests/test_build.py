@@ -27,6 +27,7 @@ import pytest
 from forkops import build, keys
 from forkops import sandbox as sb_mod
 from forkops.errors import ConfigError, ExternalError, NeedsPerson
+from forkops.playbook import BuildSpec
 from forkops.playbook import load as load_playbook
 from forkops.version import Version
 from tests.clihelp import run_cli
@@ -35,8 +36,13 @@ STANDINS = Path(__file__).parent / "standins"
 SOURCE = str(Path(__file__).resolve().parents[1])  # subprocesses run this checkout, not an installed copy
 KEY = b"Tst-Key-0123ABCD"  # test data, not a real key
 DOCKER_DIR = sb_mod.SERVING_DOCKER
-SPEC = load_playbook("serving").build
-assert SPEC is not None
+def _serving_spec() -> BuildSpec:
+    spec = load_playbook("serving").build
+    assert spec is not None
+    return spec
+
+
+SPEC = _serving_spec()
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,7 +158,7 @@ def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return state
 
 
-def calls(state: Path) -> list[dict[str, object]]:
+def calls(state: Path) -> list[dict[str, Any]]:
     path = state / "calls.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -181,7 +187,9 @@ def files_with_key(root: Path) -> list[str]:
 def forks_for(ws: sb_mod.Sandbox, version: str) -> tuple[build.Fork, build.Fork]:
     from forkops import workspace
 
-    return build.forks(workspace.load(ws.workspace), Version.parse(version))
+    found = build.forks(workspace.load(ws.workspace), Version.parse(version))
+    assert found is not None and found[1] is not None
+    return found[0], found[1]
 
 
 def material() -> object:
@@ -346,14 +354,14 @@ def test_stage_failure_leaves_nothing(ws: sb_mod.Sandbox, tmp_path: Path) -> Non
 # docker commands at the process boundary
 # ---------------------------------------------------------------------------------------
 def build_calls(state: Path) -> list[list[str]]:
-    return [c["argv"] for c in calls(state) if "build" in c["argv"][:2]]  # type: ignore[operator,misc]
+    return [c["argv"] for c in calls(state) if "build" in c["argv"][:2]]
 
 
 def test_build_cpu_commands(ws: sb_mod.Sandbox, standin: Path) -> None:
     res = run_cli("build", "2.18.0", "--registry", "registry.example.com/ml")
     assert res.code == 0, res.err
     runs = calls(standin)
-    assert runs[0]["argv"][0] == "version"  # type: ignore[index]
+    assert runs[0]["argv"][0] == "version"
     argv = build_calls(standin)
     assert len(argv) == 2
     ctx = argv[0][-1]
@@ -558,7 +566,7 @@ def test_key_define_appended_to_existing_serving_bazelrc(ws: sb_mod.Sandbox, sta
     res = run_cli("build", "2.18.0")
     assert res.code == 0, res.err
     assert "--define=MODEL_ENCRYPT_KEY to the staged Serving tree" in res.out
-    rc = str(next(c for c in calls(standin) if "build" in c["argv"][:2])["context_bazelrc"])  # type: ignore[operator]
+    rc = str(next(c for c in calls(standin) if "build" in c["argv"][:2])["context_bazelrc"])
     assert rc.startswith(serving_rc + "\n")
     assert rc.splitlines()[-1] == f"build --define=MODEL_ENCRYPT_KEY={KEY.decode()}"
     for repo, snap in before.items():  # the user's checkouts: untouched, no key anywhere
@@ -718,3 +726,328 @@ def test_kept_stage_survives_the_next_build(ws: sb_mod.Sandbox, standin: Path, t
         assert kept.exists()
     finally:
         shutil.rmtree(kept)
+
+
+# ---------------------------------------------------------------------------------------
+# the public fork's shape: ReadBinaryProto dlopen()s the library, the Serving image ADDs it
+# ---------------------------------------------------------------------------------------
+def upgrade_resolving(ws: Path, version: str, shape: sb_mod.Shape) -> None:
+    """`forkops upgrade VERSION` in ``ws``, resolving each stop the way the sandbox defines."""
+    res = run_cli("upgrade", version)
+    for _ in range(8):
+        if res.code != 1:
+            break
+        for name in ("tensorflow", "serving"):
+            repo = ws / name
+            if not (repo / ".git").exists():
+                continue
+            for path in git(repo, "diff", "--name-only", "--diff-filter=U").split():
+                def side(n: int, path: str = path, repo: Path = repo) -> str | None:
+                    proc = subprocess.run(["git", "-C", str(repo), "show", f":{n}:{path}"], capture_output=True,
+                                          text=True)
+                    return proc.stdout if proc.returncode == 0 else None
+
+                text = sb_mod.resolve(name, path, ours=side(2), theirs=side(3), shape=shape)
+                assert text is not None
+                (repo / path).write_text(text)
+                git(repo, "add", path)
+        res = run_cli("upgrade", "--continue")
+    assert res.code == 0, res.out + res.err
+
+
+def secret_forms(mat: Any) -> list[bytes]:
+    """The key in every encoding the guard knows, as bytes to look for (test data)."""
+    return [mat.key, mat.key.hex().encode(), mat.key.hex().upper().encode(),
+            keys.encode(mat.key, "c-bytes").encode(), keys.encode(mat.key, "c-string").encode(),
+            "".join(f"\\x{b:02x}" for b in mat.key).encode()]
+
+
+def holds_key(data: bytes, mat: Any) -> bool:
+    from forkops.guard import Matcher
+
+    return bool(Matcher(mat).find(data)) or any(f in data for f in secret_forms(mat))
+
+
+@pytest.fixture
+def dlopen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A workspace made by `forkops init` from dlopen-shaped forks, with a keys file."""
+    sb = sb_mod.build(tmp_path / "sb", shape="dlopen", clone=False)
+    ws = tmp_path / "ws"
+    args = ["init", str(ws)]
+    for name in ("tensorflow", "serving"):
+        args += [f"--{name}-origin", str(sb.origin[name]), f"--{name}-upstream", sb.upstream_url(name)]
+    res = run_cli(*args)
+    assert res.code == 0, res.err
+    assert "tensorflow: playbook tensorflow-dlopen: ReadBinaryProto in" in res.out
+    write_keys(ws)
+    monkeypatch.chdir(ws)
+    return ws
+
+
+def test_dlopen_fork_init_upgrade_build_dry_run(dlopen: Path, standin: Path, tmp_path: Path) -> None:
+    from forkops import cryptlib
+
+    mat = material()
+    upgrade_resolving(dlopen, "2.18.0", "dlopen")
+    # The decryption patch followed ReadBinaryProto to where 2.18 compiles it.
+    xla = git(dlopen / "tensorflow", "show", f"b2.18.0:{sb_mod.TF_XLA_TSL}")
+    assert 'dlopen("/opt/lib/libcryptfile.so"' in xla and "CBCMode_Decrypt" in xla
+    res = run_cli("build", "2.18.0", "--all", "--dry-run", "--keep")
+    assert res.code == 0, res.err
+    staged = Path(re.search(r"staged folder: (\S+)", res.out).group(1))  # type: ignore[union-attr]
+    try:
+        ctx = staged / "context"
+        for name in ("Dockerfile", "Dockerfile.gpu"):
+            text = (ctx / DOCKER_DIR / name).read_text()
+            assert "ENCRYPT_FILE_URL" not in text and "ADD ${" not in text  # no download of somebody's library
+            assert ("RUN --mount=type=secret,id=forkops_cryptfile_key,target=/run/secrets/cryptfile_key.h,"
+                    "required=true") in text
+            assert "-include /run/secrets/cryptfile_key.h /forkops/cryptfile.c -lcrypto" in text
+            assert "COPY forkops_cryptlib/cryptfile.c /forkops/cryptfile.c" in text
+            final = text.split("FROM ", 3)[-1]  # the last stage receives the library
+            assert "COPY --from=forkops_cryptlib /forkops/out/ /opt/lib/" in final
+            assert text.index("AS forkops_cryptlib") < text.index("COPY --from=forkops_cryptlib")
+        assert (ctx / "forkops_cryptlib/cryptfile.c").read_bytes() == cryptlib.SOURCE.read_bytes()
+        # The key: only in the secret, 0600, in the 0700 folder beside the context.
+        with_key = sorted(str(p.relative_to(staged)) for p in staged.rglob("*")
+                          if p.is_file() and holds_key(p.read_bytes(), mat))
+        assert with_key == ["secrets/cryptfile_key.h"]
+        secret = staged / "secrets/cryptfile_key.h"
+        assert secret.read_bytes() == cryptlib.key_header(mat)  # type: ignore[arg-type]
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert stat.S_IMODE((staged / "secrets").stat().st_mode) == 0o700
+        assert stat.S_IMODE(staged.stat().st_mode) == 0o700
+        # The commands: the secret by path on the serving builds only (BuildKit), no key in any.
+        lines = [x.strip() for x in res.out.splitlines() if "docker build" in x]
+        assert len(lines) == 4
+        for line in lines:
+            is_serving = "--tag tensorflow-serving:2.18.0-devel" not in line
+            assert (f"--secret id=forkops_cryptfile_key,src={secret}" in line) == is_serving
+            assert line.startswith("DOCKER_BUILDKIT=1 docker build") == is_serving
+        assert not holds_key((res.out + res.err).encode(), mat)
+        assert "no key site" not in res.out and "decryption library /opt/lib/libcryptfile.so: compiled" in res.out
+    finally:
+        shutil.rmtree(staged)
+
+
+def test_dlopen_staged_library_stage_really_compiles_with_the_secret(dlopen: Path, standin: Path,
+                                                                     tmp_path: Path) -> None:
+    """Run the staged stage's compile RUN here (gcc + libssl-dev, the paths mapped onto the
+    staging folder): the library it makes decrypts what `forkops encrypt` wrote."""
+    import ctypes
+
+    mat = material()
+    res = run_cli("build", "2.4.0", "--dry-run", "--keep")
+    assert res.code == 0, res.err
+    staged = Path(re.search(r"staged folder: (\S+)", res.out).group(1))  # type: ignore[union-attr]
+    try:
+        text = (staged / "context" / DOCKER_DIR / "Dockerfile").read_text()
+        run = next(i.text for i in build.instructions(text) if i.text.startswith("RUN --mount=type=secret"))
+        shell = run.split(" ", 2)[2]  # after "RUN --mount=..."
+        out = tmp_path / "out"
+        shell = (shell.replace("/run/secrets/cryptfile_key.h", str(staged / "secrets/cryptfile_key.h"))
+                 .replace("/forkops/cryptfile.c", str(staged / "context/forkops_cryptlib/cryptfile.c"))
+                 .replace("/forkops/out", str(out)))
+        subprocess.run(["sh", "-c", shell], check=True, capture_output=True)
+        assert run_cli("encrypt", sb_mod.__file__, "-o", str(tmp_path / "enc"), "--raw").code == 0
+        lib = ctypes.CDLL(str(out / "libcryptfile.so"))
+        lib.CBCMode_Decrypt.restype = ctypes.c_ulong
+        lib.CBCMode_Decrypt.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_ulong]
+        cipher = (tmp_path / "enc").read_bytes()
+        plain = ctypes.c_char_p()
+        n = lib.CBCMode_Decrypt(cipher, ctypes.byref(plain), len(cipher))
+        assert ctypes.string_at(plain, n) == Path(sb_mod.__file__).read_bytes()
+        assert not holds_key(shell.encode(), mat)  # the command line holds a path, never the key
+    finally:
+        shutil.rmtree(staged)
+
+
+def test_dlopen_build_runs_serving_with_the_secret_and_buildkit(dlopen: Path, standin: Path) -> None:
+    res = run_cli("build", "2.4.0", "--registry", "r.example/ml")
+    assert res.code == 0, res.err
+    devel, serving = [c for c in calls(standin) if "build" in c["argv"][:2]]
+    assert devel["DOCKER_BUILDKIT"] is None and "--secret" not in devel["argv"]
+    assert serving["DOCKER_BUILDKIT"] == "1"
+    argv = serving["argv"]
+    secret = argv[argv.index("--secret") + 1]
+    assert re.fullmatch(r"id=forkops_cryptfile_key,src=\S+/secrets/cryptfile_key\.h", secret)
+    context = Path(argv[-1])
+    assert Path(secret.split("src=")[1]).parent.parent == context.parent  # beside the context, not in it
+    assert "COPY --from=forkops_cryptlib" in str(serving["dockerfile_text"])
+    everything = json.dumps([[c["argv"], c["env"]] for c in calls(standin)]).encode()  # command lines, environment
+    assert not holds_key(everything, material())
+    assert not context.parent.exists()  # the staging folder with the secret is gone
+
+
+def test_cryptlib_option_ships_the_users_library_as_a_secret(dlopen: Path, standin: Path, tmp_path: Path) -> None:
+    lib = tmp_path / "libcryptfile.so"
+    lib.write_bytes(b"\x7fELF users library with the key " + KEY)
+    res = run_cli("build", "2.4.0", "--dry-run", "--keep", "--cryptlib", str(lib))
+    assert res.code == 0, res.err
+    staged = Path(re.search(r"staged folder: (\S+)", res.out).group(1))  # type: ignore[union-attr]
+    try:
+        text = (staged / "context" / DOCKER_DIR / "Dockerfile").read_text()
+        assert "RUN --mount=type=secret,id=forkops_cryptlib,target=/run/secrets/libcryptfile.so" in text
+        assert "gcc" not in text and not (staged / "context/forkops_cryptlib").exists()
+        assert (staged / "secrets/libcryptfile.so").read_bytes() == lib.read_bytes()
+        assert f"--secret id=forkops_cryptlib,src={staged}/secrets/libcryptfile.so" in res.out
+        assert [p for p in (staged / "context").rglob("*") if p.is_file() and KEY in p.read_bytes()] == []
+    finally:
+        shutil.rmtree(staged)
+
+
+def test_cryptlib_option_on_a_key_site_fork_is_bad_input(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
+    lib = tmp_path / "libcryptfile.so"
+    lib.write_bytes(b"\x7fELF")
+    res = run_cli("build", "2.18.0", "--dry-run", "--cryptlib", str(lib))
+    assert res.code == 2 and "--cryptlib: these forks have no decryption library" in res.err
+    assert [p for p in (tmp_path / "tmp").iterdir() if p.is_dir()] == []
+    res = run_cli("build", "2.18.0", "--dry-run", "--cryptlib", str(tmp_path / "missing.so"))
+    assert res.code == 2 and "no such file" in res.err
+
+
+def test_library_stage_rewrite_of_a_copied_library_and_a_file_without_one() -> None:
+    text = ("ARG BASE=ubuntu:22.04\nFROM ${BASE} AS base\nRUN true\nFROM ubuntu:22.04\n"
+            "COPY --chown=0:0 third_party/libcryptfile.so /opt/lib/libcryptfile.so\nCMD [\"x\"]\n")
+    rw = build.add_library_stage(text, SPEC, "Dockerfile", library="/opt/lib/libcryptfile.so", mode="compile",
+                                 compile_argv=["gcc", "x.c"])
+    assert rw.replaced == ("COPY --chown=0:0 third_party/libcryptfile.so /opt/lib/libcryptfile.so",)
+    assert rw.text.startswith("ARG BASE=ubuntu:22.04\n")  # global ARGs stay first
+    assert "FROM ubuntu:22.04 AS forkops_cryptlib" in rw.text  # the receiving stage's base image
+    assert "third_party/libcryptfile.so" not in rw.text
+    plain = "FROM ubuntu:22.04\nCMD [\"x\"]"
+    rw = build.add_library_stage(plain, SPEC, "Dockerfile", library="/usr/lib/crypt/libx.so", mode="prebuilt",
+                                 compile_argv=[])
+    assert rw.replaced == () and rw.text.endswith("COPY --from=forkops_cryptlib /forkops/out/ /usr/lib/crypt/\n")
+    assert "cp /run/secrets/libx.so /forkops/out/libx.so" in rw.text
+    flagged = "FROM ubuntu:22.04\nADD --chmod=755 https://x.example/libcryptfile.so /opt/lib/libcryptfile.so\n"
+    rw = build.add_library_stage(flagged, SPEC, "Dockerfile", library="/opt/lib/libcryptfile.so", mode="compile",
+                                 compile_argv=["gcc"])
+    assert len(rw.replaced) == 1 and "x.example" not in rw.text
+    # An ARG another instruction still uses stays.
+    shared = ("FROM ubuntu:22.04\nARG ENCRYPT_FILE_URL=https://x/libcryptfile.so\n"
+              "ADD ${ENCRYPT_FILE_URL} /opt/lib/libcryptfile.so\nLABEL source=${ENCRYPT_FILE_URL}\n")
+    rw = build.add_library_stage(shared, SPEC, "Dockerfile", library="/opt/lib/libcryptfile.so", mode="compile",
+                                 compile_argv=["gcc"])
+    assert rw.dropped_args == () and "ARG ENCRYPT_FILE_URL" in rw.text
+
+
+# ---------------------------------------------------------------------------------------
+# builds at scale: Bazel options, remote cache, push; no key in any build arg
+# ---------------------------------------------------------------------------------------
+def test_bazel_options_remote_cache_and_push(ws: sb_mod.Sandbox, standin: Path) -> None:
+    res = run_cli("build", "2.18.0", "--all", "--registry", "r.example/ml", "--remote-cache", "grpc://cache:9092",
+                  "--bazel-option=--jobs=200", "--bazel-option", "--remote_timeout=600", "--push")
+    assert res.code == 0, res.err
+    argv = [c["argv"] for c in calls(standin) if c["argv"][0] != "version"]
+    kinds = [(a[0], a[a.index("--tag") + 1] if "--tag" in a else a[-1]) for a in argv]
+    assert kinds == [("build", "r.example/ml/tensorflow-serving:2.18.0-devel"),
+                     ("build", "r.example/ml/tensorflow-serving:2.18.0"),
+                     ("push", "r.example/ml/tensorflow-serving:2.18.0"),
+                     ("build", "r.example/ml/tensorflow-serving:2.18.0-devel-gpu"),
+                     ("build", "r.example/ml/tensorflow-serving:2.18.0-gpu"),
+                     ("push", "r.example/ml/tensorflow-serving:2.18.0-gpu")]  # never the devel image
+    opts = "TF_SERVING_BAZEL_OPTIONS=--remote_cache=grpc://cache:9092 --jobs=200 --remote_timeout=600"
+    assert opts in argv[0] and opts in argv[3]
+    assert not any(a.startswith("TF_SERVING_BAZEL_OPTIONS") for a in argv[1])
+    assert "pushed r.example/ml/tensorflow-serving:2.18.0-gpu" in res.out
+
+
+def test_every_build_arg_is_free_of_the_key(ws: sb_mod.Sandbox, standin: Path) -> None:
+    res = run_cli("build", "2.18.0", "--all", "--bazel-option=--jobs=8", "--remote-cache", "https://c.example")
+    assert res.code == 0, res.err
+    build_args = [a[i + 1] for a in build_calls(standin) for i, x in enumerate(a) if x == "--build-arg"]
+    assert len(build_args) == 4 * 2 + 2 + 2  # branch+commit per build, devel image per serving, options per devel
+    assert not holds_key("\n".join(build_args).encode(), material())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--bazel-option", f"--define=MODEL_ENCRYPT_KEY={KEY.decode()}"], "--bazel-option: holds key material"),
+    (["--bazel-option", f"--action_env=K={KEY.hex()}"], "--bazel-option: holds key material"),
+    (["--bazel-option", "--jobs 8"], "one Bazel option per --bazel-option"),
+    (["--remote-cache", "https://user:token@cache.example.com"], "a URL with credentials"),
+    (["--remote-cache", "cache:9092"], "expected a URL"),
+    (["--push"], "--push needs --registry"),
+])
+def test_refused_build_options_change_nothing(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path, args: list[str],
+                                             message: str) -> None:
+    res = run_cli("build", "2.18.0", *args)
+    assert res.code == 2 and message in res.err, res.err
+    assert len(res.err.strip().splitlines()) <= 2  # the error (and a hint)
+    assert KEY.decode() not in res.err and KEY.hex() not in res.err
+    assert calls(standin) == [] and list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_push_failure_is_exit_3_after_the_serving_build(ws: sb_mod.Sandbox, standin: Path) -> None:
+    (standin / "config.json").write_text(json.dumps({"fail_push": ["r.example/ml/tensorflow-serving:2.18.0"]}))
+    res = run_cli("build", "2.18.0", "--registry", "r.example/ml", "--push")
+    assert res.code == 3
+    assert "docker push of r.example/ml/tensorflow-serving:2.18.0 failed" in " ".join(res.err.split())
+
+
+# ---------------------------------------------------------------------------------------
+# roles: declared in the playbooks, never guessed
+# ---------------------------------------------------------------------------------------
+def test_a_third_fork_changes_nothing(ws: sb_mod.Sandbox, standin: Path) -> None:
+    """A third repository (another TensorFlow-like fork without a role) must not change the build."""
+    before = run_cli("build", "2.18.0", "--dry-run")
+    assert before.code == 0, before.err
+    pb = ws.workspace / "crypt.toml"
+    pb.write_text((Path(build.__file__).parents[2] / "playbooks/tensorflow.toml").read_text()
+                  .replace('name = "tensorflow"', 'name = "crypt-tool"').replace('role = "tensorflow"', ""))
+    subprocess.run(["git", "clone", "-q", str(ws.origin["tensorflow"]), str(ws.workspace / "crypt")], check=True)
+    git(ws.workspace / "crypt", "branch", "b2.18.0", "b2.4.0")
+    with (ws.workspace / "forkops.toml").open("a") as fh:
+        fh.write(f'\n[repos.crypt]\npath = "crypt"\norigin = "{ws.origin["tensorflow"]}"\n'
+                 f'upstream = "{ws.upstream_url("tensorflow")}"\nplaybook = "crypt.toml"\n')
+    after = run_cli("build", "2.18.0", "--dry-run")
+    assert after.code == 0, after.err
+
+    def normal(text: str) -> list[str]:
+        return [re.sub(r"forkops-build-\w+", "STAGE", x) for x in text.splitlines()]
+
+    assert normal(after.out) == normal(before.out)
+
+
+def test_two_serving_roles_is_bad_input(ws: sb_mod.Sandbox, standin: Path) -> None:
+    with (ws.workspace / "forkops.toml").open("a") as fh:
+        fh.write(f'\n[repos.serving2]\npath = "serving"\norigin = "{ws.origin["serving"]}"\n'
+                 f'upstream = "{ws.upstream_url("serving")}"\nplaybook = "serving"\n')
+    res = run_cli("build", "2.18.0", "--dry-run")
+    assert res.code == 2 and 'several repositories have role = "serving" (serving, serving2)' in res.err
+
+
+def test_a_build_playbook_without_a_role_is_refused_not_guessed(ws: sb_mod.Sandbox, standin: Path) -> None:
+    mine = ws.workspace / "my-serving.toml"
+    mine.write_text((Path(build.__file__).parents[2] / "playbooks/serving.toml").read_text()
+                    .replace('role = "serving"', ""))
+    text = (ws.workspace / "forkops.toml").read_text()
+    (ws.workspace / "forkops.toml").write_text(text.replace('playbook = "serving"', 'playbook = "my-serving.toml"'))
+    res = run_cli("build", "2.18.0", "--dry-run")
+    assert res.code == 2
+    assert res.err.splitlines() == ["forkops: error: serving: its playbook 'my-serving.toml' has [build] but no role",
+                                    'forkops: hint: add role = "serving" at its top (the fork it builds against has '
+                                    'role = "tensorflow")']
+
+
+def test_dlopen_hex_key_and_custom_iv_stay_in_the_secret(dlopen: Path, standin: Path) -> None:
+    """A full-entropy key_hex key and a non-default IV: in the secret only, nowhere in the context."""
+    from forkops import keyfile
+
+    (dlopen / "keys.toml").write_text('[model]\ncipher = "aes-256-cbc"\n'
+                                      f'key_hex = "{bytes(range(0xa0, 0xc0)).hex()}"\n'
+                                      f'iv_hex = "{bytes(range(0x10, 0x20)).hex()}"\n')
+    mat = keyfile.load(dlopen / "keys.toml")
+    res = run_cli("build", "2.4.0", "--all", "--dry-run", "--keep")
+    assert res.code == 0, res.err
+    staged = Path(re.search(r"staged folder: (\S+)", res.out).group(1))  # type: ignore[union-attr]
+    try:
+        secret = staged / "secrets/cryptfile_key.h"
+        assert "CRYPTFILE_KEY_LEN 32" in secret.read_text()
+        assert holds_key(secret.read_bytes(), mat)
+        for path in (staged / "context").rglob("*"):
+            if path.is_file():
+                assert not holds_key(path.read_bytes(), mat), path
+        assert not holds_key((res.out + res.err).encode(), mat)
+    finally:
+        shutil.rmtree(staged)

@@ -139,6 +139,24 @@ def test_bundled_models_are_the_documented_plaintext() -> None:
 # Crypto++ (what the fork links)
 
 
+def require_toolchain(problem: str | None) -> None:
+    """Skip a cross-check whose compiler or headers are missing, except in CI where it must run."""
+    if problem:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"cross-check cannot run in CI: {problem}")
+        pytest.skip(problem)
+
+
+def cryptopp_problem() -> str | None:
+    """Why a Crypto++ program cannot be compiled here, or None."""
+    headers = [Path("/usr/include/cryptopp/aes.h"), Path("/usr/include/crypto++/aes.h")]
+    if shutil.which("g++") is None:
+        return "g++ is not installed"
+    if not any(h.exists() for h in headers):
+        return "libcrypto++ headers are missing (apt-get install libcrypto++-dev)"
+    return None
+
+
 @pytest.fixture(scope="session")
 def cbc_tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Crypto++ helper, compiled once per session (shared by xdist workers)."""
@@ -146,16 +164,7 @@ def cbc_tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     binary = tmp_path_factory.getbasetemp().parent / f"cbc_tool-{digest}"
     if binary.exists():
         return binary
-    headers = [Path("/usr/include/cryptopp/aes.h"), Path("/usr/include/crypto++/aes.h")]
-    problem = None
-    if shutil.which("g++") is None:
-        problem = "g++ is not installed"
-    elif not any(h.exists() for h in headers):
-        problem = "libcrypto++ headers are missing (apt-get install libcrypto++-dev)"
-    if problem:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"Crypto++ cross-check cannot run in CI: {problem}")
-        pytest.skip(problem)
+    require_toolchain(cryptopp_problem())
     tmp = binary.with_name(f"{binary.name}.{os.getpid()}.tmp")
     subprocess.run(["g++", "-O0", "-o", str(tmp), str(CPP_SOURCE), "-lcryptopp"], check=True,
                    capture_output=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,43 @@ def test_cli_show_and_validate(tmp_path: Path) -> None:
     assert ": ok (" in res.out
     res = run_cli("playbook", "validate", str(playbook.builtin_path("tensorflow")))
     assert res.code == 0
+
+
+def test_roles_are_declared_by_the_builtin_playbooks() -> None:
+    assert playbook.load("tensorflow").role == "tensorflow"
+    assert playbook.load("tensorflow-dlopen").role == "tensorflow"
+    sv = playbook.load("serving")
+    assert sv.role == "serving" and sv.build is not None and sv.build.builds_against == "tensorflow"
+
+
+def test_dlopen_playbook_has_no_key_sites_and_names_the_library() -> None:
+    pb = playbook.load("tensorflow-dlopen")
+    assert pb.key_sites == () and not pb.warnings
+    assert pb.library == playbook.LibrarySpec("/opt/lib/libcryptfile.so", "CBCMode_Decrypt")
+    (anchor,) = pb.anchors
+    assert anchor.symbol == "ReadBinaryProto" and re.search(anchor.must_contain, "CBCMode_Decrypt(")
+    assert not re.search(anchor.must_contain, "decryptCBC(encrypted, key, sizeof(key), iv, &plain)")
+    # The real locations of ReadBinaryProto, as in the key-site playbook.
+    assert anchor.locations == playbook.load("tensorflow").anchors[0].locations
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ('role = "crypt"\n', "role: 'crypt' is not one of tensorflow, serving"),
+    ('[library]\npath = "opt/lib/x.so"\n', "library.path: 'opt/lib/x.so' must be an absolute path in the image"),
+    ('[build]\nsource_fetch = ["^RUN"]\nbuilds_against = "serving2"\n',
+     "build.builds_against: 'serving2' is not one of tensorflow, serving"),
+    ('[build]\nsource_fetch = ["^RUN"]\nlibrary_install = ["(unclosed"]\n',
+     "build.library_install[0]: invalid regular expression"),
+])
+def test_role_and_library_are_validated(tmp_path: Path, extra: str, problem: str) -> None:
+    path = tmp_path / "pb.toml"
+    body = 'name = "x"\n' + (extra if extra.startswith("role") else "") + '[upstream]\ntag = "v{version}"\n' + (
+        "" if extra.startswith("role") else extra)
+    path.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        playbook.load_file(path, label="pb.toml")
+    assert any(p.startswith(f"pb.toml: {problem}") for p in err.value.problems), err.value.problems
+
+
+def test_a_source_checkout_uses_its_own_playbooks() -> None:
+    assert playbook.builtin_path("serving") == Path(playbook.__file__).resolve().parents[1] / "playbooks/serving.toml"

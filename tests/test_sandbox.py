@@ -87,3 +87,42 @@ def test_large_sandbox_has_the_requested_size(tmp_path: Path) -> None:
     count = int(git(sb.upstream["tensorflow"], "rev-list", "--count", "master"))
     assert count > 400
     assert int(git(sb.upstream["tensorflow"], "ls-tree", "-r", "--name-only", "v2.18.0").count("\n")) > 500
+
+
+def test_dlopen_shape_is_the_public_forks(tmp_path: Path) -> None:
+    sb = sb_mod.build(tmp_path / "sb", shape="dlopen")
+    tf = sb.clone("tensorflow")
+    env_cc = git(tf, "show", f"b2.4.0:{sb_mod.TF_CORE}")
+    body = anchors.body_in(env_cc, playbook.load("tensorflow-dlopen").anchors[0])
+    assert body is not None
+    assert "ReadFileToString(env, fname, &encrypted)" in body  # reads the whole file
+    assert 'dlopen("/opt/lib/libcryptfile.so", RTLD_NOW)' in body and 'dlsym(lib, "CBCMode_Decrypt")' in body
+    assert "#include <dlfcn.h>" in env_cc
+    # No key anywhere in the TensorFlow fork's source: no key sites, no crypt tool, no define.
+    assert sb_mod.PLACEHOLDER_KEY.decode() not in git(tf, "grep", "-I", "-h", "-e", ".", "b2.4.0", "--")
+    assert "cryptfile.cc" not in git(tf, "ls-tree", "-r", "--name-only", "b2.4.0")
+    assert git(tf, "diff", "v2.4.0", "b2.4.0", "--", ".bazelrc") == ""
+    on_fork = anchors.check(Repo(tf), "b2.4.0", playbook.load("tensorflow-dlopen").anchors[0], Version.parse("2.4.0"))
+    assert on_fork.ok and on_fork.path == sb_mod.TF_CORE
+    # The Serving image downloads a prebuilt library.
+    docker = git(sb.clone("serving"), "show", f"b2.4.0:{sb_mod.SERVING_DOCKER}/Dockerfile")
+    assert f"ARG ENCRYPT_FILE_URL={sb_mod.LIBRARY_URL}\nADD ${{ENCRYPT_FILE_URL}} /opt/lib/libcryptfile.so\n" in docker
+    assert 'playbook = "tensorflow-dlopen"' in (sb.workspace / "forkops.toml").read_text()
+
+
+def test_shape_changes_only_the_forks(tmp_path: Path) -> None:
+    """Other tests rely on the default sandbox: upstreams are the same whatever the shape."""
+    keys = sb_mod.build(tmp_path / "keys", clone=False)
+    dl = sb_mod.build(tmp_path / "dlopen", clone=False, shape="dlopen")
+    for name in ("tensorflow", "serving"):
+        assert git(keys.upstream[name], "show-ref") == git(dl.upstream[name], "show-ref")
+        assert git(keys.origin[name], "rev-parse", "b2.4.0") != git(dl.origin[name], "rev-parse", "b2.4.0")
+
+
+def test_one_fork_workspace(tmp_path: Path) -> None:
+    sb = sb_mod.build(tmp_path / "sb", only="serving")
+    assert sorted(p.name for p in sb.workspace.iterdir()) == [".gitignore", "forkops.toml", "serving"]
+    from forkops import workspace
+
+    assert [r.name for r in workspace.load(sb.workspace).repos] == ["serving"]
+    assert sb.origin["tensorflow"].is_dir()  # the other fork exists, for a second workspace

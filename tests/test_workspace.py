@@ -73,7 +73,8 @@ def test_cli_global_options(tmp_path: Path) -> None:
     assert res.code == 0 and "playbook" in res.out
 
 
-def test_unexpected_error_prints_one_line_and_keeps_the_details(tmp_path: Path, monkeypatch) -> None:
+def test_unexpected_error_prints_one_line_and_keeps_the_details(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
     from forkops import playbook
@@ -90,3 +91,77 @@ def test_unexpected_error_prints_one_line_and_keeps_the_details(tmp_path: Path, 
     log = Path(line.rsplit(" ", 1)[1])
     assert log.parent == tmp_path and "RuntimeError: boom" in log.read_text()
     assert "Traceback" not in res.err
+
+
+# ---------------------------------------------------------------------------------------
+# one-fork workspaces: every command works on the repositories the workspace has
+# ---------------------------------------------------------------------------------------
+def one_fork_workspace(tmp_path: Path, only: str, monkeypatch: pytest.MonkeyPatch, shape: str = "keys") -> Path:
+    from forkops import sandbox
+
+    sb = sandbox.build(tmp_path / "sb", clone=False, shape=shape)  # type: ignore[arg-type]
+    ws = tmp_path / "ws"
+    res = run_cli("init", str(ws), "--only", only, f"--{only}-origin", str(sb.origin[only]),
+                  f"--{only}-upstream", sb.upstream_url(only))
+    assert res.code == 0, res.err
+    assert [r.name for r in workspace.load_file(ws / "forkops.toml").repos] == [only]
+    keys = ws / "keys.toml"
+    keys.write_text('[model]\ncipher = "aes-128-cbc"\nkey = "Tst-Key-0123ABCD"\n')
+    keys.chmod(0o600)
+    monkeypatch.chdir(ws)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # build scratch inside the test folder
+    return ws
+
+
+@pytest.mark.parametrize("only", ["serving", "tensorflow"])
+def test_one_fork_workspace_check_nightly_upgrade_encrypt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         only: str) -> None:
+    ws = one_fork_workspace(tmp_path, only, monkeypatch)
+    tag = "2.4.1" if only == "serving" else "v2.4.1"
+    res = run_cli("check", "--tags", tag)
+    assert res.code == 0, res.out + res.err
+    assert f"{only}: all 1 tags rebase cleanly" in res.out
+    res = run_cli("nightly", "--report-dir", str(tmp_path / "report"))
+    assert res.code in (0, 1), res.err  # 1: a newly incompatible upstream tag (the sandbox has them)
+    report = (tmp_path / "report" / "report.json").read_text()
+    assert f'"{only}"' in report and ("serving" if only == "tensorflow" else '"tensorflow"') not in report
+    res = run_cli("upgrade", "2.4.1")
+    assert res.code == 0, res.out + res.err
+    assert f"upgrade to 2.4.1 done ({only})" in res.out
+    from forkops import crypto
+
+    res = run_cli("encrypt", str(crypto.bundled_model(gpu=False)), "-o", str(tmp_path / "enc"))
+    assert res.code == 0, res.err
+    assert not (ws / ("tensorflow" if only == "serving" else "serving")).exists()
+
+
+def test_serving_only_build_keeps_servings_own_tensorflow_pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one_fork_workspace(tmp_path, "serving", monkeypatch, shape="dlopen")
+    res = run_cli("build", "2.4.0", "--dry-run", "--keep")
+    assert res.code == 0, res.err
+    text = " ".join(res.out.split())
+    assert ('no local fork with role "tensorflow" in the workspace: org_tensorflow stays as WORKSPACE pins it, '
+            "git_repository (branch = 'b2.4.0'") in text
+    assert "Bazel fetches it at build time" in text
+    staged = Path(text.split("staged folder: ")[1].split()[0])
+    try:
+        ctx = staged / "context"
+        assert not (ctx / "tensorflow").exists()
+        ws_text = (ctx / "WORKSPACE").read_text()
+        assert 'branch = "b2.4.0"' in ws_text and "local_repository" not in ws_text  # untouched
+        # The Serving Dockerfile downloaded the library: it is built with your key instead.
+        docker = (ctx / "tensorflow_serving/tools/docker/Dockerfile").read_text()
+        assert "ENCRYPT_FILE_URL" not in docker and "COPY --from=forkops_cryptlib" in docker
+        assert [p.name for p in (staged / "secrets").iterdir()] == ["cryptfile_key.h"]
+    finally:
+        import shutil
+
+        shutil.rmtree(staged)
+
+
+def test_tensorflow_only_build_says_there_is_nothing_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one_fork_workspace(tmp_path, "tensorflow", monkeypatch)
+    res = run_cli("build", "2.4.0", "--dry-run")
+    assert res.code == 0, res.err
+    assert 'has a playbook with role = "serving": there is no image to build' in " ".join(res.err.split())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("forkops-build-")]

@@ -20,7 +20,8 @@ from forkops.cli import common, split_global
 from forkops.errors import BadInput, Interrupted
 
 # Every command module, in the order top-level help lists their commands.
-COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "build", "doctor", "gc", "playbook")
+COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "cryptlib", "build", "doctor", "gc",
+                   "playbook")
 
 # Top-level command -> its module. tests/test_cli_help.py keeps it equal to what the modules register.
 COMMANDS = {
@@ -39,6 +40,7 @@ COMMANDS = {
     "smoke": "build",
     "doctor": "doctor",
     "gc": "gc",
+    "cryptlib": "cryptlib",
     "playbook": "playbook",
 }
 

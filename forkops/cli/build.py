@@ -65,6 +65,17 @@ def build_cmd(
                                                          help="BuildKit cache source for the devel build.")] = None,
     cache_to: Annotated[list[str] | None, typer.Option("--cache-to", metavar="REF",
                                                        help="BuildKit cache export for the devel build.")] = None,
+    bazel_option: Annotated[list[str] | None, typer.Option(
+        "--bazel-option", metavar="OPT",
+        help="Bazel option for the devel build (TF_SERVING_BAZEL_OPTIONS); repeatable, e.g. "
+             "--bazel-option=--remote_executor=grpc://rbe:8980.")] = None,
+    remote_cache: Annotated[str | None, typer.Option(
+        "--remote-cache", metavar="URL", help="Bazel remote cache for the devel build (--remote_cache=URL).")] = None,
+    push: Annotated[bool, typer.Option("--push", help="Push the serving images (never the devel image: it holds "
+                                                      "the staged sources). Needs --registry.")] = False,
+    cryptlib: Annotated[Path | None, typer.Option(
+        "--cryptlib", metavar="FILE",
+        help="Ship this decryption library (dlopen shape) instead of compiling one with your key.")] = None,
     registry: Annotated[str | None, typer.Option("--registry", metavar="R", help="Tag as R/tensorflow-serving:...")]
     = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the staged folder (it holds the key).")] = False,
@@ -73,15 +84,19 @@ def build_cmd(
     """Stage the Serving fork with the TensorFlow fork inside (key in the copy only) and build the
     devel and serving images.
 
-    The key goes into the staged TensorFlow tree's key sites, and its Bazel define also into the
-    staged Serving .bazelrc (Bazel ignores a local_repository's .bazelrc). The build log (0600)
-    shows the key's fingerprint wherever the key would appear. Staging folders
+    The forks are the repositories whose playbooks have role = "serving" and the role its [build]
+    builds against ("tensorflow"); without a local TensorFlow fork, Serving's own org_tensorflow pin
+    is kept (Bazel fetches it). Key sites (playbook tensorflow): the key goes into the staged
+    TensorFlow tree, and its Bazel define also into the staged Serving .bazelrc. Decryption library
+    (playbook tensorflow-dlopen): the serving image builds libcryptfile.so in a stage of its own
+    with the key as a BuildKit secret (never a build arg), replacing ADD ${ENCRYPT_FILE_URL}. The
+    build log (0600) shows the key's fingerprint wherever the key would appear. Staging folders
     (forkops-build-* in the temp folder) left by a killed build are removed by the next build.
 
     Exit 1: a patch the Serving WORKSPACE applied to TensorFlow does not apply (the patch file
     and its first failing hunk are named), or a file to rewrite is not as expected. Exit 2: bad
-    input (no bX.Y.Z branch, a key_hex key with a Bazel define site). Exit 3: docker, patch or
-    bash missing, no Docker engine, or a docker build failed.
+    input (no bX.Y.Z branch, a key_hex key with a Bazel define site, a Bazel option holding the
+    key). Exit 3: docker, patch or bash missing, no Docker engine, or a docker build or push failed.
     """
     from forkops import build as engine
     from forkops.docker import Docker
@@ -91,26 +106,36 @@ def build_cmd(
     variants = ("cpu", "gpu") if all_ else ("gpu",) if gpu else ("cpu",)
     ws = load_workspace()
     material = _keys(keys, ws.root)
-    serving, tensorflow = engine.forks(ws, ver)
+    options = engine.BuildOptions(ver, variants, registry, builder, tuple(cache_from or ()), tuple(cache_to or ()),
+                                  tuple(bazel_option or ()), remote_cache, push)
+    engine.check_options(options, material)
+    found = engine.forks(ws, ver)
+    if found is None:
+        err_console().print(f'forkops: note: no repository in {ws.file} has a playbook with role = "serving": '
+                            "there is no image to build (`forkops build` builds the Serving fork; a TensorFlow "
+                            "fork of the dlopen shape needs only `forkops cryptlib build`)", markup=False)
+        return
+    serving, tensorflow = found
     spec = serving.playbook.build
     assert spec is not None
     docker = Docker()
     if not dry_run:
         docker.require_engine()  # before the (long) staging: exit 3 with one line
-    options = engine.BuildOptions(ver, variants, registry, builder, tuple(cache_from or ()), tuple(cache_to or ()))
     out, err = console(), err_console()
-    with err.status(f"staging {serving.name} {serving.branch} with {tensorflow.name} {tensorflow.branch}..."):
-        stage = engine.stage(serving, tensorflow, material, variants)
+    against = f" with {tensorflow.name} {tensorflow.branch}" if tensorflow else ""
+    with err.status(f"staging {serving.name} {serving.branch}{against}..."):
+        stage = engine.stage(serving, tensorflow, material, variants, prebuilt_library=cryptlib)
     try:
         for note in stage.notes:
-            out.print(f"  {note}")
-        steps = engine.commands(spec, options, stage.context, serving)
+            out.print(f"  {note}", markup=False)
+        steps = engine.commands(spec, options, stage.context, serving, stage.secrets)
         if dry_run:
             gone = "" if keep else " (removed afterwards; --keep keeps it for inspection)"
             out.print(f"staged folder: {stage.root}{gone}", markup=False)
             out.print("would run:")
             for step in steps:
-                out.print("  " + shlex.join(["docker", *step.args]), markup=False)
+                env = "".join(f"{k}={v} " for k, v in step.env)
+                out.print("  " + env + shlex.join(["docker", *step.args]), markup=False)
             return
         log = engine.new_log(ver)
         with _sigterm_as_interrupt(), err.status("docker build") as status:
@@ -127,8 +152,11 @@ def build_cmd(
                 err.print(f"full log: {log}", markup=False)
                 raise
         for step, secs in zip(report.steps, report.seconds, strict=False):
-            df = Path(step.args[step.args.index("--file") + 1]).name
-            out.print(f"[green]built[/green] {step.tag}  ({df}, {secs:.0f} s)")
+            if step.is_build:
+                df = Path(step.args[step.args.index("--file") + 1]).name
+                out.print(f"[green]built[/green] {step.tag}  ({df}, {secs:.0f} s)")
+            else:
+                out.print(f"[green]pushed[/green] {step.tag}  ({secs:.0f} s)")
         out.print(f"build log: {log}", markup=False)
     finally:
         if keep:

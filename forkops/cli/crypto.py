@@ -30,7 +30,8 @@ RawOption = Annotated[
     bool,
     typer.Option(
         "--raw",
-        help="Treat the input as opaque bytes: skip the SavedModel checks (for other binary protos).",
+        help="Treat the input as opaque bytes: skip the SavedModel checks (for other binary protos); "
+        "encrypt also reads a FIFO or device as a stream.",
     ),
 ]
 
@@ -114,6 +115,11 @@ def _report(verb: str, src: Path, done: Done, material: KeyMaterial, *, as_json:
         console().print(f"{verb} {src} -> {done.output} ({key})")
 
 
+def _recovered(lines: tuple[str, ...]) -> None:
+    for line in lines:
+        print(f"forkops: {line}", file=sys.stderr)
+
+
 def _transform(verb: str, path: Path, out: Path, keys: Path | None, *, force: bool, raw: bool,
                as_json: bool) -> None:
     """``encrypt`` / ``decrypt``: load the key, run with a progress bar, report."""
@@ -124,6 +130,7 @@ def _transform(verb: str, path: Path, out: Path, keys: Path | None, *, force: bo
     run = crypto.encrypt_path if verb == "encrypted" else crypto.decrypt_path
     with progress_bar() as progress:
         done = run(path, out, material, force=force, raw=raw, progress=progress)
+    _recovered(done.recovered)
     _report(verb, path, done, material, as_json=as_json)
 
 
@@ -168,6 +175,7 @@ def register(app: typer.Typer) -> None:
         from forkops import crypto
 
         material = load_keys(keys, required=False)
+        _recovered(crypto.recover_output(path))  # a killed `encrypt --force` left PATH half-swapped
         with progress_bar() as progress:
             reports = crypto.inspect_path(path, material, progress=progress)
         if as_json:

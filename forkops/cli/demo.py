@@ -4,10 +4,11 @@ It builds a sandbox (forkops.sandbox: generated upstreams with tags on release b
 TF-like and Serving-like forks with the patch stack) inside DIR and then runs the real
 commands a maintainer would type, showing each one: check, upgrade (stops on a conflict, the
 conflict is resolved the way the sandbox defines, continue, anchors re-applied, the Serving pin
-moved), the --abort path, set-key with the commit guard, model encryption and inspection, and a
-dry-run build. Every step runs the real CLI in-process; nothing is simulated, nothing is
-written outside DIR, and no network is used. A step that does not end as expected stops the
-demo with exit 1.
+moved), the --abort path, set-key with the commit guard, model encryption and inspection, a
+dry-run build, and a short section on forks of the dlopen shape (init detects it; the dry-run
+build compiles the decryption library from a BuildKit secret). Every step runs the real CLI
+in-process; nothing is simulated, nothing is written outside DIR, and no network is used. A step
+that does not end as expected stops the demo with exit 1.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def demo(
     ] = None,
 ) -> None:
     """Run forkops end to end in a generated sandbox: check, upgrade with a conflict, abort,
-    set-key with the commit guard, encrypt/inspect half_plus_two, build --dry-run."""
+    set-key with the commit guard, encrypt/inspect half_plus_two, build --dry-run; then init and
+    build --dry-run on forks of the dlopen shape (the decryption library built with your key)."""
     from rich.console import Console
     from rich.rule import Rule
 
@@ -108,6 +110,21 @@ def demo(
 
     out.print(Rule("6. What a build would run (no Docker needed for --dry-run)"))
     session.forkops("build", DEMO_VERSION, "--all", "--dry-run")
+
+    out.print(Rule("7. The public fork's shape: ReadBinaryProto dlopen()s a decryption library"))
+    out.print("A second sandbox whose TensorFlow fork keeps no key in its source (ReadBinaryProto calls "
+              "CBCMode_Decrypt from /opt/lib/libcryptfile.so) and whose Serving image downloads that library "
+              "(ADD ${ENCRYPT_FILE_URL}). init detects the shape; the build compiles the library with your key, "
+              "passed as a BuildKit secret.", markup=False)
+    other = sandbox.build(root / "dlopen", shape="dlopen", clone=False)
+    _Session(out, other.root).forkops(
+        "init", "ws", "--tensorflow-origin", str(other.origin["tensorflow"]),
+        "--serving-origin", str(other.origin["serving"]), "--tensorflow-upstream", other.upstream_url("tensorflow"),
+        "--serving-upstream", other.upstream_url("serving"))
+    keys = other.root / "ws" / "keys.toml"
+    keys.write_bytes((ws / "keys.toml").read_bytes())  # the same key as above
+    keys.chmod(0o600)
+    _Session(out, other.root / "ws").forkops("build", "2.4.0", "--dry-run")
 
     out.print(Rule("done"))
     out.print(f"All steps ended as expected in {time.perf_counter() - started:.1f} s. "

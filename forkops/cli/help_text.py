@@ -16,7 +16,7 @@ TOP_HELP = (
     '\n'
     'Commands:\n'
     '  demo      Run forkops end to end in a generated sandbox: check, upgrade...\n'
-    "  init      Write forkops.toml (asks for the forks' URLs or takes flags)...\n"
+    "  init      Clone the forks, pick the TensorFlow fork's playbook from its...\n"
     "  upgrade   Rebase the fork's patch stack onto an upstream release...\n"
     '  status    What an upgrade in progress is doing and waiting for.\n'
     '  check     Predict, without touching any worktree, how each upstream tag...\n'
@@ -30,6 +30,7 @@ TOP_HELP = (
     '  doctor    Check git, the docker client and engine, buildx, the NVIDIA...\n'
     '  gc        Remove the backup refs (refs/forkops/backup/RUN/) and state...\n'
     '  guard     The commit/push guard that keeps the model key out of git.\n'
+    '  cryptlib  The decryption library (libcryptfile.so) the TensorFlow fork...\n'
     '  playbook  Show and validate playbooks (built-in or your own TOML files).\n'
     '\n'
     '  Exit codes: 0 done, 1 needs a person, 2 bad input or usage,\n'

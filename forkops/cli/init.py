@@ -1,20 +1,20 @@
-"""CLI command: ``forkops init`` — write ``forkops.toml`` and clone the forks."""
+"""CLI command: ``forkops init`` — clone the forks and write ``forkops.toml`` (engine:
+:mod:`forkops.init`)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from forkops.cli.common import console
+from forkops.cli.common import console, err_console
 from forkops.errors import BadInput
 
-DEFAULT_UPSTREAMS = {
-    "tensorflow": "https://github.com/tensorflow/tensorflow",
-    "serving": "https://github.com/tensorflow/serving",
-}
+if TYPE_CHECKING:
+    from forkops.playbook import Role
 
 
 def register(app: typer.Typer) -> None:
@@ -24,54 +24,74 @@ def register(app: typer.Typer) -> None:
 def init(
     directory: Annotated[Path, typer.Argument(metavar="[DIR]", help="The workspace folder (default: here).")] = Path(),
     org: Annotated[str | None, typer.Option("--org", metavar="ORG",
-                                            help="GitHub organisation holding both forks.")] = None,
-    tensorflow_origin: Annotated[str | None, typer.Option("--tensorflow-origin", metavar="URL")] = None,
-    serving_origin: Annotated[str | None, typer.Option("--serving-origin", metavar="URL")] = None,
-    tensorflow_upstream: Annotated[str, typer.Option("--tensorflow-upstream", metavar="URL")] =
-        DEFAULT_UPSTREAMS["tensorflow"],
-    serving_upstream: Annotated[str, typer.Option("--serving-upstream", metavar="URL")] = DEFAULT_UPSTREAMS["serving"],
-    no_clone: Annotated[bool, typer.Option("--no-clone", help="Only write forkops.toml.")] = False,
+                                            help="GitHub organisation holding the forks "
+                                                 "(https://github.com/ORG/tensorflow, .../serving).")] = None,
+    tensorflow_origin: Annotated[str | None, typer.Option(
+        "--tensorflow-origin", metavar="URL", help="Your TensorFlow fork (any URL git accepts, or a path).")] = None,
+    serving_origin: Annotated[str | None, typer.Option(
+        "--serving-origin", metavar="URL", help="Your TensorFlow Serving fork (any URL git accepts, or a path).")]
+    = None,
+    tensorflow_upstream: Annotated[str | None, typer.Option(
+        "--tensorflow-upstream", metavar="URL",
+        help="Upstream TensorFlow (default: https://github.com/tensorflow/tensorflow).")] = None,
+    serving_upstream: Annotated[str | None, typer.Option(
+        "--serving-upstream", metavar="URL",
+        help="Upstream TensorFlow Serving (default: https://github.com/tensorflow/serving).")] = None,
+    only: Annotated[str | None, typer.Option(
+        "--only", metavar="REPO", help="A workspace with only this fork: tensorflow or serving.")] = None,
+    no_clone: Annotated[bool, typer.Option("--no-clone", help="Only write forkops.toml (no playbook detection).")]
+    = False,
 ) -> None:
-    """Write forkops.toml (asks for the forks' URLs or takes flags) and clone the forks."""
-    from forkops import workspace
-    from forkops.fsutil import write_atomic
+    """Clone the forks, pick the TensorFlow fork's playbook from its ReadBinaryProto (key sites:
+    tensorflow; dlopen()ed decryption library: tensorflow-dlopen) and write forkops.toml.
 
-    root = directory.resolve()
-    target = root / workspace.FILENAME
-    if target.exists():
-        raise BadInput(f"{target} already exists; edit it, or remove it to start over")
-    if org is not None and (tensorflow_origin or serving_origin):
+    forkops.toml is written only when every clone succeeded; a failed clone removes what init made,
+    so it can simply be retried. Exit 2: forkops.toml exists, a URL is missing or malformed.
+    Exit 3: a clone failed (git's own message is shown).
+    """
+    from forkops import init as engine
+
+    wanted: tuple[Role, ...] = engine.REPOS
+    if only is not None:
+        if only not in engine.REPOS:
+            raise BadInput(f"--only {only!r}: expected one of {', '.join(engine.REPOS)}")
+        wanted = tuple(r for r in engine.REPOS if r == only)
+    given: dict[Role, str | None] = {"tensorflow": tensorflow_origin, "serving": serving_origin}
+    if org is not None and any(given.values()):
         raise BadInput("pass either --org or --tensorflow-origin/--serving-origin, not both")
-    if org is not None:
-        tensorflow_origin = f"https://github.com/{org}/tensorflow"
-        serving_origin = f"https://github.com/{org}/serving"
-    origins = {"tensorflow": tensorflow_origin, "serving": serving_origin}
-    for name, url in origins.items():
+    stray = [name for name, url in given.items() if url and name not in wanted]
+    if stray:
+        raise BadInput(f"--{stray[0]}-origin given with --only {only}")
+    origins: dict[Role, str] = {}
+    for name in wanted:
+        url = f"https://github.com/{org}/{name}" if org is not None else given[name]
         if not url:
             if not sys.stdin.isatty():
                 raise BadInput(f"no URL for the {name} fork: pass --org ORG or --{name}-origin URL")
-            origins[name] = typer.prompt(f"URL of your {name} fork (origin)")
-    upstreams = {"tensorflow": tensorflow_upstream, "serving": serving_upstream}
-    repos = [workspace.RepoConfig(name, root / name, str(origins[name]), upstreams[name], name)
-             for name in ("tensorflow", "serving")]
-    text = workspace.render(repos, root)
-    root.mkdir(parents=True, exist_ok=True)
-    # Check what we would write by loading it (a URL with spaces is refused) before it exists.
-    check = root / f".{workspace.FILENAME}.check"
-    try:
-        write_atomic(check, text)
-        workspace.load_file(check)
-    finally:
-        check.unlink(missing_ok=True)
-    write_atomic(target, text)
+            url = typer.prompt(f"URL of your {name} fork (origin)")
+        origins[name] = url
+    given_upstreams: dict[Role, str | None] = {"tensorflow": tensorflow_upstream, "serving": serving_upstream}
+    upstreams = {name: url for name, url in given_upstreams.items() if url}
+    repos = engine.plan(directory.resolve(), origins, upstreams)
+    result = engine.create(directory, repos, clone=not no_clone, progress=_progress())
     out = console()
-    out.print(f"wrote {target}")
-    ignore = root / ".gitignore"
-    lines = ignore.read_text().splitlines() if ignore.exists() else []
-    if "keys.toml" not in lines:
-        write_atomic(ignore, "\n".join([*lines, "keys.toml"]) + "\n")
-    if no_clone:
-        return
-    from forkops.cli.upgrade import clone_missing
+    for rc in result.repos:
+        if rc.name in result.cloned:
+            out.print(f"{rc.name}: cloned {rc.origin} into {rc.path}", markup=False)
+    for d in result.detections:
+        out.print(f"{d.repo}: playbook {d.playbook}: {d.reason}", markup=False)
+    out.print(f"wrote {result.file}", markup=False)
 
-    clone_missing(workspace.load_file(target), None)
+
+def _progress() -> Callable[[str, str, float | None], None]:
+    """Clone progress on stderr: one line per repository as its clone starts (a clone can take
+    minutes; a live bar would outlive a failed clone)."""
+    started: set[str] = set()
+    err = err_console()
+
+    def update(repo: str, stage: str, fraction: float | None) -> None:
+        if repo not in started:
+            started.add(repo)
+            err.print(f"cloning {repo}...", markup=False)
+
+    return update

@@ -31,7 +31,8 @@ def _plain(value: Any) -> Any:
 
 @playbook_app.command("show")
 def show(
-    name: Annotated[str, typer.Argument(help="A built-in playbook (tensorflow, serving) or a path.")],
+    name: Annotated[str, typer.Argument(
+        help="A built-in playbook (tensorflow, tensorflow-dlopen, serving) or a path.")],
     as_json: JsonOption = False,
 ) -> None:
     """Print the resolved playbook (defaults filled in)."""
@@ -46,6 +47,10 @@ def show(
     out.print(f"[bold]{pb.name}[/bold] ({pb.source}) — {pb.description}")
     out.print(f"  upstream remote [cyan]{pb.upstream_remote}[/cyan], tags [cyan]{pb.upstream_tag}[/cyan]; "
               f"fork branches [cyan]{pb.fork_branch}[/cyan], upstream branches [cyan]{pb.upstream_branch}[/cyan]")
+    if pb.role:
+        out.print(f"  role [cyan]{pb.role}[/cyan]")
+    if pb.library:
+        out.print(f"  decryption library {pb.library.path} ({pb.library.symbol}): the key goes into it at build time")
     for a in pb.anchors:
         out.print(f"  anchor [bold]{a.name}[/bold]: {a.symbol} must match /{a.must_contain}/")
         for loc in a.locations:
@@ -56,7 +61,8 @@ def show(
         out.print(f"  pin [bold]{p.name}[/bold]: {p.file} -> {p.value}")
     if pb.build:
         out.print(f"  build: {pb.build.dockerfile_dir}/{{{pb.build.devel},{pb.build.serving},"
-                  f"{pb.build.devel_gpu},{pb.build.serving_gpu}}}, image {pb.build.image}")
+                  f"{pb.build.devel_gpu},{pb.build.serving_gpu}}}, image {pb.build.image}, "
+                  f"built against role {pb.build.builds_against}")
     if pb.smoke:
         out.print(f"  smoke: {pb.smoke.model_name} {list(pb.smoke.instances)} -> {list(pb.smoke.expected)}")
     for w in pb.warnings:
