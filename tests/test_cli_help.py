@@ -111,6 +111,9 @@ def test_version_among_the_global_options(args: list[str]) -> None:
     (["nosuchcommand"], "No such command 'nosuchcommand'.", "forkops --help"),
     (["playbook", "show", "a", "b"], "unexpected extra argument", "forkops playbook show --help"),
     (["smoke", "img", "--timeout", "soon"], "Invalid value for '--timeout'", "forkops smoke --help"),
+    (["smoke"], "Missing argument 'image'", "forkops smoke --help"),
+    (["guard", "nosuch"], "No such command 'nosuch'", "forkops guard --help"),
+    (["-C"], "Option '-C' requires an argument", "forkops --help"),
 ])
 def test_usage_errors_are_one_line_and_a_hint(args: list[str], message: str, hint: str) -> None:
     res = run_cli(*args)
