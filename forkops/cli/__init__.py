@@ -25,8 +25,8 @@ _FAST_HELP = (["--help"], ["-h"])
 def split_global(args: Sequence[str]) -> tuple[list[str], str | None]:
     """The global options before the command, and the command (None for none)."""
     options: list[str] = []
-    for i, arg in enumerate(args):
-        if arg.startswith("-") or (options and options[-1] == "-C" and len(options) == i):
+    for arg in args:
+        if arg.startswith("-") or (options and options[-1] == "-C"):  # an option, or -C's DIR
             options.append(arg)
         else:
             return options, arg
