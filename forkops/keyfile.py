@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import stat
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from forkops.errors import BadInput, ConfigError
-from forkops.fsutil import write_atomic
 from forkops.tomlcheck import Checker, load_toml
+
+# `secrets` and forkops.fsutil (tempfile, shutil, bz2, random) are imported where a key is
+# generated or written: the git hooks load keys on every commit and need neither.
 
 ENV_VAR = "FORKOPS_KEYS"
 CIPHERS = {"aes-128-cbc": 16, "aes-192-cbc": 24, "aes-256-cbc": 32}
@@ -130,7 +130,7 @@ def validate(material: KeyMaterial) -> None:
 # Letters and digits only: safe unescaped in a C string literal, in a Bazel define and in TOML,
 # and never confused with shell or rc-file syntax. 62 symbols give ~5.95 bits each, so the
 # 16 characters of an AES-128 key carry ~95 bits (24 -> ~143, 32 -> ~190).
-PRINTABLE_ALPHABET = string.ascii_letters + string.digits
+PRINTABLE_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 def generate(cipher: str = DEFAULT_CIPHER, *, hex_key: bool = False, random_iv: bool = False) -> KeyMaterial:
@@ -139,6 +139,8 @@ def generate(cipher: str = DEFAULT_CIPHER, *, hex_key: bool = False, random_iv: 
     The IV stays the fork's public default unless ``random_iv``; a random IV follows the key's
     form (printable, or raw bytes stored as ``iv_hex``).
     """
+    import secrets
+
     if cipher not in CIPHERS:
         raise BadInput(f"unknown cipher {cipher!r} (choose from {', '.join(CIPHERS)})")
     length = CIPHERS[cipher]
@@ -186,6 +188,8 @@ def write(path: Path, material: KeyMaterial, *, force: bool = False) -> None:
     key is never readable by others, not even for a moment.
     """
     check_can_write(path, force=force)
+    from forkops.fsutil import write_atomic
+
     write_atomic(path, render(material), mode=0o600)
 
 

@@ -16,134 +16,42 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-import re
-import string
-from collections.abc import Iterable
+import signal
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from forkops import guard
 from forkops.errors import BadInput, ConfigError, NeedsPerson
-from forkops.fsutil import write_atomic
 from forkops.git import Repo
-from forkops.keyfile import KeyMaterial, fingerprint
+from forkops.keyfile import DEFAULT_IV, KeyMaterial, fingerprint
 from forkops.playbook import KeySite, Playbook
-
-# Printable ASCII that needs no escape in a C string literal. '?' is left out so a value can
-# never form a trigraph ("??/" is a backslash in pre-C++17 compilers).
-_C_STRING_SAFE = frozenset(
-    c for c in string.printable if (c not in '"\\?' and c not in string.whitespace) or c == " "
-)
-# A .bazelrc token is split on whitespace and may be quoted; a define value that must round
-# trip through Bazel, the shell of a genrule and a -D copt stays within these characters.
-_BAZEL_SAFE = frozenset(string.ascii_letters + string.digits + "-_.+:@%,/=~^")
-_BAZEL_SAFE_TEXT = "letters, digits and -_.+:@%,/=~^"
+from forkops.secrets import encodings
+from forkops.secrets.encodings import Unencodable as Unencodable  # re-exported: build.py catches it
 
 # Read files as UTF-8 with surrogateescape so any byte round-trips unchanged.
 _ENC, _ERRORS = "utf-8", "surrogateescape"
+# Temp files a key-site write creates next to the file: ".NAME.forkops-key.XXXXXXXX.tmp".
+# A run killed by SIGKILL leaves one holding the key; the next run finds it by this name.
+_TMP_INFIX = ".forkops-key."
 
 
-class Unencodable(ValueError):
-    """A value cannot be written in a site's encoding; the message never contains the value."""
-
-
-# -- encodings ----------------------------------------------------------------------------------
 def encode(value: bytes, encoding: str) -> str:
     """The value as it must appear in the source (the whole ``value`` group)."""
-    if encoding == "c-string":
-        if all(chr(b) in _C_STRING_SAFE for b in value):
-            return '"' + value.decode("ascii") + '"'
-        # Every byte as \xNN: a hex digit right after \xNN would continue the escape, so no
-        # byte is ever left unescaped next to one (the next character is '\' or the quote).
-        return '"' + "".join(f"\\x{b:02x}" for b in value) + '"'
-    if encoding == "c-bytes":
-        return "{" + ", ".join(f"0x{b:02x}" for b in value) + "}"
-    if encoding == "bazel-define":
-        if value and all(chr(b) in _BAZEL_SAFE for b in value):
-            return value.decode("ascii")
-        raise Unencodable(
-            f"a Bazel define can only carry {_BAZEL_SAFE_TEXT}; this value has other bytes "
-            "(a key_hex key): use a printable key (`forkops set-key --generate` without --hex)"
-        )
-    raise Unencodable(f"unknown encoding {encoding!r}")
-
-
-_SIMPLE_ESCAPES = {"n": 10, "t": 9, "r": 13, "a": 7, "b": 8, "f": 12, "v": 11,
-                   "\\": 92, "'": 39, '"': 34, "?": 63}
+    return encodings.get(encoding).encode(value)
 
 
 def decode(text: str, encoding: str) -> bytes:
     """The bytes an encoded value stands for; ValueError (without the value) if malformed."""
-    if encoding == "c-string":
-        return _decode_c_string(text)
-    if encoding == "c-bytes":
-        return _decode_c_bytes(text)
-    if encoding == "bazel-define":
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-            text = text[1:-1]
-        return text.encode(_ENC, _ERRORS)
-    raise ValueError(f"unknown encoding {encoding!r}")
-
-
-def _decode_c_string(text: str) -> bytes:
-    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
-        raise ValueError("not a C string literal")
-    body, out, i = text[1:-1], bytearray(), 0
-    while i < len(body):
-        c = body[i]
-        if c != "\\":
-            out += c.encode(_ENC, _ERRORS)
-            i += 1
-            continue
-        if i + 1 >= len(body):
-            raise ValueError("C string literal ends in a backslash")
-        e = body[i + 1]
-        if e in "xX":
-            j = i + 2
-            while j < len(body) and body[j] in string.hexdigits:
-                j += 1  # C reads every following hex digit into the same escape
-            if j == i + 2 or int(body[i + 2:j], 16) > 0xFF:
-                raise ValueError("C string literal has an invalid \\x escape")
-            out.append(int(body[i + 2:j], 16))
-            i = j
-        elif e in "01234567":
-            j = i + 1
-            while j < len(body) and j < i + 4 and body[j] in "01234567":
-                j += 1
-            if int(body[i + 1:j], 8) > 0xFF:
-                raise ValueError("C string literal has an invalid octal escape")
-            out.append(int(body[i + 1:j], 8))
-            i = j
-        elif e in _SIMPLE_ESCAPES:
-            out.append(_SIMPLE_ESCAPES[e])
-            i += 2
-        else:
-            raise ValueError("C string literal has an unknown escape")
-    return bytes(out)
-
-
-_C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.DOTALL)
-_C_INT = re.compile(r"(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)[uU]?")
-
-
-def _decode_c_bytes(text: str) -> bytes:
-    text = text.strip()
-    if not (text.startswith("{") and text.endswith("}")):
-        raise ValueError("not a C array initializer")
-    items = [t.strip() for t in _C_COMMENT.sub(" ", text[1:-1]).split(",")]
-    if items and items[-1] == "":
-        items.pop()  # a trailing comma is legal C
-    out = bytearray()
-    for item in items:
-        m = _C_INT.fullmatch(item)
-        if m is None:
-            raise ValueError("C byte array has an element that is not an integer literal")
-        value = int(m.group(1), 0) if not re.fullmatch(r"0[0-7]+", m.group(1)) else int(m.group(1), 8)
-        if value > 0xFF:
-            raise ValueError("C byte array has an element above 0xff")
-        out.append(value)
-    return bytes(out)
+    try:
+        enc = encodings.get(encoding)
+    except Unencodable as exc:
+        raise ValueError(str(exc)) from None
+    return enc.decode(text)
 
 
 # -- site instances -----------------------------------------------------------------------------
@@ -180,7 +88,7 @@ def _read_text(path: Path) -> str:
 def _instances_in(text: str, path: str, sites: Iterable[KeySite]) -> list[_Instance]:
     found: list[_Instance] = []
     for site in sites:
-        for m in site.regex.finditer(text):
+        for m in site.matches(text, path):
             start, end = m.span("value")
             found.append(_Instance(site, path, start, end, text.count("\n", 0, start) + 1))
     found.sort(key=lambda i: i.start)
@@ -200,6 +108,9 @@ def _files_with_sites(repo_path: Path, playbook: Playbook) -> dict[str, tuple[st
     files: dict[str, tuple[str, list[_Instance]]] = {}
     for rel, sites in sorted(by_path.items()):
         full = repo_path / rel
+        if full.is_symlink() or not full.resolve().is_relative_to(repo_path.resolve()):
+            raise BadInput(f"{rel}: a key site file must be a regular file inside the repository "
+                           "(this one is a symlink or leads outside it); forkops will not write the key there")
         if not full.is_file():
             continue
         text = _read_text(full)
@@ -250,11 +161,82 @@ class Plan:
     files: dict[str, str]  # repo-relative path -> new text (only files that change)
     instances: int
 
-    def apply(self) -> None:
-        for rel, text in self.files.items():
-            full = self.repo_path / rel
-            mode = full.stat().st_mode & 0o7777
-            write_atomic(full, text.encode(_ENC, _ERRORS), mode=mode)
+    def apply(self, *, secret: bool = True) -> None:
+        """Replace each file atomically: mode 0600 while it holds the key (``secret``), else
+        the mode git checks it out with. The temp files are removed on any exit this process
+        sees (SIGTERM and SIGHUP included); a SIGKILL leaves one for
+        :func:`remove_stale_temp_files`."""
+        repo = Repo(self.repo_path)
+        remove_stale_temp_files(self.repo_path, self.playbook)
+        with _signals_exit():
+            for rel, text in self.files.items():
+                full = self.repo_path / rel
+                mode = 0o600 if secret else _checkout_mode(repo, rel)
+                _write(full, text.encode(_ENC, _ERRORS), mode)
+
+
+@contextlib.contextmanager
+def _signals_exit() -> Iterator[None]:
+    """SIGTERM/SIGHUP raise SystemExit meanwhile, so ``finally`` blocks remove temp files."""
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    saved = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            saved[sig] = signal.signal(sig, leave)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_INFIX}", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)  # before any byte of the key is written (mkstemp made it 0600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        os.chmod(path, mode)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _checkout_mode(repo: Repo, rel: str) -> int:
+    """The mode ``git checkout`` gives ``rel``: 0777 or 0666 (executable or not) less the umask."""
+    staged = repo.run("ls-files", "-s", "--", rel).split()
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if staged[:1] == ["100755"] else 0o666) & ~umask
+
+
+def remove_stale_temp_files(repo_path: Path, playbook: Playbook) -> list[str]:
+    """Remove what a killed key-site write left next to each key-site path (temp files that
+    may hold the key: this module's ``.NAME.forkops-key.*.tmp`` and the ``.NAME.*.tmp`` of
+    earlier forkops versions). Returns the repo-relative paths removed. For set-key, --clear
+    and the upgrade engine."""
+    removed = []
+    for rel in sorted({p for site in playbook.key_sites for p in site.paths}):
+        full = repo_path / rel
+        if not full.parent.is_dir():
+            continue
+        for tmp in full.parent.glob(f".{glob_escape(full.name)}.*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+                removed.append(tmp.relative_to(repo_path).as_posix())
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _splice(text: str, found: list[_Instance], values: list[str]) -> str:
@@ -345,7 +327,7 @@ def clear_sites(repo_path: Path, playbook: Playbook) -> list[SiteResult]:
             new_files[rel] = new
     if problems:
         raise BadInput("; ".join(problems))
-    Plan(repo_path, playbook, new_files, 0).apply()
+    Plan(repo_path, playbook, new_files, 0).apply(secret=False)
     return read_sites(repo_path, playbook)
 
 
@@ -355,3 +337,134 @@ def relpath(path: Path, start: Path) -> str:
         return os.path.relpath(path, start) if path.is_relative_to(start) else str(path)
     except ValueError:
         return str(path)
+
+
+# -- set-key, --check, --clear (the engine under `forkops set-key`) ---------------------------------
+WHERE_THE_KEY_GOES = ("no playbook of this workspace has key sites: the key is compiled into libcryptfile.so "
+                      "instead, by `forkops cryptlib build --keys FILE -o libcryptfile.so` or by `forkops build`")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One fork clone of the workspace and its playbook."""
+
+    name: str
+    path: Path
+    playbook: Playbook
+
+
+@dataclass(frozen=True)
+class RepoSite:
+    repo: str
+    site: SiteResult
+
+    def as_json(self) -> dict[str, object]:
+        return {"repo": self.repo, **self.site.as_json()}
+
+
+@dataclass(frozen=True)
+class RepoHook:
+    repo: str
+    hook: guard.HookInstall
+
+    def as_json(self) -> dict[str, object]:
+        return {"repo": self.repo, **self.hook.as_json()}
+
+
+@dataclass(frozen=True)
+class SetKeyResult:
+    """What ``set-key`` did. ``disagree`` non-empty means a person must look (exit 1)."""
+
+    key_fingerprint: str
+    iv_fingerprint: str
+    sites: tuple[RepoSite, ...]
+    disagree: tuple[RepoSite, ...]
+    hooks: tuple[RepoHook, ...]
+    note: str | None = None  # where the key goes when no playbook has key sites
+
+    def as_json(self) -> dict[str, object]:
+        return {"key_fingerprint": self.key_fingerprint, "iv_fingerprint": self.iv_fingerprint,
+                "note": self.note, "sites": [s.as_json() for s in self.sites],
+                "disagree": [s.as_json() for s in self.disagree], "guard": [h.as_json() for h in self.hooks]}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    key_fingerprint: str
+    iv_fingerprint: str
+    sites: tuple[RepoSite, ...]
+    disagree: tuple[RepoSite, ...]
+    guard_missing: tuple[str, ...]  # "REPO HOOK"
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.sites) and not self.disagree
+
+    def as_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "key_fingerprint": self.key_fingerprint, "iv_fingerprint": self.iv_fingerprint,
+                "sites": [s.as_json() for s in self.sites], "disagree": [s.as_json() for s in self.disagree],
+                "guard_missing": list(self.guard_missing)}
+
+
+@dataclass(frozen=True)
+class ClearResult:
+    sites: tuple[RepoSite, ...]
+    still_secret: tuple[RepoSite, ...]  # HEAD itself holds the key there (committed earlier)
+    removed_temp_files: tuple[str, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {"sites": [s.as_json() for s in self.sites], "still_secret": [s.as_json() for s in self.still_secret],
+                "removed_temp_files": list(self.removed_temp_files)}
+
+
+def _rows(target: Target, results: Iterable[SiteResult]) -> list[RepoSite]:
+    return [RepoSite(target.name, r) for r in results]
+
+
+def set_key(targets: list[Target], material: KeyMaterial, keys_path: Path) -> SetKeyResult:
+    """Write the key and IV into every key site of every target and install the guard.
+
+    All or nothing before the first write: every site must be able to hold the values and
+    every hooks folder must accept forkops' hooks (BadInput otherwise). With no key sites in
+    any playbook the guard is still installed and ``note`` says where the key goes instead.
+    NeedsPerson if playbooks declare sites but no clone has one (not on a fork branch)."""
+    plans = [plan_sites(t.path, t.playbook, material) for t in targets]
+    for t in targets:
+        guard.check_installable(t.path)
+    fps = (material.key_fingerprint, material.iv_fingerprint)
+    if not any(t.playbook.key_sites for t in targets):
+        hooks = [RepoHook(t.name, h) for t in targets for h in guard.install_hooks(t.path, keys_path)]
+        return SetKeyResult(*fps, (), (), tuple(hooks), WHERE_THE_KEY_GOES)
+    if not any(p.instances for p in plans):
+        raise NeedsPerson("no key site found in any repository "
+                          f"({', '.join(t.name for t in targets)}): are the clones on a fork branch?")
+    sites: list[RepoSite] = []
+    for t, plan in zip(targets, plans, strict=True):
+        plan.apply()
+        sites += _rows(t, read_sites(t.path, t.playbook))
+    want = expected_fingerprints(material)
+    bad = tuple(s for s in sites if s.site.fingerprint != want[s.site.value])
+    hooks = [RepoHook(t.name, h) for t in targets for h in guard.install_hooks(t.path, keys_path)]
+    return SetKeyResult(*fps, tuple(sites), bad, tuple(hooks))
+
+
+def check(targets: list[Target], material: KeyMaterial) -> CheckResult:
+    """Read every key site and compare it with the keys file; which guard hooks are missing."""
+    sites = [row for t in targets for row in _rows(t, read_sites(t.path, t.playbook))]
+    want = expected_fingerprints(material)
+    bad = tuple(s for s in sites if s.site.fingerprint != want[s.site.value])
+    missing = tuple(f"{t.name} {hook}" for t in targets for hook, ok in guard.installed(t.path).items() if not ok)
+    return CheckResult(material.key_fingerprint, material.iv_fingerprint, tuple(sites), bad, missing)
+
+
+def clear(targets: list[Target], material: KeyMaterial | None) -> ClearResult:
+    """Put HEAD's values back into every key site (and remove stale temp files); with the key
+    known, say which sites HEAD itself holds the key in (a commit made with --no-verify)."""
+    removed = [f"{t.name}:{p}" for t in targets for p in remove_stale_temp_files(t.path, t.playbook)]
+    sites = [row for t in targets for row in _rows(t, clear_sites(t.path, t.playbook))]
+    still: list[RepoSite] = []
+    if material is not None:
+        want = expected_fingerprints(material)
+        still = [s for s in sites if s.site.fingerprint == want[s.site.value]
+                 and (s.site.value == "key" or material.iv != DEFAULT_IV)]
+    return ClearResult(tuple(sites), tuple(still), tuple(removed))

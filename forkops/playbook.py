@@ -8,22 +8,25 @@ as ``file: key: problem`` in one ConfigError.
 from __future__ import annotations
 
 import re
+import signal
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal, cast
 
 from forkops.errors import BadInput
+from forkops.secrets.encodings import NAMES as ENCODINGS
 from forkops.tomlcheck import Checker, Table, load_toml
 from forkops.version import BranchName, TagName, Version, VersionBound, parse_name
 
 BUILTIN = ("tensorflow", "tensorflow-dlopen", "serving")
+REGEX_SECONDS = 2.0  # a key-site pattern that needs longer on one file is refused
 # What a fork is to the others: `forkops build` stages the "serving" fork and builds it against
 # the fork whose playbook has the role its [build] names (builds_against). Declared, never guessed
 # (a third fork without a role, or with another playbook, changes nothing for these two).
 Role = Literal["tensorflow", "serving"]
 ROLES: tuple[Role, ...] = ("tensorflow", "serving")
-ENCODINGS = ("c-string", "c-bytes", "bazel-define")
 KEY_VALUES = ("key", "iv")
 
 
@@ -73,6 +76,52 @@ class KeySite:
     @property
     def regex(self) -> re.Pattern[str]:
         return re.compile(self.pattern, re.MULTILINE)
+
+    def matches(self, text: str, where: str) -> list[re.Match[str]]:
+        """Every match in ``text``, within :data:`REGEX_SECONDS`; a pattern that backtracks
+        longer (catastrophically) is BadInput naming the site and ``where``."""
+        return bounded_finditer(self.regex, text, f"key site {self.name!r} on {where}")
+
+
+class _Timeout(Exception):
+    pass
+
+
+def bounded_finditer(regex: re.Pattern[str], text: str, what: str) -> list[re.Match[str]]:
+    """``list(regex.finditer(text))`` bounded by :data:`REGEX_SECONDS` of wall time. ``re``
+    checks for signals while it backtracks, so a SIGALRM timer interrupts it (main thread
+    only: elsewhere the search runs unbounded, and forkops' commands run in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return list(regex.finditer(text))
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, REGEX_SECONDS)
+    try:
+        return list(regex.finditer(text))
+    except _Timeout:
+        raise BadInput(f"{what}: the pattern ran longer than {REGEX_SECONDS:g} s (it backtracks "
+                       "catastrophically); simplify it") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file inside a repository (or staging folder); None if it can:
+    relative, '/'-separated, normalised (no '.', '..' or empty parts)."""
+    if not path:
+        return "is empty"
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path) or path.startswith("~"):
+        return f"{path!r} must be a relative path inside the repository"
+    if "\\" in path:
+        return f"{path!r} must use '/' separators"
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts) or str(PurePosixPath(path)) != path:
+        return f"{path!r} must be normalised and stay inside the repository (no '.', '..' or '//')"
+    return None
 
 
 @dataclass(frozen=True)
@@ -250,7 +299,8 @@ def _unique(checker: Checker, key: str, names: list[str]) -> None:
 def _anchor(t: Table) -> Anchor:
     locations = []
     for loc in t.subs("locations"):
-        locations.append(AnchorLocation(loc.str("path", required=True), loc.bound("since"), loc.bound("until")))
+        locations.append(AnchorLocation(_path(loc, "path", loc.str("path", required=True)),
+                                        loc.bound("since"), loc.bound("until")))
         loc.finish()
     anchor = Anchor(
         name=t.str("name", required=True),
@@ -269,13 +319,21 @@ def _anchor(t: Table) -> Anchor:
 def _key_site(t: Table) -> KeySite:
     site = KeySite(
         name=t.str("name", required=True),
-        paths=tuple(t.strs("paths", required=True)),
+        paths=tuple(_path(t, f"paths[{i}]", p) for i, p in enumerate(t.strs("paths", required=True))),
         value=t.choice("value", KEY_VALUES),
         encoding=t.choice("encoding", ENCODINGS),
         pattern=t.regex("pattern", groups=("value",)),
     )
     t.finish()
     return site
+
+
+def _path(t: Table, key: str, path: str) -> str:
+    """``path`` as given; a problem is recorded when it could name a file outside its repository."""
+    problem = path_problem(path) if path else None
+    if problem:
+        t.checker.problem(t.key(key), problem)
+    return path
 
 
 def _pin(t: Table) -> Pin:
@@ -306,6 +364,9 @@ def _build(t: Table) -> BuildSpec:
         builds_against=cast("Role", t.choice("builds_against", ROLES, d.builds_against)),
         library_install=tuple(t.strs("library_install", list(d.library_install))),
     )
+    for name in ("dockerfile_dir", "devel", "serving", "devel_gpu", "serving_gpu", "workspace_file",
+                 "tensorflow_dir"):
+        _path(t, name, getattr(spec, name))
     for key in ("source_fetch", "library_install"):
         for i, rx in enumerate(getattr(spec, key)):
             try:

@@ -49,7 +49,7 @@ def test_matcher_finds_every_encoding_and_ignores_the_default_iv() -> None:
     cases = {
         b'kKey[] = "' + KEY + b'";': "text",
         b"key_hex = " + KEY.hex().upper().encode(): "hex",
-        b'"' + "".join(f"\\X{b:02X}" for b in KEY).encode() + b'"': "C \\x escapes",
+        b'"' + "".join(f"\\X{b:02X}" for b in KEY).encode() + b'"': "C string escapes",
         b"byte key[16] = {" + arr.encode() + b"};": "C byte array",
         b"{" + ", ".join(str(b) for b in KEY).encode() + b"}": "C byte array",
         # a word right before the elements (no brace): found too
@@ -205,7 +205,7 @@ def test_custom_iv_is_guarded_default_iv_is_not(ws: Path) -> None:
     cc.write_text(cc.read_text().replace(f'kKey[] = "{KEY.decode()}"', 'kKey[] = "CHANGE_ME_16BYTE"'))
     git(tf, "add", CRYPTFILE)
     proc = git(tf, "commit", "-m", "iv only", ok=False)
-    assert f"the iv ({keyfile.fingerprint(IV)}) as C \\x escapes" in proc.stderr
+    assert f"the iv ({keyfile.fingerprint(IV)}) as C string escapes" in proc.stderr
     assert_clean(proc.stderr, secret=IV)
 
 
@@ -213,17 +213,17 @@ def test_existing_hooks_are_chained_and_still_block(ws: Path) -> None:
     tf = ws / "tensorflow"
     hooks = tf / ".git" / "hooks"
     marker = tf.parent / "legacy-ran"
-    (hooks / "pre-commit").write_text(f'#!/bin/sh\necho ran >> "{marker}"\nexit "$(cat {tf.parent}/legacy-rc)"\n')
-    (hooks / "pre-commit").chmod(0o755)
+    (hooks / "commit-msg").write_text(f'#!/bin/sh\necho ran >> "{marker}"\nexit "$(cat {tf.parent}/legacy-rc)"\n')
+    (hooks / "commit-msg").chmod(0o755)
     (hooks / "pre-push").write_text(f'#!/bin/sh\ncat > "{tf.parent}/push-stdin"\n')
     (hooks / "pre-push").chmod(0o755)
     (tf.parent / "legacy-rc").write_text("0")
-    legacy = (hooks / "pre-commit").read_text()
+    legacy = (hooks / "commit-msg").read_text()
 
     assert cli("set-key").code == 0
     assert cli("set-key").code == 0  # re-install is idempotent: the chained hook is not clobbered
-    assert (hooks / "pre-commit.forkops-chained").read_text() == legacy
-    assert guard.is_ours(hooks / "pre-commit") and guard.installed(tf) == {"pre-commit": True, "pre-push": True}
+    assert (hooks / "commit-msg.forkops-chained").read_text() == legacy
+    assert guard.is_ours(hooks / "commit-msg") and all(guard.installed(tf).values())
 
     clean_change(tf)
     git(tf, "commit", "-m", "clean")
@@ -243,7 +243,7 @@ def test_hooks_honour_core_hookspath_and_work_without_a_shell_environment(ws: Pa
     tf = ws / "tensorflow"
     git(tf, "config", "core.hooksPath", "myhooks")
     assert cli("set-key", "--repo", "tensorflow").code == 0
-    assert guard.is_ours(tf / "myhooks" / "pre-commit")
+    assert guard.is_ours(tf / "myhooks" / "commit-msg")
     git(tf, "add", ".bazelrc")
     # A minimal environment (no PATH to a venv, no PYTHONPATH): the hook names its python itself.
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ["HOME"], "GIT_CONFIG_NOSYSTEM": "1",
@@ -269,13 +269,183 @@ def test_hook_fails_closed_without_a_usable_keys_file(ws: Path) -> None:
 
 def test_hook_refuses_when_another_hook_is_in_the_way(ws: Path) -> None:
     hooks = ws / "tensorflow" / ".git" / "hooks"
-    for name in ("pre-commit", "pre-commit.forkops-chained"):
+    for name in ("commit-msg", "commit-msg.forkops-chained"):
         (hooks / name).write_text("#!/bin/sh\nexit 0\n")
     r = cli("set-key")
-    assert r.code == 2 and "pre-commit.forkops-chained is taken" in r.err
-    assert (hooks / "pre-commit").read_text() == "#!/bin/sh\nexit 0\n"
+    assert r.code == 2 and "commit-msg.forkops-chained is taken" in r.err
+    assert (hooks / "commit-msg").read_text() == "#!/bin/sh\nexit 0\n"
+
+
+def test_an_earlier_versions_pre_commit_hook_is_retired_and_its_chained_hook_restored(ws: Path) -> None:
+    hooks = ws / "tensorflow" / ".git" / "hooks"
+    (hooks / "pre-commit").write_text(f"#!/bin/sh\n{guard.MARKER} an earlier install\nexit 0\n")
+    (hooks / "pre-commit.forkops-chained").write_text("#!/bin/sh\necho the user's own hook\n")
+    assert cli("guard", "install").code == 0
+    assert (hooks / "pre-commit").read_text() == "#!/bin/sh\necho the user's own hook\n"
+    assert not (hooks / "pre-commit.forkops-chained").exists()
 
 
 def test_scan_rejects_bad_ranges(ws: Path) -> None:
     assert cli("guard", "scan", "--repo", "tensorflow", "no-such-rev").code == 2
     assert cli("guard", "scan", "--repo", "tensorflow", "--", "--output=x").code == 2
+
+
+# -- issue 12: every object a push sends, messages, hooks that fail closed ---------------------------
+def test_push_of_tags_and_messages_holding_the_key_is_refused(ws: Path, sandbox: Sandbox) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    remote = Repo(sandbox.origin["tensorflow"])
+    blob = subprocess.run(["git", "-C", str(tf), "hash-object", "-w", "--stdin"], input=b"k=" + KEY,
+                       capture_output=True, check=True).stdout.decode().strip()
+    git(tf, "tag", "-a", "blobtag", "-m", "a tag of a blob", blob)
+    proc = git(tf, "push", "origin", "refs/tags/blobtag", ok=False)
+    assert "refusing the push" in proc.stderr and remote.rev_parse("refs/tags/blobtag") is None
+
+    tree = subprocess.run(["git", "-C", str(tf), "mktree"], input=f"100644 blob {blob}\tleak.txt\n".encode(),
+                          capture_output=True, check=True).stdout.decode().strip()
+    git(tf, "tag", "-a", "treetag", "-m", "a tag of a tree", tree)
+    git(tf, "push", "origin", "refs/tags/treetag", ok=False)
+    assert remote.rev_parse("refs/tags/treetag") is None
+
+    git(tf, "tag", "-a", "msgtag", "-m", f"release notes {KEY.hex()}", "HEAD")
+    proc = git(tf, "push", "origin", "refs/tags/msgtag", ok=False)
+    assert "tag msgtag" in proc.stderr and remote.rev_parse("refs/tags/msgtag") is None
+
+    clean_change(tf)
+    git(tf, "commit", "-q", "--no-verify", "-m", "message with " + KEY.decode())
+    proc = git(tf, "push", "origin", "HEAD:refs/heads/msg", ok=False)
+    assert "message: the key" in proc.stderr and remote.rev_parse("refs/heads/msg") is None
+    r = cli("guard", "scan", "--repo", "tensorflow", "--", "--all")
+    assert r.code == 1 and "message: the key" in r.out and "tag msgtag" in r.out
+
+
+def test_commit_msg_hook_refuses_the_key_in_a_message(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    clean_change(tf)
+    head = Repo(tf).rev_parse("HEAD")
+    proc = git(tf, "commit", "-m", "oops " + ",".join(f"0x{b:x}u" for b in KEY), ok=False)
+    assert "commit message: the key" in proc.stderr
+    assert Repo(tf).rev_parse("HEAD") == head
+    git(tf, "commit", "-m", "a clean message")
+
+
+def test_hook_fails_closed_in_one_line_when_its_python_is_gone(ws: Path, tmp_path: Path) -> None:
+    tf = ws / "tensorflow"
+    gone = tmp_path / "venv" / "bin" / "python"
+    guard.install_hooks(tf, ws / "keys.toml", python=str(gone))
+    clean_change(tf)
+    proc = git(tf, "commit", "-m", "x", ok=False)
+    assert proc.stderr.strip().count("\n") == 0 and "forkops guard install" in proc.stderr
+
+
+def test_hooks_do_not_import_typer_rich_or_gitpython(ws: Path) -> None:
+    import sys
+
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    clean_change(tf)
+    probe = ("import sys; sys.argv=['x', 'pre-commit', '--keys', %r];"
+             "import forkops.guard as g; code = g.main(sys.argv[1:]);"
+             "print(sorted(m for m in ('typer', 'rich', 'git') if m in sys.modules)); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-S", "-P", "-c", probe % str(ws / "keys.toml")], cwd=tf,
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(CHECKOUT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_tracked_hooks_folder_is_not_written_and_chaining_is_explained(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    shared = tf / ".husky"
+    shared.mkdir()
+    (shared / "commit-msg").write_text("#!/bin/sh\nexit 0\n")
+    (shared / "commit-msg").chmod(0o755)
+    git(tf, "add", ".husky")
+    git(tf, "commit", "-q", "-m", "shared hooks")
+    git(tf, "config", "core.hooksPath", ".husky")
+    before = (tf / ".bazelrc").read_text()
+    r = cli("set-key")
+    assert r.code == 2 and "core.hooksPath" in r.err and "forkops-hooks" in r.err
+    assert (tf / ".bazelrc").read_text() == before  # nothing written
+    assert not guard.is_ours(shared / "commit-msg")
+    for hook in guard.HOOKS:
+        line = guard.chain_line(hook)
+        path = shared / hook
+        path.write_text("#!/bin/sh\n" + line + "\n")
+        path.chmod(0o755)
+    assert cli("set-key").code == 0
+    assert not any(guard.is_ours(shared / h) for h in guard.HOOKS)
+    git(tf, "add", TF_CORE)
+    proc = git(tf, "commit", "-m", "leak", ok=False)  # the tracked hook calls forkops' hook
+    assert "refusing the commit" in proc.stderr
+
+
+def test_set_key_without_key_sites_installs_the_guard_and_says_where_the_key_goes(ws: Path) -> None:
+    cfg = ws / "forkops.toml"
+    cfg.write_text("\n".join(line for line in cfg.read_text().splitlines()))
+    # only the serving fork: its playbook declares no key sites
+    text = cfg.read_text()
+    start = text.index("[repos.tensorflow]")
+    end = text.index("[repos.serving]")
+    cfg.write_text(text[:start] + text[end:])
+    r = cli("set-key")
+    assert r.code == 0, r.err
+    assert "libcryptfile.so" in r.out and "forkops cryptlib build" in r.out
+    assert all(guard.installed(ws / "serving").values())
+
+
+def test_scan_of_a_10000_commit_history_shows_progress_and_finds_a_tag_only_blob(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.bighistory import generate
+
+    repo = tmp_path / "big"
+    generate(repo, files=300, commits=10_000, lines=10)
+    keys_file = write_keys(tmp_path / "keys.toml")
+    blob = subprocess.run(["git", "-C", str(repo), "hash-object", "-w", "--stdin"],
+                          input=b"x = {" + b", ".join(b"%d" % b for b in KEY) + b"}\n",
+                          capture_output=True, check=True).stdout.decode().strip()
+    git(repo, "tag", "-a", "only-a-tag", "-m", "nothing else reaches this blob", blob)
+    monkeypatch.chdir(repo)
+    r = cli("guard", "scan", "--keys", str(keys_file), "--", "--all")
+    assert r.code == 1, r.err
+    assert "10001 commit(s)" in r.out and f"blob {blob[:12]}" in r.out and "C byte array" in r.out
+    assert "guard scan: big: 5000 object(s)" in r.err  # progress on a long scan
+    assert cli("guard", "scan", "--keys", str(keys_file), "--", "--branches").code == 0
+
+
+def test_push_without_tracking_refs_reads_only_what_the_remote_lacks(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    for ref in git(tf, "for-each-ref", "--format=%(refname)", "refs/remotes/").stdout.split():
+        git(tf, "update-ref", "-d", ref)  # a clone that never fetched: git ls-remote still knows
+    clean_change(tf)
+    git(tf, "commit", "-q", "-m", "one new commit")
+    assert checked(git(tf, "push", "origin", "HEAD:refs/heads/first-push")) == 1
+
+
+def test_a_file_named_after_the_key_is_found(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    (tf / f"notes-{KEY.hex()}.txt").write_text("harmless content\n")
+    git(tf, "add", ".")
+    git(tf, "commit", "-q", "--no-verify", "-m", "a name")
+    matcher = guard.Matcher(keyfile.load(ws / "keys.toml"))
+    result = guard.scan_objects(Repo(tf), ["HEAD~1..HEAD"], matcher)
+    assert [(f.kind, f.form) for f in result.findings] == [("path", "hex")]
+
+
+def test_a_ref_straight_to_a_blob_and_a_large_file_are_scanned(ws: Path, sandbox: Sandbox) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    blob = subprocess.run(["git", "-C", str(tf), "hash-object", "-w", "--stdin"], input=KEY.hex().encode(),
+                          capture_output=True, check=True).stdout.decode().strip()
+    proc = git(tf, "push", "origin", f"{blob}:refs/tags/bare-blob", ok=False)
+    assert "refusing the push" in proc.stderr
+    assert Repo(sandbox.origin["tensorflow"]).rev_parse("refs/tags/bare-blob") is None
+    big = tf / "weights.bin"
+    big.write_bytes(os.urandom(3 << 20) + b"{" + b", ".join(b"%#x" % b for b in KEY) + b"}")
+    git(tf, "add", "weights.bin")
+    git(tf, "commit", "-q", "--no-verify", "-m", "large file")
+    matcher = guard.Matcher(keyfile.load(ws / "keys.toml"))
+    found = guard.scan_objects(Repo(tf), ["HEAD~1..HEAD"], matcher).findings
+    assert [(f.path, f.form) for f in found] == [("weights.bin", "C byte array")]

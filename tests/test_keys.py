@@ -96,7 +96,6 @@ def test_c_decoding_follows_c_rules() -> None:
 def test_set_key_writes_every_site_and_check_passes(ws: Path) -> None:
     tf = ws / "tensorflow"
     before = {p: (tf / p).read_bytes() for p in SITE_FILES}
-    modes = {p: stat.S_IMODE((tf / p).stat().st_mode) for p in SITE_FILES}
     r = cli("set-key")
     assert r.code == 0, r.err
     fp = keyfile.fingerprint(KEY)
@@ -114,10 +113,10 @@ def test_set_key_writes_every_site_and_check_passes(ws: Path) -> None:
     def array(b: bytes) -> bytes:
         return keys.encode(b, "c-bytes").encode()
 
-    for p in SITE_FILES:  # only the placeholder values changed, nothing else; modes kept
+    for p in SITE_FILES:  # only the placeholder values changed, nothing else; private while they hold the key
         after = (tf / p).read_bytes().replace(KEY, PLACEHOLDER_KEY).replace(array(KEY), array(PLACEHOLDER_KEY))
         assert after == before[p]
-        assert stat.S_IMODE((tf / p).stat().st_mode) == modes[p]
+        assert stat.S_IMODE((tf / p).stat().st_mode) == 0o600
 
     r = cli("set-key", "--check")
     assert r.code == 0 and "all 5 key sites hold key" in r.out
@@ -265,3 +264,117 @@ def test_loose_keys_file_is_refused_with_a_chmod_hint(ws: Path) -> None:
 def test_keyfile_write_refuses_a_directory(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="is a directory"):
         keyfile.write(tmp_path, keyfile.generate())
+
+
+# -- temp files, modes, paths, patterns (issue 12) --------------------------------------------------
+def test_clear_gives_the_committed_mode_back(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    modes = {p: stat.S_IMODE((tf / p).stat().st_mode) for p in SITE_FILES}
+    assert cli("set-key").code == 0
+    assert {stat.S_IMODE((tf / p).stat().st_mode) for p in SITE_FILES} == {0o600}
+    assert cli("set-key", "--clear").code == 0
+    assert {p: stat.S_IMODE((tf / p).stat().st_mode) for p in SITE_FILES} == modes
+    assert git(tf, "status", "--porcelain") == ""
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    # What a SIGKILLed set-key leaves: this version's temp names and the older fsutil ones.
+    stale = [tf / "..bazelrc.forkops-key.abcd1234.tmp", tf / "tensorflow/core/platform/.env.cc.x1y2z3.tmp"]
+    for f in stale:
+        f.write_bytes(KEY)
+    unrelated = tf / "tensorflow/core/platform/.other.cc.x1y2z3.tmp"
+    unrelated.write_text("not ours")
+    assert keys.remove_stale_temp_files(tf, tf_playbook()) == sorted(
+        f.relative_to(tf).as_posix() for f in stale)
+    for f in stale:
+        f.write_bytes(KEY)
+    assert cli("set-key", "--clear").code == 0
+    assert not any(f.exists() for f in stale) and unrelated.exists()
+    for f in stale:
+        f.write_bytes(KEY)
+    assert cli("set-key").code == 0
+    assert not any(f.exists() for f in stale)
+    assert not [p for p in tf.rglob("*.tmp") if p != unrelated]
+
+
+def test_a_sigterm_during_set_key_leaves_no_temp_file(ws: Path) -> None:
+    import signal
+
+    tf = ws / "tensorflow"
+    plan = keys.plan_sites(tf, tf_playbook(), keyfile.load(ws / "keys.toml"))
+    original = keys._write
+    calls = []
+
+    def write_then_term(path: Path, data: bytes, mode: int) -> None:
+        calls.append(path)
+        if len(calls) == 2:  # the second file: a real signal arrives mid-write
+            os.kill(os.getpid(), signal.SIGTERM)
+        original(path, data, mode)
+
+    keys._write = write_then_term  # type: ignore[assignment]
+    try:
+        with pytest.raises(SystemExit):
+            plan.apply()
+    finally:
+        keys._write = original  # type: ignore[assignment]
+    assert not list(tf.rglob("*.tmp"))
+
+
+def _playbook_with(tmp_path: Path, **site: str) -> Path:
+    text = (playbook.builtin_path("tensorflow")).read_text()
+    extra = "\n[[key_sites]]\nname = \"extra\"\nvalue = \"key\"\nencoding = \"c-string\"\n"
+    pattern = site.get("pattern", 'kExtra = (?P<value>"[^"]*")')
+    extra += f"paths = [{site['paths']}]\npattern = '{pattern}'\n"
+    path = tmp_path / "pb.toml"
+    path.write_text(text + extra)
+    return path
+
+
+@pytest.mark.parametrize("paths", ['"../../outside.cc"', '"/etc/outside.cc"', '"a/./b.cc"', '"a//b.cc"'])
+def test_key_site_paths_outside_the_repository_are_refused(tmp_path: Path, paths: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        playbook.load_file(_playbook_with(tmp_path, paths=paths))
+    assert "paths[0]" in str(err.value.problems)
+    r = cli("playbook", "validate", str(_playbook_with(tmp_path, paths=paths)))
+    assert r.code == 2
+
+
+def test_build_dirs_and_anchor_locations_must_stay_inside(tmp_path: Path) -> None:
+    text = playbook.builtin_path("serving").read_text()
+    bad = tmp_path / "serving.toml"
+    bad.write_text(text.replace('tensorflow_dir = "tensorflow"', 'tensorflow_dir = "../../x"', 1))
+    with pytest.raises(ConfigError) as err:
+        playbook.load_file(bad)
+    assert any("tensorflow_dir" in p for p in err.value.problems)
+    tf_text = playbook.builtin_path("tensorflow").read_text()
+    assert 'path = "tensorflow/core/platform/env.cc"' in tf_text
+    bad.write_text(tf_text.replace('path = "tensorflow/core/platform/env.cc"', 'path = "/abs/env.cc"', 1))
+    with pytest.raises(ConfigError):
+        playbook.load_file(bad)
+
+
+def test_a_symlinked_key_site_is_refused(ws: Path, tmp_path: Path) -> None:
+    tf = ws / "tensorflow"
+    outside = tmp_path / "outside.cc"
+    outside.write_text((tf / CRYPTFILE).read_text())
+    (tf / CRYPTFILE).unlink()
+    (tf / CRYPTFILE).symlink_to(outside)
+    before = outside.read_text()
+    r = cli("set-key")
+    assert r.code == 2 and "symlink" in r.err
+    assert outside.read_text() == before
+
+
+def test_a_catastrophic_key_site_pattern_is_exit_2_naming_the_site(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    (tf / "slow.cc").write_text("a" * 40 + "!")
+    pb = _playbook_with(ws, paths='"slow.cc"', pattern="(?P<value>(a+)+)$")
+    cfg = (ws / "forkops.toml").read_text()
+    (ws / "forkops.toml").write_text(cfg.replace('playbook = "tensorflow"', f'playbook = "{pb}"'))
+    import time
+
+    started = time.monotonic()
+    r = cli("set-key")
+    assert r.code == 2 and "key site 'extra'" in r.err and "slow.cc" in r.err
+    assert time.monotonic() - started < 30

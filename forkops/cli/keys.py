@@ -5,9 +5,7 @@ Output shows fingerprints (first 8 hex digits of SHA-256), never the key or IV.
 
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,11 +14,9 @@ import typer
 from forkops.cli.common import console, cwd, err_console, print_json
 
 if TYPE_CHECKING:
-    from forkops.guard import Finding
     from forkops.keyfile import KeyMaterial
-    from forkops.keys import SiteResult
-    from forkops.playbook import Playbook
-    from forkops.workspace import RepoConfig, Workspace
+    from forkops.keys import RepoHook, RepoSite, Target
+    from forkops.workspace import Workspace
 
 guard_app = typer.Typer(help="The commit/push guard that keeps the model key out of git.",
                         no_args_is_help=True)
@@ -37,13 +33,6 @@ RepoOpt = Annotated[str | None, typer.Option("--repo", metavar="R", help="Only t
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-@dataclass
-class _Target:
-    config: RepoConfig
-    playbook: Playbook
-    results: list[SiteResult] = field(default_factory=list)
-
-
 def _find_workspace(*, required: bool) -> Workspace | None:
     from forkops import workspace
     from forkops.cli.common import load_workspace
@@ -58,15 +47,16 @@ def _find_workspace(*, required: bool) -> Workspace | None:
     return load_workspace()
 
 
-def _targets(ws: Workspace, repo: str | None) -> list[_Target]:
+def _targets(ws: Workspace, repo: str | None) -> list[Target]:
     from forkops.errors import BadInput
     from forkops.git import Repo
+    from forkops.keys import Target
 
     targets = []
     for cfg in ws.select(repo):
         if not Repo(cfg.path).is_repo():
             raise BadInput(f"{cfg.name}: no clone at {cfg.path}", hint="run `forkops init` to clone the forks")
-        targets.append(_Target(cfg, ws.playbook(cfg)))
+        targets.append(Target(cfg.name, cfg.path, ws.playbook(cfg)))
     return targets
 
 
@@ -118,14 +108,14 @@ def set_key(
         _write(targets, material, keys_path, as_json=as_json)
 
 
-def _generate(keys_path: Path, targets: list[_Target], ws: Workspace | None, *, cipher: str,
+def _generate(keys_path: Path, targets: list[Target], ws: Workspace | None, *, cipher: str,
               hex_key: bool, random_iv: bool, force: bool, as_json: bool) -> KeyMaterial:
     from forkops import keyfile, keys
 
     keyfile.check_can_write(keys_path, force=force)
     material = keyfile.generate(cipher, hex_key=hex_key, random_iv=random_iv)
     for t in targets:  # refuse before the keys file exists if some site cannot hold this key
-        keys.plan_sites(t.config.path, t.playbook, material)
+        keys.plan_sites(t.path, t.playbook, material)
     keyfile.write(keys_path, material, force=force)
     material = keyfile.load(keys_path)  # what every later reader will see
     ignored = _gitignore(keys_path, ws.root) if ws else None
@@ -164,94 +154,77 @@ def _gitignore(keys_path: Path, root: Path) -> Path | None:
     return path
 
 
-def _site_rows(t: _Target) -> list[dict[str, object]]:
-    return [{"repo": t.config.name, **r.as_json()} for r in t.results]
-
-
-def _print_sites(targets: list[_Target], material: KeyMaterial | None) -> None:
+def _print_sites(sites: tuple[RepoSite, ...], material: KeyMaterial | None) -> None:
     from rich.table import Table
 
     want = {"key": material.key_fingerprint, "iv": material.iv_fingerprint} if material else {}
     table = Table(box=None, pad_edge=False)
     for col in ("repo", "site", "path", "holds"):
         table.add_column(col, overflow="fold")
-    for t in targets:
-        for r in t.results:
-            if r.fingerprint is None:
-                holds = f"[red]unreadable: {r.problem}[/red]"
-            elif want and r.fingerprint != want[r.value]:
-                holds = f"[red]{r.value} {r.fingerprint} (expected {want[r.value]})[/red]"
-            else:
-                holds = f"{r.value} [cyan]{r.fingerprint}[/cyan]"
-            table.add_row(t.config.name, r.site, f"{r.path}:{r.line}", holds)
+    for row in sites:
+        r = row.site
+        if r.fingerprint is None:
+            holds = f"[red]unreadable: {r.problem}[/red]"
+        elif want and r.fingerprint != want[r.value]:
+            holds = f"[red]{r.value} {r.fingerprint} (expected {want[r.value]})[/red]"
+        else:
+            holds = f"{r.value} [cyan]{r.fingerprint}[/cyan]"
+        table.add_row(row.repo, r.site, f"{r.path}:{r.line}", holds)
     console().print(table)
 
 
-def _write(targets: list[_Target], material: KeyMaterial, keys_path: Path, *, as_json: bool) -> None:
-    from forkops import guard, keys
+def _print_hooks(hooks: tuple[RepoHook, ...]) -> None:
+    out = console()
+    for h in hooks:
+        chained = f", runs the earlier hook {h.hook.chained.name} first" if h.hook.chained else ""
+        out.print(f"guard: {h.repo} {h.hook.hook} {h.hook.action}{chained}", markup=False, highlight=False)
+
+
+def _write(targets: list[Target], material: KeyMaterial, keys_path: Path, *, as_json: bool) -> None:
+    from forkops import keys
     from forkops.errors import NeedsPerson
 
-    plans = [keys.plan_sites(t.config.path, t.playbook, material) for t in targets]  # all or nothing
-    if not any(p.instances for p in plans):
-        raise NeedsPerson("no key site found in any repository "
-                          f"({', '.join(t.config.name for t in targets)}): are the clones on a fork branch?")
-    for t, plan in zip(targets, plans, strict=True):
-        plan.apply()
-        t.results = keys.read_sites(t.config.path, t.playbook)
-    bad = [(t, r) for t in targets for r in keys.disagreements(t.results, material)]
-    hooks = {t.config.name: guard.install_hooks(t.config.path, keys_path) for t in targets}
+    result = keys.set_key(targets, material, keys_path)
     if as_json:
-        print_json({"key_fingerprint": material.key_fingerprint, "iv_fingerprint": material.iv_fingerprint,
-                    "sites": [row for t in targets for row in _site_rows(t)],
-                    "disagree": [{"repo": t.config.name, **r.as_json()} for t, r in bad],
-                    "guard": [{"repo": name, "hook": h.hook, "path": str(h.path), "action": h.action,
-                               "chained": str(h.chained) if h.chained else None}
-                              for name, hs in hooks.items() for h in hs]})
+        print_json(result.as_json())
     else:
         out = console()
         out.print(f"key [cyan]{material.key_fingerprint}[/cyan], iv [cyan]{material.iv_fingerprint}[/cyan] "
                   f"from {keys_path}")
-        _print_sites(targets, material)
-        for name, hs in hooks.items():
-            for h in hs:
-                chained = f", runs the earlier hook {h.chained.name} first" if h.chained else ""
-                out.print(f"guard: {name} {h.hook} {h.action}{chained}")
-    if bad:
+        if result.note:
+            out.print(result.note, markup=False, highlight=False)
+        else:
+            _print_sites(result.sites, material)
+        _print_hooks(result.hooks)
+    if result.disagree:
         raise NeedsPerson("key sites disagree after writing: "
-                          + ", ".join(f"{t.config.name}:{r.path}:{r.line}" for t, r in bad))
-    if not as_json:
-        console().print(f"all {sum(len(t.results) for t in targets)} key sites agree. "
+                          + ", ".join(f"{s.repo}:{s.site.path}:{s.site.line}" for s in result.disagree))
+    if not as_json and result.sites:
+        console().print(f"all {len(result.sites)} key sites agree. "
                         "Do not commit them: the guard refuses it; `forkops set-key --clear` restores them.")
 
 
-def _check(targets: list[_Target], material: KeyMaterial, *, as_json: bool) -> None:
-    from forkops import guard, keys
+def _check(targets: list[Target], material: KeyMaterial, *, as_json: bool) -> None:
+    from forkops import keys
     from forkops.errors import NeedsPerson
 
-    for t in targets:
-        t.results = keys.read_sites(t.config.path, t.playbook)
-    bad = [(t, r) for t in targets for r in keys.disagreements(t.results, material)]
-    missing_guard = [f"{t.config.name} {hook}" for t in targets
-                     for hook, ok in guard.installed(t.config.path).items() if not ok]
+    result = keys.check(targets, material)
     if as_json:
-        print_json({"ok": not bad and any(t.results for t in targets),
-                    "key_fingerprint": material.key_fingerprint, "iv_fingerprint": material.iv_fingerprint,
-                    "sites": [row for t in targets for row in _site_rows(t)],
-                    "disagree": [{"repo": t.config.name, **r.as_json()} for t, r in bad],
-                    "guard_missing": missing_guard})
+        print_json(result.as_json())
     else:
-        _print_sites(targets, material)
-        for item in missing_guard:
-            print(f"forkops: warning: guard hook not installed: {item} (run `forkops set-key`)", file=sys.stderr)
-    if not any(t.results for t in targets):
+        _print_sites(result.sites, material)
+        for item in result.guard_missing:
+            print(f"forkops: warning: guard hook not installed: {item} (run `forkops guard install`)",
+                  file=sys.stderr)
+    if not result.sites:
         raise NeedsPerson("no key site found in any repository")
-    if bad:
+    if result.disagree:
         want = keys.expected_fingerprints(material)
-        raise NeedsPerson(f"{len(bad)} key site(s) disagree with the keys file: " + "; ".join(
-            f"{t.config.name}:{r.path}:{r.line} {r.site} holds "
-            f"{r.fingerprint or 'an unreadable value'}, expected {want[r.value]}" for t, r in bad))
+        raise NeedsPerson(f"{len(result.disagree)} key site(s) disagree with the keys file: " + "; ".join(
+            f"{s.repo}:{s.site.path}:{s.site.line} {s.site.site} holds "
+            f"{s.site.fingerprint or 'an unreadable value'}, expected {want[s.site.value]}" for s in result.disagree))
     if not as_json:
-        console().print(f"all {sum(len(t.results) for t in targets)} key sites hold key "
+        console().print(f"all {len(result.sites)} key sites hold key "
                         f"[cyan]{material.key_fingerprint}[/cyan] and iv [cyan]{material.iv_fingerprint}[/cyan]")
 
 
@@ -262,27 +235,21 @@ def _clear(repo: str | None, keys_file: Path | None, *, as_json: bool) -> None:
     ws = _find_workspace(required=True)
     assert ws is not None
     targets = _targets(ws, repo)
-    for t in targets:
-        t.results = keys.clear_sites(t.config.path, t.playbook)
-    # HEAD itself may hold the key (a commit made with --no-verify): say so when we can tell.
-    try:
+    try:  # HEAD itself may hold the key (a commit made with --no-verify): say so when we can tell
         material: KeyMaterial | None = keyfile.load(keyfile.resolve_path(keys_file, ws.root))
     except BadInput:
         material = None
-    still = []
-    if material is not None:
-        want = keys.expected_fingerprints(material)
-        still = [(t, r) for t in targets for r in t.results
-                 if r.fingerprint == want[r.value] and (r.value == "key" or material.iv != keyfile.DEFAULT_IV)]
+    result = keys.clear(targets, material)
     if as_json:
-        print_json({"sites": [row for t in targets for row in _site_rows(t)],
-                    "still_secret": [{"repo": t.config.name, **r.as_json()} for t, r in still]})
+        print_json(result.as_json())
     else:
-        _print_sites(targets, None)
+        _print_sites(result.sites, None)
+        for tmp in result.removed_temp_files:
+            console().print(f"removed a temp file a killed set-key left: {tmp}", markup=False, highlight=False)
         console().print("restored the committed (HEAD) value of every key site; other edits were kept")
-    for t, r in still:
-        print(f"forkops: warning: {t.config.name}:{r.path}:{r.line} {r.site}: HEAD itself holds the {r.value} "
-              "(committed earlier); run `forkops guard scan`", file=sys.stderr)
+    for s in result.still_secret:
+        print(f"forkops: warning: {s.repo}:{s.site.path}:{s.site.line} {s.site.site}: HEAD itself holds the "
+              f"{s.site.value} (committed earlier); run `forkops guard scan`", file=sys.stderr)
 
 
 # -- guard ----------------------------------------------------------------------------------------
@@ -291,7 +258,7 @@ def _guard_repos(repo: str | None) -> tuple[list[Path], Workspace | None]:
 
     ws = _find_workspace(required=False)
     if ws is not None:
-        return [t.config.path for t in _targets(ws, repo)], ws
+        return [t.path for t in _targets(ws, repo)], ws
     from forkops.errors import BadInput
 
     if repo is not None:
@@ -300,6 +267,28 @@ def _guard_repos(repo: str | None) -> tuple[list[Path], Workspace | None]:
     if not here.is_repo():
         raise BadInput("not in a forkops workspace or a git repository")
     return [Path(here.run("rev-parse", "--show-toplevel").strip())], None
+
+
+@guard_app.command("install")
+def guard_install(
+    repo: RepoOpt = None,
+    keys: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Install the pre-commit, commit-msg and pre-push guard hooks (needs only the keys file)."""
+    from forkops import guard, keyfile
+    from forkops.keys import RepoHook
+
+    paths, ws = _guard_repos(repo)
+    keys_path = keyfile.resolve_path(keys, ws.root if ws else None)
+    material = keyfile.load(keys_path)  # a hook that cannot read it would refuse every commit
+    for path in paths:
+        guard.check_installable(path)
+    hooks = tuple(RepoHook(path.name, h) for path in paths for h in guard.install_hooks(path, keys_path))
+    if as_json:
+        print_json({"key_fingerprint": material.key_fingerprint, "guard": [h.as_json() for h in hooks]})
+    else:
+        _print_hooks(hooks)
 
 
 @guard_app.command("scan")
@@ -311,7 +300,8 @@ def guard_scan(
     keys: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Scan existing history for the key (and a non-default IV); exit 1 naming commits and paths."""
+    """Scan history for the key (and a non-default IV): every commit, tag and file version the
+    revisions reach; exit 1 naming them."""
     from forkops import guard, keyfile
     from forkops.errors import NeedsPerson
     from forkops.git import Repo
@@ -319,28 +309,42 @@ def guard_scan(
     paths, ws = _guard_repos(repo)
     material = keyfile.load(keyfile.resolve_path(keys, ws.root if ws else None))
     matcher = guard.Matcher(material)
+    err = err_console()
     report = []
     for path in paths:
-        count, findings = guard.scan_commits(Repo(path), revs or ["HEAD"], matcher)
-        report.append((path, count, findings))
-    found = [(p, f) for p, _, fs in report for f in fs]
+        def progress(objects: int, commits: int, path: Path = path) -> None:
+            err.print(f"guard scan: {path.name}: {objects} object(s), {commits} commit(s) read",
+                      markup=False, highlight=False)
+
+        result = guard.scan_objects(Repo(path), revs or ["HEAD"], matcher, progress=progress)
+        report.append((path, result))
+    found = [(p, f) for p, r in report for f in r.findings]
     if as_json:
         print_json({"key_fingerprint": material.key_fingerprint,
-                    "repos": [{"path": str(p), "commits": n, "findings": [f.as_json() for f in fs]}
-                              for p, n, fs in report]})
+                    "repos": [{"path": str(p), "commits": r.commits, "objects": r.objects,
+                               "findings": [f.as_json() for f in r.findings]} for p, r in report]})
     else:
         out = console()
-        for p, n, fs in report:
-            out.print(f"{p}: scanned {n} commit(s): " + (f"[red]{len(fs)} finding(s)[/red]" if fs else "clean"))
-            for f in fs:
-                out.print(f"  {f.describe()}")
+        for p, r in report:
+            out.print(f"{p}: scanned {r.commits} commit(s), {r.objects} object(s): "
+                      + (f"[red]{len(r.findings)} finding(s)[/red]" if r.findings else "clean"))
+            for f in r.findings:
+                out.print(f"  {f.describe()}", markup=False, highlight=False)
     if found:
-        raise NeedsPerson(f"the key or IV is in {len(found)} committed file version(s)",
-                          hint="rewrite those commits before pushing them; never push them anywhere public")
+        raise NeedsPerson(f"the key or IV is in {len(found)} object(s) of the history",
+                          hint="rewrite those commits or tags before pushing them; never push them anywhere public")
 
 
-hook_app = typer.Typer(hidden=True, help="Entry points run by the installed git hooks.")
+hook_app = typer.Typer(hidden=True, help="Entry points of hooks installed by earlier forkops versions.")
 guard_app.add_typer(hook_app, name="hook")
+
+
+def _run_hook(hook: str, keys: Path, args: list[str] | None) -> None:
+    from forkops import guard
+
+    code = guard.run_hook(hook, keys, args or [], sys.stdin)
+    if code:
+        raise typer.Exit(code)
 
 
 @hook_app.command("pre-commit")
@@ -348,14 +352,8 @@ def hook_pre_commit(
     keys: Annotated[Path, typer.Option("--keys", metavar="FILE")],
     args: Annotated[list[str] | None, typer.Argument()] = None,
 ) -> None:
-    """Refuse the commit if the staged content holds the key (run by .git/hooks/pre-commit)."""
-    from forkops import guard
-    from forkops.git import Repo
-
-    matcher = guard.Matcher(_hook_keys(keys))
-    findings = guard.scan_staged(Repo(cwd()), matcher, index_file=os.environ.get("GIT_INDEX_FILE"))
-    _refuse("commit", findings, "unstage it (`git restore --staged PATH`) or put the committed "
-                                "values back (`forkops set-key --clear`), then stage again")
+    """Refuse the commit if the staged content holds the key."""
+    _run_hook("pre-commit", keys, args)
 
 
 @hook_app.command("pre-push")
@@ -363,46 +361,5 @@ def hook_pre_push(
     keys: Annotated[Path, typer.Option("--keys", metavar="FILE")],
     args: Annotated[list[str] | None, typer.Argument()] = None,
 ) -> None:
-    """Refuse the push if an outgoing commit holds the key (run by .git/hooks/pre-push)."""
-    from forkops import guard
-    from forkops.git import Repo
-
-    matcher = guard.Matcher(_hook_keys(keys))
-    repo = Repo(cwd())
-    # git runs the hook as `pre-push <remote name or URL> <URL>`.
-    remote = args[0] if args else None
-    sent = guard.outgoing(repo, sys.stdin.read().splitlines(), remote=remote,
-                          upstream=guard.upstream_of(repo.path))
-    err = err_console()
-    for note in sent.notes:
-        err.print(f"forkops guard: note: {note}", markup=False, highlight=False)
-    count, findings = guard.scan_commits(repo, sent.revs, matcher) if sent.revs else (0, [])
-    _refuse("push", findings, "rewrite those commits without the key (e.g. `git rebase -i`), then push")
-    if sent.revs:
-        skipped = f" (history of upstream tag(s) {', '.join(sent.trusted_tags)} skipped)" if sent.trusted_tags else ""
-        err.print(f"forkops guard: checked {count} outgoing commit(s): no key{skipped}",
-                  markup=False, highlight=False)
-
-
-def _hook_keys(path: Path) -> KeyMaterial:
-    from forkops import keyfile
-    from forkops.errors import BadInput
-
-    try:
-        return keyfile.load(path)
-    except BadInput as exc:
-        # Fail closed: without the key the guard cannot tell, so it refuses.
-        hint = exc.hint or "fix the keys file, or bypass once with `git commit/push --no-verify`"
-        raise BadInput(f"guard: cannot read the keys file, so it refuses: {exc.message}", hint=hint) from None
-
-
-def _refuse(action: str, findings: list[Finding], hint: str) -> None:
-    from forkops.errors import NeedsPerson
-
-    if not findings:
-        return
-    err = err_console()
-    for f in findings:
-        err.print(f"forkops guard: {f.describe()}")
-    raise NeedsPerson(f"guard: refusing the {action}: it contains the model key or IV "
-                      f"({len(findings)} file version(s))", hint=hint)
+    """Refuse the push if an outgoing object holds the key."""
+    _run_hook("pre-push", keys, args)
