@@ -153,38 +153,52 @@ def _clone(name: str, path: Path) -> Iterator[Check]:
 
 
 def _hooks(name: str, path: Path) -> Check:
-    from forkops import guard  # the guard owns the hooks' names and their marker
+    from forkops import guard  # the guard owns the hooks' names, their folder and their marker
 
     check = f"{name}: guard hooks"
-    fix = "forkops set-key (installs the commit/push guard)"
-    folder = guard.hooks_dir(git.Repo(path))
-    present = guard.installed(path) if folder.is_dir() else dict.fromkeys(guard.HOOKS, False)
+    fix = "forkops guard install"
+    present = guard.installed(path)
     missing = [hook for hook, ok in present.items() if not ok]
     if missing:
         return Check(check, "warn", f"not installed: {', '.join(missing)}", fix)
     for hook in guard.HOOKS:
-        python = hook_interpreter(folder / hook)
+        python = hook_interpreter(_installed_hook(path, hook))
         if python is None:
-            return Check(check, "warn", f"{folder / hook}: cannot tell which Python it runs", fix)
+            return Check(check, "warn", f"{hook}: cannot tell which Python it runs", fix)
         if not os.access(python, os.X_OK):
             return Check(check, "fail", f"{hook} runs {python}, which is gone: every commit would fail", fix)
     return Check(check, "ok", f"{', '.join(guard.HOOKS)} installed")
 
 
+def _installed_hook(path: Path, hook: str) -> Path:
+    """Where ``guard.installed`` found ``hook``: git's hooks folder, or the private folder the
+    guard uses when ``core.hooksPath`` is a tracked folder."""
+    from forkops import guard
+
+    repo = git.Repo(path)
+    candidate = guard.hooks_dir(repo) / hook
+    if guard.is_ours(candidate):
+        return candidate
+    common = Path(repo.run("rev-parse", "--git-common-dir").strip())
+    return (common if common.is_absolute() else path / common) / guard.PRIVATE_HOOKS / hook
+
+
 def hook_interpreter(hook: Path) -> str | None:
-    """The Python an installed guard hook runs: the word before its ``-m forkops`` (and the
-    interpreter's own options) on the line that runs forkops."""
+    """The Python an installed guard hook runs: its ``python=…`` line, or (hooks installed by
+    earlier versions) the word before ``-m forkops`` on the line that runs forkops."""
     try:
         text = hook.read_text()
     except (OSError, UnicodeDecodeError):
         return None
     for line in text.splitlines():
-        if line.lstrip().startswith("#") or " -m forkops " not in line:
+        if line.lstrip().startswith("#"):
             continue
         try:
             words = shlex.split(line)
         except ValueError:
-            return None
+            continue
+        if len(words) == 1 and words[0].startswith("python="):
+            return words[0].removeprefix("python=") or None
         for i in range(len(words) - 1):
             if words[i:i + 2] == ["-m", "forkops"]:
                 before = [w for w in words[:i] if not w.startswith("-")]

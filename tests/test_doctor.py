@@ -50,8 +50,8 @@ def test_workspace_checks_without_hooks(ws: Path) -> None:
     for repo in ("tensorflow", "serving"):
         assert found[f"{repo}: identity"]["verdict"] == "ok"
         hooks = found[f"{repo}: guard hooks"]
-        assert hooks["verdict"] == "warn" and hooks["detail"] == "not installed: pre-commit, pre-push"
-        assert hooks["fix"] == "forkops set-key (installs the commit/push guard)"
+        assert hooks["verdict"] == "warn" and hooks["detail"] == f"not installed: {', '.join(guard.HOOKS)}"
+        assert hooks["fix"] == "forkops guard install"
     assert found["keys file"]["verdict"] == "ok" and "Tst-Key" not in json.dumps(found)
 
 
@@ -64,8 +64,9 @@ def test_hooks_whose_python_is_gone_fail_with_the_fix(ws: Path, tmp_path: Path) 
     tf = found["tensorflow: guard hooks"]
     assert tf["verdict"] == "fail" and str(gone) in str(tf["detail"]) and tf["fix"]
     assert found["serving: guard hooks"] == {"check": "serving: guard hooks", "verdict": "ok",
-                                             "detail": "pre-commit, pre-push installed", "fix": None}
-    assert doctor.hook_interpreter(ws / "serving" / ".git" / "hooks" / "pre-push") == sys.executable
+                                             "detail": f"{', '.join(guard.HOOKS)} installed", "fix": None}
+    for hook in guard.HOOKS:
+        assert doctor.hook_interpreter(ws / "serving" / ".git" / "hooks" / hook) == sys.executable
 
 
 def test_missing_identity_fails_with_the_fix(ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,4 +109,14 @@ def test_human_output_prints_each_fix(ws: Path) -> None:
     res = run_cli("-C", str(ws), "doctor")
     assert res.code == 2
     text = " ".join(res.out.split())
-    assert "fix: chmod 600" in text and "fix: forkops set-key" in text
+    assert "fix: chmod 600" in text and "fix: forkops guard install" in text
+
+
+def test_hook_interpreter_of_earlier_hooks(tmp_path: Path) -> None:
+    """Hooks installed by earlier versions name the Python on the line that runs forkops."""
+    hook = tmp_path / "pre-push"
+    hook.write_text("#!/bin/sh\n# forkops-guard: installed by `forkops set-key`\n"
+                    "feed | '/opt/venv 1/bin/python' -P -m forkops guard hook pre-push --keys k -- \"$@\"\n")
+    assert doctor.hook_interpreter(hook) == "/opt/venv 1/bin/python"
+    hook.write_text("#!/bin/sh\nexec something-else\n")
+    assert doctor.hook_interpreter(hook) is None
