@@ -1,4 +1,4 @@
-"""forkops upgrade vs the documented raw git commands, on the same large generated repository.
+"""forkops upgrade vs the documented raw git commands, on identical generated forks of two sizes.
 
 Baseline (SPEC section 1, measured in the same run on identical fresh clones):
 
@@ -9,18 +9,24 @@ Baseline (SPEC section 1, measured in the same run on identical fresh clones):
     git rebase --onto tf2.5.0 v2.4.0 b2.5.0
 
 forkops: ``python -m forkops upgrade 2.5.0 --repo tensorflow`` (the process, start-up included),
-which also checks the worktree, asks upstream and origin for their refs, records backups and
-state, and runs the anchors. Each run starts from a fresh clone of the fork (not timed).
-Prints the medians and the ratio; the target is forkops / raw <= 1.2.
+which also checks the worktree and identity, asks upstream and origin for their refs, records
+state and backups, accounts for every stack commit, scans the run's commits for the key, runs
+the anchors and prints the range-diff. Each run starts from a fresh clone (not timed).
 
-    python benchmarks/bench_upgrade.py [--dir DIR] [--filler-files 3000] [--filler-commits 20000] [--runs 5]
+Sizes (files in the tree at the tag): ``small`` 653 files (target forkops/raw <= 1.5: git's own
+work is small, so forkops' fixed costs show) and ``large`` 35,000 files, TensorFlow-sized
+(target <= 1.2). Prints the medians, the ratio and the number of git processes forkops ran
+(``FORKOPS_DEBUG=1`` traces each one) against the 5 of the raw flow.
 
-``--dir`` keeps the generated sandbox (it takes minutes at full size) for later runs.
+    python benchmarks/bench_upgrade.py [--sizes small,large] [--dir DIR] [--runs 5]
+
+``--dir`` keeps the generated sandboxes (the large one takes minutes) for later runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -33,6 +39,9 @@ from forkops import sandbox
 from forkops.git import git_env
 
 VERSION = "2.5.0"
+ROOT = Path(__file__).resolve().parents[1]
+# name -> (filler files, filler commits, target ratio); the sandbox adds 8 files of its own.
+SIZES = {"small": (645, 2000, 1.5), "large": (34_992, 20_000, 1.2)}
 
 
 def git(repo: Path, *args: str) -> None:
@@ -62,60 +71,75 @@ def raw(sb: sandbox.Sandbox, clone: Path) -> float:
     return time.perf_counter() - t
 
 
-def forkops(workspace: Path) -> float:
+def forkops(workspace: Path) -> tuple[float, int]:
+    """(seconds, git processes) of one forkops upgrade."""
+    env = {**os.environ, "FORKOPS_DEBUG": "1", "PYTHONPATH": str(ROOT)}
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "forkops", "upgrade", VERSION, "--repo", "tensorflow"],
-                          cwd=workspace, capture_output=True, text=True, check=False)
+                          cwd=workspace, capture_output=True, text=True, check=False, env=env)
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"forkops failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
-    return elapsed
+    return elapsed, sum(1 for line in proc.stderr.splitlines() if line.startswith("forkops: git "))
+
+
+def load_or_build(root: Path, files: int, commits: int) -> sandbox.Sandbox:
+    if (root / "upstream" / "tensorflow").is_dir():
+        sb = sandbox.Sandbox(root=root.resolve(), workspace=root.resolve() / "workspace")
+        for name in ("tensorflow", "serving"):
+            sb.upstream[name] = sb.root / "upstream" / name
+            sb.origin[name] = sb.root / "origin" / f"{name}.git"
+        print(f"reusing the sandbox in {root}")
+        return sb
+    t = time.perf_counter()
+    sb = sandbox.build(root, filler_files=files, filler_commits=commits, clone=False)
+    print(f"built the sandbox in {time.perf_counter() - t:.1f} s")
+    return sb
+
+
+def measure(name: str, root: Path, tmp: Path, runs: int) -> None:
+    files, commits, target = SIZES[name]
+    sb = load_or_build(root, files, commits)
+    up = sb.upstream["tensorflow"]
+    n_commits = subprocess.run(["git", "-C", str(up), "rev-list", "--all", "--count"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    n_files = subprocess.run(["git", "-C", str(up), "ls-tree", "-r", "--name-only", f"refs/tags/v{VERSION}"],
+                             capture_output=True, text=True, check=True).stdout.count("\n")
+    print(f"[{name}] TensorFlow upstream: {n_commits} commits, {n_files} files at v{VERSION}")
+    raw_times, fo_times, procs = [], [], []
+    for i in range(runs):
+        # alternate the order so neither side always runs with a warmer cache
+        order = ("raw", "forkops") if i % 2 == 0 else ("forkops", "raw")
+        for which in order:
+            ws = tmp / f"{name}-run-{which}"
+            clone = fresh_clone(sb, ws)
+            if which == "raw":
+                raw_times.append(raw(sb, clone))
+            else:
+                seconds, count = forkops(ws)
+                fo_times.append(seconds)
+                procs.append(count)
+    r, f = statistics.median(raw_times), statistics.median(fo_times)
+    print(f"[{name}] raw git commands : median {r:.3f} s  ({', '.join(f'{x:.3f}' for x in raw_times)}), "
+          "5 git processes")
+    print(f"[{name}] forkops upgrade  : median {f:.3f} s  ({', '.join(f'{x:.3f}' for x in fo_times)}), "
+          f"{statistics.median(procs):.0f} git processes")
+    print(f"[{name}] ratio forkops/raw: {f / r:.2f} (target <= {target})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", type=Path, help="where to build (or reuse) the sandbox")
-    ap.add_argument("--filler-files", type=int, default=3000)
-    ap.add_argument("--filler-commits", type=int, default=20000)
+    ap.add_argument("--dir", type=Path, help="where to build (or reuse) the sandboxes")
+    ap.add_argument("--sizes", default="small,large", help="comma-separated: small, large")
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="forkops-bench-"))
-    root = args.dir or tmp / "sb"
     try:
-        if (root / "upstream" / "tensorflow").is_dir():
-            sb = sandbox.Sandbox(root=root.resolve(), workspace=root.resolve() / "workspace")
-            for name in ("tensorflow", "serving"):
-                sb.upstream[name] = sb.root / "upstream" / name
-                sb.origin[name] = sb.root / "origin" / f"{name}.git"
-            print(f"reusing the sandbox in {root}")
-        else:
-            t = time.perf_counter()
-            sb = sandbox.build(root, filler_files=args.filler_files, filler_commits=args.filler_commits,
-                               clone=False)
-            print(f"built the sandbox in {time.perf_counter() - t:.1f} s")
-        up = sb.upstream["tensorflow"]
-        commits = subprocess.run(["git", "-C", str(up), "rev-list", "--all", "--count"], capture_output=True,
-                                 text=True, check=True).stdout.strip()
-        files = subprocess.run(["git", "-C", str(up), "ls-tree", "-r", "--name-only", f"refs/tags/v{VERSION}"],
-                               capture_output=True, text=True, check=True).stdout.count("\n")
-        print(f"TensorFlow upstream: {commits} commits, {files} files at v{VERSION}")
-
-        raw_times, fo_times = [], []
-        for i in range(args.runs):
-            # alternate the order so neither side always runs with a warmer cache
-            order = ("raw", "forkops") if i % 2 == 0 else ("forkops", "raw")
-            for which in order:
-                ws = tmp / f"run-{which}"
-                clone = fresh_clone(sb, ws)
-                if which == "raw":
-                    raw_times.append(raw(sb, clone))
-                else:
-                    fo_times.append(forkops(ws))
-        r, f = statistics.median(raw_times), statistics.median(fo_times)
-        print(f"raw git commands : median {r:.3f} s  ({', '.join(f'{x:.3f}' for x in raw_times)})")
-        print(f"forkops upgrade  : median {f:.3f} s  ({', '.join(f'{x:.3f}' for x in fo_times)})")
-        print(f"ratio forkops/raw: {f / r:.2f} (target <= 1.2)")
+        for name in args.sizes.split(","):
+            if name not in SIZES:
+                raise SystemExit(f"unknown size {name!r} (small, large)")
+            measure(name, (args.dir or tmp) / f"sb-{name}", tmp, args.runs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -12,10 +12,30 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from forkops.drift import tree_changes
+from forkops.errors import GitError
 from forkops.git import Repo
-from forkops.playbook import Anchor
+from forkops.playbook import Anchor, Playbook
 from forkops.version import Version
+
+if TYPE_CHECKING:
+    from forkops.keyfile import KeyMaterial
+
+
+@dataclass(frozen=True)
+class ForkChange:
+    """A fork commit's change to a file where its anchor held (the diff masked: key sites and
+    the key never shown)."""
+
+    sha: str
+    subject: str
+    path: str
+    diff: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"sha": self.sha, "subject": self.subject, "path": self.path, "diff": self.diff}
 
 
 @dataclass(frozen=True)
@@ -30,17 +50,26 @@ class AnchorResult:
     # Set when the patch stayed behind in this file and a three-way merge re-applies it to
     # ``path`` cleanly (what `forkops upgrade` does); ``ok`` then describes the result after that.
     reapply_from: str | None = None
+    # When it fails: the fork commits whose change to the anchored code is missing here.
+    missing: tuple[ForkChange, ...] = ()
 
     @property
     def left_behind(self) -> tuple[str, ...]:
         """Files where the patch still sits although the live definition is elsewhere."""
         return tuple(p for p in self.patched_in if p != self.path)
 
+    @property
+    def dead_copies(self) -> tuple[str, ...]:
+        """Patched copies that are not the live definition although the anchor holds (the
+        live one is patched, or will be by re-applying): dead code worth a ``git rm``."""
+        return self.left_behind if self.ok and self.path else ()
+
     def as_json(self) -> dict[str, object]:
         return {
             "name": self.name, "ok": self.ok, "path": self.path, "defined_in": list(self.defined_in),
             "patched_in": list(self.patched_in), "expected": list(self.expected), "detail": self.detail,
-            "reapply_from": self.reapply_from,
+            "reapply_from": self.reapply_from, "dead_copies": list(self.dead_copies),
+            "missing": [c.as_json() for c in self.missing],
         }
 
 
@@ -109,22 +138,93 @@ def check(repo: Repo, treeish: str, anchor: Anchor, version: Version | None) -> 
     return result(False, live, f"{anchor.symbol} in {live} does not match /{anchor.must_contain}/")
 
 
+# A tree that differs from its reference in more files than this is grepped whole instead:
+# reading that many changed blobs costs more than git grep's own (threaded) walk.
+GREP_WHEN_CHANGED = 3000
+
+
+@dataclass(frozen=True)
+class Located:
+    """Answers of ``git grep -l -F SYMBOL TREE`` and ``git cat-file blob TREE:PATH`` for
+    many trees, computed together (see :func:`locate`)."""
+
+    files: dict[tuple[str, str], list[str]]  # (tree, symbol) -> sorted paths containing it
+    blobs: dict[tuple[str, str], bytes]  # (tree, path) -> content, for every path in files
+
+
+def _grep_l(repo: Repo, tree: str, symbol: str) -> list[str]:
+    proc = repo.run_raw("grep", "-l", "-F", "-e", symbol, tree, "--")
+    if proc.returncode not in (0, 1):
+        raise GitError(["grep", "-l", symbol, tree], proc.returncode, proc.stderr.decode("utf-8", "replace"))
+    return [line.removeprefix(f"{tree}:") for line in proc.stdout.decode("utf-8", "replace").splitlines()]
+
+
+def locate(repo: Repo, chain: list[tuple[str, str | None]], symbols: list[str]) -> Located:
+    """For each (tree, reference) of ``chain``, which files contain each symbol, exactly as
+    ``git grep -l -F`` says, and their contents.
+
+    A tree without a reference (or one that changed too much) is grepped; any other is
+    derived from its reference, which must come earlier in ``chain``: its files unchanged
+    since the reference keep their answer, and only the blobs that differ are read (one
+    ``git diff-tree --stdin`` and one ``git cat-file --batch`` for the whole chain). So
+    a chain of release tags, each the reference of the next and of its rebased result,
+    costs one grep instead of one per tree."""
+    pairs = [(ref, tree) for tree, ref in chain if ref is not None]
+    # diff-tree --stdin reads two commits on a line as "commit parent": give it trees.
+    names = list(dict.fromkeys(x for pair in pairs for x in pair))
+    tree_of = dict(zip(names, repo.lines("rev-parse", *(f"{n}^{{tree}}" for n in names)), strict=True)) if names else {}
+    changes = tree_changes(repo, [(tree_of[a], tree_of[b]) for a, b in pairs])
+    changed_by_pair = dict(zip(pairs, changes, strict=True))
+    derived: dict[str, dict[str, str | None]] = {}
+    for tree, ref in chain:
+        if ref is not None and len(changed_by_pair[(ref, tree)]) <= GREP_WHEN_CHANGED:
+            derived[tree] = changed_by_pair[(ref, tree)]
+    changed_blobs = sorted({b for ch in derived.values() for b in ch.values() if b})
+    contents = dict(zip(changed_blobs, repo.read_blobs(changed_blobs), strict=True))
+    files: dict[tuple[str, str], list[str]] = {}
+    for tree, ref in chain:
+        for symbol in symbols:
+            if tree not in derived or ref is None:
+                files[(tree, symbol)] = sorted(_grep_l(repo, tree, symbol))
+                continue
+            changed = derived[tree]
+            needle = symbol.encode()
+            kept = {p for p in files[(ref, symbol)] if p not in changed}
+            kept.update(p for p, b in changed.items() if b and needle in (contents.get(b) or b""))
+            files[(tree, symbol)] = sorted(kept)
+    wanted = sorted({(t, p) for (t, _s), paths in files.items() for p in paths})
+    data = repo.read_blobs([f"{t}:{p}" for t, p in wanted])
+    blobs = {key: d for key, d in zip(wanted, data, strict=True) if d is not None}
+    return Located(files, blobs)
+
+
 def check_all(repo: Repo, treeish: str, anchors: tuple[Anchor, ...], version: Version | None) -> list[AnchorResult]:
     return [check(repo, treeish, a, version) for a in anchors]
 
 
-def retarget(repo: Repo, res: AnchorResult, *, base: str, start: str, live: str) -> tuple[bytes | None, str]:
-    """Re-apply a patch that stayed behind: three-way merge the fork's change to the old file
-    (``base``..``start``) into the file where the symbol lives now in tree-ish ``live``.
+@dataclass(frozen=True)
+class Reapplied:
+    """The fork's change to the file it stayed behind in (``old``), three-way merged into
+    the live file: ``merged`` is the result, with conflict markers when ``conflicts`` > 0
+    (what a person resolves); None with ``why`` when there is nothing to merge."""
 
-    Returns (merged content, "") or (None, why not). Writes nothing into the repository."""
+    old: str
+    merged: bytes | None
+    conflicts: int = 0
+    why: str = ""
+
+
+def merge_into_live(repo: Repo, res: AnchorResult, *, base: str, start: str, live: str) -> Reapplied:
+    """Three-way merge the fork's change to the old file (``base``..``start``) into the file
+    where the symbol lives now in tree-ish ``live`` (``git merge-file``; conflict markers
+    labelled with the three files). Writes nothing into the repository."""
+    old = res.left_behind[0] if res.left_behind else ""
     if res.path is None or not res.left_behind:
-        return None, "nothing was left behind"
-    old = res.left_behind[0]
+        return Reapplied(old, None, why="nothing was left behind")
     before, after = repo.show_file(base, old), repo.show_file(start, old)
     current = repo.show_file(live, res.path)
     if before is None or after is None or before == after or current is None:
-        return None, f"the fork's patch stack has no change to {old} to re-apply"
+        return Reapplied(old, None, why=f"the fork's patch stack has no change to {old} to re-apply")
     with tempfile.TemporaryDirectory(prefix="forkops-reapply-") as tmp:
         files = []
         for name, data in (("current", current), ("base", before), ("fork", after)):
@@ -132,10 +232,42 @@ def retarget(repo: Repo, res: AnchorResult, *, base: str, start: str, live: str)
             files.append(str(Path(tmp) / name))
         proc = repo.run_raw("merge-file", "-p", "-L", res.path, "-L", f"{old} before the patches",
                             "-L", f"{old} with the patches", *files)
-    if proc.returncode != 0:
-        n = proc.returncode if 0 < proc.returncode < 128 else "some"
-        return None, f"the fork's change to {old} does not apply to {res.path} ({n} conflicting hunks)"
-    return proc.stdout, ""
+    if proc.returncode < 0 or proc.returncode >= 128:
+        return Reapplied(old, None, why=f"git merge-file failed on {res.path}")
+    if proc.returncode > 0:
+        return Reapplied(old, proc.stdout, proc.returncode,
+                         f"the fork's change to {old} does not apply to {res.path} "
+                         f"({proc.returncode} conflicting hunks)")
+    return Reapplied(old, proc.stdout)
+
+
+def retarget(repo: Repo, res: AnchorResult, *, base: str, start: str, live: str) -> tuple[bytes | None, str]:
+    """Re-apply a patch that stayed behind (:func:`merge_into_live`): (merged content, "")
+    when it merges cleanly, else (None, why not). Writes nothing into the repository."""
+    done = merge_into_live(repo, res, base=base, start=start, live=live)
+    return (done.merged, "") if done.merged is not None and not done.conflicts else (None, done.why)
+
+
+def fork_changes(repo: Repo, pb: Playbook, anchor: Anchor, *, base: str, start: str,
+                 version: Version | None, material: KeyMaterial | None = None) -> tuple[ForkChange, ...]:
+    """The fork commits of ``base..start`` that changed the files where ``anchor`` holds at
+    ``start`` (the change a failed anchor is missing), oldest first, each with its diff of
+    that file masked (``forkops.upgrade.masking.mask_secrets``, also every line holding the
+    key of ``material``; cut at 4,000 characters after masking, so a key site's value is never
+    half shown)."""
+    from forkops.upgrade.masking import mask_secrets
+
+    at_start = check(repo, start, anchor, version)
+    paths = list(at_start.patched_in)
+    if not paths:
+        return ()
+    out = []
+    for row in repo.lines("log", "--reverse", "--format=%H%x00%s", f"{base}..{start}", "--", *paths):
+        sha, subject = row.split("\0", 1)
+        for path in repo.lines("diff-tree", "-r", "--no-commit-id", "--name-only", sha, "--", *paths):
+            diff = repo.run("show", "--format=", "--no-color", "--no-ext-diff", sha, "--", path)
+            out.append(ForkChange(sha, subject, path, mask_secrets(diff, pb, material)[:4000]))
+    return tuple(out)
 
 
 def with_reapply(repo: Repo, res: AnchorResult, anchor: Anchor, *, base: str, start: str,
@@ -154,3 +286,31 @@ def with_reapply(repo: Repo, res: AnchorResult, anchor: Anchor, *, base: str, st
     return replace(res, ok=True, reapply_from=old,
                    detail=f"{anchor.symbol} now lives in {res.path}; `forkops upgrade` re-applies the patch "
                           f"from {old} there cleanly")
+
+
+def forget_dropping_resolutions(repo: Repo, anchor: Anchor) -> list[str]:
+    """Delete git's recorded resolutions (rerere's ``rr-cache``) that resolve a conflict in the
+    anchor's function by dropping the patch: the conflict (preimage) defines the symbol, the
+    recorded resolution (postimage) defines it without ``must_contain``. rerere would offer
+    that resolution again at the next upgrade; a person who took upstream's side once should
+    not be handed the same loss silently. Returns the entries removed (their ids)."""
+    import shutil
+
+    cache = Path(repo.run("rev-parse", "--git-path", "rr-cache").strip())
+    if not cache.is_absolute():
+        cache = repo.path / cache
+    if not cache.is_dir():
+        return []
+    must = re.compile(anchor.must_contain, re.MULTILINE)
+    removed = []
+    for entry in sorted(p for p in cache.iterdir() if p.is_dir()):
+        pre = entry / "preimage"
+        if not pre.is_file() or anchor.symbol not in pre.read_text("utf-8", "replace"):
+            continue
+        for post in entry.glob("postimage*"):
+            body = body_in(post.read_text("utf-8", "replace"), anchor)
+            if body is not None and not must.search(body):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+                break
+    return removed

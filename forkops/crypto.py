@@ -334,26 +334,25 @@ def _file_type(mode: int) -> str:
 def _open_input(path: Path, *, stream: bool = False) -> Iterator[io.BufferedReader]:
     """Open ``path`` for reading; anything but a regular file is BadInput unless ``stream``.
 
-    The first open is non-blocking, so a FIFO without a writer cannot hang forkops; only an
-    accepted stream is reopened to block for its data.
+    Only an accepted stream is opened blocking (a FIFO waits for its writer: asked for). Anything
+    else is opened non-blocking and checked on the descriptor, so a FIFO put in a regular file's
+    place cannot hang forkops. (Probing a FIFO and reopening it would not do for a stream: the
+    probe can connect a waiting writer and break its pipe when it closes.)
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        mode = os.stat(path).st_mode
+        streaming = stream and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (0 if streaming else os.O_NONBLOCK))
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file or directory") from None
     except OSError as exc:
         raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        os.set_blocking(fd, True)
-    else:
-        os.close(fd)
-        if not stream or stat.S_ISDIR(mode):
+    if not streaming:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
             raise BadInput(f"{path}: is {_file_type(mode)}, not a regular file (only `encrypt --raw` reads a stream)")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # waits for a writer: the user asked to read it
-        except OSError as exc:
-            raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
+        os.set_blocking(fd, True)
     with open(fd, "rb") as fh:
         if stat.S_ISREG(mode):
             with contextlib.suppress(OSError):  # a hint: larger read-ahead for one sequential pass

@@ -13,13 +13,23 @@ import os
 import shutil
 import subprocess
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TextIO
 
 from forkops.errors import ExternalError
 
 TAIL_LINES = 25
+
+
+class LineFilter(Protocol):
+    """A stream filter over output lines (forkops.secrets.StreamRedactor): lines in, released
+    lines out, possibly later; ``flush`` releases what it still holds."""
+
+    def feed(self, line: bytes) -> list[bytes]: ...
+
+    def flush(self) -> list[bytes]: ...
 
 
 class DockerUnavailable(ExternalError):
@@ -104,23 +114,38 @@ class Docker:
         log: Path,
         on_line: Callable[[str], None] | None = None,
         env: Mapping[str, str] | None = None,
-        redact: Callable[[bytes], bytes] | None = None,
+        redact: LineFilter | None = None,
     ) -> tuple[int, list[str]]:
         """Run ``docker ARGS`` with stdout+stderr appended to ``log`` line by line.
 
         Returns (exit code, last lines). ``on_line`` sees every line (for a live status).
-        ``redact`` rewrites each raw output line (bytes, before decoding) first: only its
-        result reaches the log, ``on_line`` and the returned tail.
+        ``redact`` sees the raw output (bytes, before decoding) as a stream of lines and releases
+        them rewritten: only what it releases reaches the log, ``on_line`` and the returned tail
+        (so a secret split over several lines is caught).
         A KeyboardInterrupt terminates the child before propagating.
         """
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         argv = self._argv(args)
 
-        def clean(raw: bytes) -> str:
-            return (redact(raw) if redact is not None else raw).decode("utf-8", "replace")
+        def emit(fh: TextIO, raws: Iterable[bytes]) -> None:
+            for raw in raws:
+                line = raw.decode("utf-8", "replace")
+                fh.write(line)
+                fh.flush()
+                tail.append(line.rstrip("\r\n"))
+                if on_line is not None:
+                    on_line(line.rstrip("\r\n"))
+
+        def release(raw: bytes) -> list[bytes]:
+            return [raw] if redact is None else redact.feed(raw)
+
+        def drain() -> list[bytes]:
+            return [] if redact is None else redact.flush()
 
         with log.open("a", encoding="utf-8") as fh:
-            fh.write(clean(("$ docker " + " ".join(args) + "\n").encode()))
+            header = ("$ docker " + " ".join(args) + "\n").encode()
+            for raw in (*release(header), *drain()):
+                fh.write(raw.decode("utf-8", "replace"))
             fh.flush()
             try:
                 # Bytes, so redaction sees the output exactly as docker wrote it.
@@ -133,12 +158,7 @@ class Docker:
             try:
                 assert proc.stdout is not None
                 for raw in proc.stdout:
-                    line = clean(raw)
-                    fh.write(line)
-                    fh.flush()
-                    tail.append(line.rstrip("\r\n"))
-                    if on_line is not None:
-                        on_line(line.rstrip("\r\n"))
+                    emit(fh, release(raw))
                 code = proc.wait()
             except BaseException:
                 proc.terminate()
@@ -147,6 +167,8 @@ class Docker:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                 raise
+            finally:
+                emit(fh, drain())
         return code, list(tail)
 
     # -- facts ---------------------------------------------------------------------------

@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from forkops import upgrade
+from forkops import lock
 from forkops.errors import BadInput
 from forkops.git import Repo
+from forkops.upgrade import state as upgrade
 from forkops.workspace import Workspace
 
 
@@ -50,6 +51,11 @@ def collect(ws: Workspace, *, keep: int, dry_run: bool = False) -> GcResult:
     """Remove the backup refs and finished state of every finished run but the newest ``keep``."""
     if keep < 0:
         raise BadInput(f"--keep {keep}: must be 0 or more")
+    with lock.workspace_lock(ws, "gc"):  # no upgrade may start or move while runs are weighed
+        return _collect(ws, keep=keep, dry_run=dry_run)
+
+
+def _collect(ws: Workspace, *, keep: int, dry_run: bool) -> GcResult:
     repos = [(rc.name, Repo(rc.path)) for rc in ws.repos if Repo(rc.path).is_repo()]
     backups = {name: repo.refs(upgrade.BACKUP_PREFIX) for name, repo in repos}
     states = {name: upgrade.load_state(repo) for name, repo in repos}
@@ -66,10 +72,10 @@ def collect(ws: Workspace, *, keep: int, dry_run: bool = False) -> GcResult:
 
     refs = tuple(RemovedRef(name, r.name, r.sha) for name, infos in backups.items() for r in infos
                  if _run_of(r.name) in gone)
-    files = [upgrade._state_path(repo) for name, repo in repos
+    files = [upgrade.state_path(repo) for name, repo in repos
              if (st := states[name]) is not None and st.run in gone]
     if run is not None and run.id in gone:
-        files.append(ws.root / upgrade.RUN_DIR / upgrade.RUN_FILE)
+        files.append(upgrade.run_path(ws))
     if not dry_run:
         for name, repo in repos:
             lines = "".join(f"delete {r.ref} {r.sha}\n" for r in refs if r.repo == name)

@@ -3,7 +3,9 @@
 Every command runs through :meth:`Repo.run`, which strips the ``GIT_*`` variables that would
 redirect git to another repository (set, for instance, when forkops runs inside a git hook),
 never prompts, and raises :class:`GitError` carrying the command, its exit code and stderr.
-GitPython is used for what it does better (clone with progress) and stays inside this module.
+GitPython is used for what it does better (progress of clone and fetch) and stays inside this
+module. ``FORKOPS_DEBUG=1`` traces every git command forkops runs (argv, folder, exit code,
+milliseconds) on stderr; forkops never puts key material on a git command line.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -35,6 +39,18 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+Progress = Callable[[str, float | None], None]
+
+
+def _trace(argv: Sequence[str], cwd: Path | None, code: int, started: float) -> None:
+    """One stderr line per git command when FORKOPS_DEBUG=1 (the overhead of forkops is its
+    git processes: this is how they are counted)."""
+    if os.environ.get("FORKOPS_DEBUG") == "1":
+        where = f" (in {cwd})" if cwd is not None else ""
+        ms = (time.perf_counter() - started) * 1000
+        print(f"forkops: git {' '.join(argv)}{where} -> {code} [{ms:.0f} ms]", file=sys.stderr)
 
 
 @cache
@@ -95,8 +111,9 @@ class Repo:
         data = input.encode() if isinstance(input, str) else input
         merged = dict(self.extra_env)
         merged.update(env or {})
+        started = time.perf_counter()
         try:
-            return subprocess.run(
+            proc = subprocess.run(
                 ["git", "-C", str(self.path), *args],
                 input=data,
                 capture_output=True,
@@ -105,6 +122,8 @@ class Repo:
             )
         except OSError as exc:
             raise ExternalError(f"cannot run git: {exc}") from None
+        _trace(args, self.path, proc.returncode, started)
+        return proc
 
     def ok(self, *args: str, env: Mapping[str, str] | None = None) -> bool:
         return self.run_raw(*args, env=env).returncode == 0
@@ -122,7 +141,18 @@ class Repo:
         return _GIT_DIRS[key]
 
     def is_repo(self) -> bool:
-        return self.path.is_dir() and self.ok("rev-parse", "--git-dir")
+        """True when ``path`` is inside a git repository (asks git once per path and process:
+        the answer fills the git directory cache)."""
+        if not self.path.is_dir():
+            return False
+        key = str(self.path.resolve())
+        if key in _GIT_DIRS:
+            return True
+        proc = self.run_raw("rev-parse", "--absolute-git-dir")
+        if proc.returncode != 0:
+            return False
+        _GIT_DIRS[key] = Path(_text(proc.stdout).strip())
+        return True
 
     def rev_parse(self, rev: str) -> str | None:
         """The full sha ``rev`` names, or None. Use ``refs/tags/X`` forms to avoid ambiguity."""
@@ -131,6 +161,11 @@ class Repo:
 
     def commit_of(self, rev: str) -> str | None:
         return self.rev_parse(f"{rev}^{{commit}}")
+
+    def full_sha(self, rev: str) -> str | None:
+        """``rev`` when it already is a full object name (git's own files hold those), else the
+        commit it names."""
+        return rev if _FULL_SHA.fullmatch(rev) else self.commit_of(rev)
 
     def current_branch(self) -> str | None:
         proc = self.run_raw("symbolic-ref", "--quiet", "--short", "HEAD")
@@ -149,11 +184,15 @@ class Repo:
         return result
 
     def status_porcelain(self) -> list[str]:
-        return self.run("status", "--porcelain=v1", "--untracked-files=no").splitlines()
+        # No optional locks: status would otherwise refresh the index under index.lock, which a
+        # kill leaves behind.
+        return self.run("--no-optional-locks", "status", "--porcelain=v1", "--untracked-files=no").splitlines()
 
     def operation_in_progress(self) -> str | None:
-        """'rebase', 'merge', 'cherry-pick', 'revert', 'am' or None (read from git's own files)."""
+        """'rebase', 'merge', 'cherry-pick', 'revert', 'am', 'bisect' or None (git's own files)."""
         gd = self.git_dir
+        if (gd / "BISECT_START").exists():
+            return "bisect"
         if (gd / "rebase-merge").is_dir():
             return "rebase"
         if (gd / "rebase-apply").is_dir():
@@ -161,6 +200,8 @@ class Repo:
         for name, op in (("MERGE_HEAD", "merge"), ("CHERRY_PICK_HEAD", "cherry-pick"), ("REVERT_HEAD", "revert")):
             if (gd / name).exists():
                 return op
+        if (gd / "sequencer").is_dir():
+            return "cherry-pick"
         return None
 
     def unmerged_paths(self) -> list[str]:
@@ -174,13 +215,19 @@ class Repo:
         proc = self.run_raw("remote", "get-url", name)
         return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
 
-    def set_remote(self, name: str, url: str) -> None:
-        """Add the remote, or update its URL; configured to fetch no tags implicitly."""
-        if self.remote_url(name) is None:
-            self.run("remote", "add", "--no-tags", name, url)
-        elif self.remote_url(name) != url:
+    def set_remote(self, name: str, url: str) -> bool:
+        """Add the remote, or update its URL; configured to fetch no tags implicitly. False when
+        it already was exactly that (nothing written)."""
+        current = self.remote_url(name)
+        if current is None:
+            self.run("remote", "add", "--no-tags", name, url)  # sets tagOpt itself
+            return True
+        if current == url and self.run_raw("config", f"remote.{name}.tagOpt").stdout.strip() == b"--no-tags":
+            return False
+        if current != url:
             self.run("remote", "set-url", name, url)
         self.run("config", f"remote.{name}.tagOpt", "--no-tags")
+        return True
 
     def fetch(self, remote: str, refspecs: Sequence[str]) -> None:
         """Fetch exactly ``refspecs`` (no implicit tags)."""
@@ -240,6 +287,441 @@ class Repo:
                 result.append(None)
         return result
 
+    def changed_paths(self, shas: Sequence[str]) -> dict[str, list[str]]:
+        """commit -> the paths it changes against its first parent (one process)."""
+        if not shas:
+            return {}
+        out = self.run("diff-tree", "--stdin", "-r", "--name-only", "--no-renames", "-z",
+                       input="".join(f"{s}\n" for s in shas))
+        result: dict[str, list[str]] = {s: [] for s in shas}
+        current = ""
+        for tok in out.split("\0"):
+            if tok in result:
+                current = tok
+            elif tok and current:
+                result[current].append(tok)
+        return result
+
+    def rev_list(self, *args: str) -> list[str]:
+        return self.lines("rev-list", *args)
+
+    def index_matches_head(self) -> bool:
+        """True when nothing is staged (the index equals HEAD's tree)."""
+        return self.ok("diff", "--cached", "--quiet", "HEAD", "--")
+
+    def commit_file_change(self, parent: str, path: str, data: bytes, message: str, *, executable: bool = False) -> str:
+        """A commit on ``parent`` that sets ``path`` to ``data``, made without touching the index
+        or the worktree (a temporary index); returns it. Nothing refers to it yet."""
+        import tempfile
+
+        blob = self.write_blob(data)
+        fd, index = tempfile.mkstemp(prefix="forkops-index-")
+        os.close(fd)
+        os.unlink(index)  # git wants to create it
+        env = {"GIT_INDEX_FILE": index}
+        try:
+            self.run("read-tree", parent, env=env)
+            self.run("update-index", "--add", "--cacheinfo", f"{'100755' if executable else '100644'},{blob},{path}",
+                     env=env)
+            tree = self.run("write-tree", env=env).strip()
+        finally:
+            for leftover in (index, index + ".lock"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+        return self.run("commit-tree", tree, "-p", parent, input=message).strip()
+
+    def move_checked_out(self, ref: str, old: str, new: str) -> None:
+        """Move the checked-out branch ``ref`` from ``old`` to ``new`` (compare-and-swap), then
+        bring index and worktree along (``read-tree -m -u``: a two-way merge that keeps local
+        changes and refuses to overwrite them). Run again after a kill, it finishes the job."""
+        if self.rev_parse(ref) != new:
+            self.run("update-ref", ref, new, old)
+        self.run_raw("update-index", "-q", "--refresh")  # read-tree trusts the index's stat data
+        self.run("read-tree", "-m", "-u", old, new)
+
+    def config_bytes(self) -> bytes | None:
+        """The repository's own config file, byte for byte (None: there is none)."""
+        try:
+            return self.config_path().read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def restore_config(self, before: bytes | None, after: bytes | None, keys_of: Sequence[str]) -> None:
+        """Undo forkops' config changes. When the file is still what forkops left, its bytes
+        from before come back exactly; otherwise (the person changed config since) only the
+        values under the sections ``keys_of`` (e.g. "remote.tf") are put back."""
+        from forkops.fsutil import write_atomic
+
+        now = self.config_bytes()
+        if before is None or now == before:
+            return
+        if after is not None and now == after and all(
+                _without_section(before, s) == _without_section(after, s) for s in keys_of):
+            # Still what forkops left, and forkops' sections are the only difference (not so when
+            # the config was rewritten elsewhere since, e.g. a workspace moved mid-run).
+            write_atomic(self.config_path(), before)
+            return
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(prefix="forkops-config-") as fh:
+            fh.write(before)
+            fh.flush()
+            for section in keys_of:
+                self.run_raw("config", "--local", "--remove-section", section)
+                old = self.run_raw("config", "-f", fh.name, "-z", "--get-regexp", "^" + re.escape(section) + r"\.")
+                for item in _text(old.stdout).split("\0"):
+                    if item:
+                        key, _, value = item.partition("\n")
+                        self.run("config", "--local", "--add", key, value)
+
+    def reset_hard(self) -> None:
+        self.run("reset", "--quiet", "--hard")
+
+    def detach(self, commit: str | None = None) -> None:
+        self.run("checkout", "--quiet", "--detach", *([commit] if commit else []))
+
+    def set_head(self, ref: str | None, commit: str) -> None:
+        """Point HEAD at ``ref`` (a full branch ref), or detach it at ``commit``; no checkout."""
+        if ref is not None:
+            self.run("symbolic-ref", "HEAD", ref)
+        else:
+            self.run("update-ref", "--no-deref", "HEAD", commit)
+
+    def push(self, remote: str, refspec: str, *, force_with_lease: bool) -> subprocess.CompletedProcess[bytes]:
+        args = ["push", "--porcelain", "--set-upstream", *(["--force-with-lease"] if force_with_lease else []),
+                remote, refspec]
+        return self.run_raw(*args)
+
+    def range_diff(self, old: str, new: str) -> list[RangeDiffLine]:
+        """``git range-diff OLD NEW`` (two ranges), one line per commit pair, without the diffs."""
+        out = self.run("range-diff", "--no-color", "--no-patch", old, new)
+        rows = []
+        for line in out.splitlines():
+            m = _RANGE_DIFF.match(line)
+            if m:
+                rows.append(RangeDiffLine(m.group(2), m.group(3), m.group(4), m.group(5)))
+        return rows
+
+    def present(self, shas: Sequence[str]) -> set[str]:
+        """Which of ``shas`` name commits this repository has (one ``cat-file --batch-check``)."""
+        if not shas:
+            return set()
+        out = self.run("cat-file", "--batch-check=%(objectname) %(objecttype)",
+                       input="".join(f"{s}\n" for s in shas))
+        return {parts[0] for line in out.splitlines() if len(parts := line.split()) == 2 and parts[1] == "commit"}
+
+    def write_blob(self, data: bytes) -> str:
+        return self.run("hash-object", "-w", "--stdin", input=data).strip()
+
+
+    # -- typed operations the upgrade engine needs -------------------------------------
+    def full_head_ref(self) -> str | None:
+        """The full ref HEAD is on ("refs/heads/b2.18.0"), None when detached. Full names only:
+        ``--short`` prints "heads/b2.18.0" when a tag shares the branch's name."""
+        proc = self.run_raw("symbolic-ref", "--quiet", "HEAD")
+        return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
+
+    def rebase_state(self) -> RebaseState | None:
+        """git's own record of a merge-backend rebase, read from ``rebase-merge/`` (None: none)."""
+        folder = self.git_dir / "rebase-merge"
+        if not folder.is_dir():
+            return None
+
+        def read(name: str) -> str:
+            try:
+                return (folder / name).read_text().strip()
+            except OSError:
+                return ""
+
+        def steps(name: str) -> tuple[RebaseStep, ...]:
+            out = []
+            for line in read(name).splitlines():
+                parts = line.split()
+                if len(parts) >= 2 and not line.startswith("#"):
+                    out.append(RebaseStep(parts[0], parts[1]))
+            return tuple(out)
+
+        try:
+            head = (self.git_dir / "HEAD").read_text()
+        except OSError:
+            head = ""
+        return RebaseState(
+            folder=folder, head_name=read("head-name"), onto=read("onto"), orig_head=read("orig-head"),
+            done=steps("done"), todo=steps("git-rebase-todo"),
+            msgnum=int(read("msgnum") or 0), end=int(read("end") or 0),
+            stopped_sha=read("stopped-sha") or None, head_detached=not head.startswith("ref:"))
+
+    def requeue_pick(self, sha: str) -> None:
+        """Put ``pick SHA`` back at the front of the running rebase's todo list (a pick git
+        recorded as done whose changes never reached the index: a process killed mid-pick)."""
+        todo = self.git_dir / "rebase-merge" / "git-rebase-todo"
+        old = todo.read_text() if todo.is_file() else ""
+        tmp = todo.with_name("git-rebase-todo.forkops")
+        tmp.write_text(f"pick {sha}\n" + old)
+        os.replace(tmp, todo)
+
+    def unmerged(self) -> dict[str, frozenset[int]]:
+        """Unmerged path -> the index stages it has (``git ls-files -u``)."""
+        stages: dict[str, set[int]] = {}
+        for line in self.run("ls-files", "-u", "-z").split("\0"):
+            if line:
+                meta, path = line.split("\t", 1)
+                stages.setdefault(path, set()).add(int(meta.split()[2]))
+        return {p: frozenset(s) for p, s in stages.items()}
+
+    def update_refs(self, changes: Mapping[str, str | None]) -> None:
+        """Set (sha) or delete (None) every ref of ``changes`` in one transaction: all move or
+        none does. Full ref names only."""
+        if not changes:
+            return
+        lines = "".join(f"update {ref} {sha}\n" if sha is not None else f"delete {ref}\n"
+                        for ref, sha in changes.items())
+        self.run("update-ref", "--stdin", input="start\n" + lines + "prepare\ncommit\n")
+
+    def ls_remote(self, remote: str, *patterns: str, tags: bool = False) -> dict[str, RemoteRef]:
+        """Refs of ``remote`` (a name or a URL): full name -> (object, commit it peels to)."""
+        out = self.run("ls-remote", *(["--tags"] if tags else []), remote, *patterns)
+        sha_of: dict[str, str] = {}
+        peeled: dict[str, str] = {}
+        for line in out.splitlines():
+            sha, ref = line.split("\t", 1)
+            if ref.endswith("^{}"):
+                peeled[ref[:-3]] = sha
+            else:
+                sha_of[ref] = sha
+        return {ref: RemoteRef(ref, sha, peeled.get(ref, sha)) for ref, sha in sha_of.items()}
+
+    def ls_remote_heads(self, remote: str, names: Iterable[str]) -> dict[str, str]:
+        """``refs/heads/NAME`` on ``remote`` -> commit, for the branch names given."""
+        wanted = [n if n.startswith("refs/") else f"refs/heads/{n}" for n in names]
+        proc = self.run_raw("ls-remote", "--heads", remote, *wanted)
+        if proc.returncode != 0 and self.remote_url(remote) is None:
+            return {}  # no such remote: nothing is published there
+        if proc.returncode != 0:
+            raise GitError(["ls-remote", "--heads", remote], proc.returncode, _text(proc.stderr))
+        out = _text(proc.stdout)
+        found = {}
+        for line in out.splitlines():
+            sha, ref = line.split("\t", 1)
+            if ref in wanted:  # ls-remote matches patterns by their tail; keep exact names only
+                found[ref] = sha
+        return found
+
+    def fetch_objects(self, source: str, refs: Sequence[str], *, progress: Progress | None = None,
+                      env: Mapping[str, str] | None = None) -> None:
+        """Fetch the objects of ``refs`` from ``source`` (a URL or remote) and nothing else: no
+        ref, no FETCH_HEAD, no tags, no automatic gc (which could repack refs). The caller
+        creates the refs it wants, recorded, in one transaction."""
+        args = ["-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "fetch.writeCommitGraph=false",
+                "fetch", "--no-tags", "--no-write-fetch-head", "--progress" if progress else "--quiet",
+                source, *refs]
+        merged = dict(self.extra_env)
+        merged.update(env or {})
+        started = time.perf_counter()
+        if progress is None:
+            proc = subprocess.run(["git", "-C", str(self.path), *args], capture_output=True,
+                                  env=git_env(merged), check=False)
+            code, stderr = proc.returncode, _text(proc.stderr)
+        else:
+            code, stderr = _with_progress(["git", "-C", str(self.path), *args], git_env(merged), progress)
+        _trace(args, self.path, code, started)
+        if code != 0:
+            if "couldn't find remote ref" in stderr:
+                raise BadInput(f"{source} has no {', '.join(refs)}")
+            raise GitError(args, code, stderr)
+
+    def config_path(self) -> Path:
+        return self.git_dir / "config"
+
+    def stale_locks(self) -> list[Path]:
+        """git's lock files in this repository (index, HEAD, refs, packed-refs, config). A lock
+        no process holds is left by a killed git: git refuses to work until it is gone."""
+        gd = self.git_dir
+        found = [gd / n for n in ("index.lock", "HEAD.lock", "ORIG_HEAD.lock", "packed-refs.lock",
+                                  "config.lock", "AUTO_MERGE.lock") if (gd / n).exists()]
+        refs = gd / "refs"
+        if refs.is_dir():
+            found += sorted(refs.rglob("*.lock"))
+        return found
+
+    def ident_missing(self) -> bool:
+        """True when git has no committer identity (a commit would fail)."""
+        return not self.ok("var", "GIT_COMMITTER_IDENT") or not self.ok("var", "GIT_AUTHOR_IDENT")
+
+    def diff_check(self, *args: str) -> list[DiffProblem]:
+        """``git diff --check ARGS``: whitespace errors and leftover conflict markers."""
+        proc = self.run_raw("-c", "core.quotePath=false", "diff", "--check", "--no-color", *args)
+        if proc.returncode not in (0, 2):
+            raise GitError(["diff", "--check", *args], proc.returncode, _text(proc.stderr))
+        problems: list[DiffProblem] = []
+        for line in _text(proc.stdout).splitlines():
+            m = _CHECK_LINE.match(line)
+            if m:
+                problems.append(DiffProblem(m.group(1), int(m.group(2)), m.group(3).rstrip("."), ""))
+            elif line.startswith("+") and problems and not problems[-1].text:
+                last = problems[-1]
+                problems[-1] = DiffProblem(last.path, last.line, last.problem, line[1:])
+        return problems
+
+    def patch_ids(self, shas: Sequence[str]) -> dict[str, str]:
+        """commit -> its stable patch id (two git processes for any number of commits);
+        commits without changes have none."""
+        if not shas:
+            return {}
+        diff = self.run_raw("diff-tree", "--stdin", "-p", "--no-color", "--no-renames",
+                            input="".join(f"{s}\n" for s in shas)).stdout
+        out = self.run("patch-id", "--stable", input=diff)
+        return {c: p for p, c in (line.split() for line in out.splitlines() if line)}
+
+    def upstream_patch_ids(self, base: str, tip: str, paths: Sequence[str]) -> set[str]:
+        """Patch ids of the commits of ``base..tip`` that touch ``paths`` (whole commits)."""
+        if not paths:
+            return set()
+        log = self.run_raw("log", "--no-merges", "-p", "--full-diff", "--no-color", "--no-renames",
+                           "--format=commit %H", f"{base}..{tip}", "--", *paths).stdout
+        out = self.run("patch-id", "--stable", input=log)
+        return {line.split()[0] for line in out.splitlines() if line}
+
+    def commit_infos(self, shas: Sequence[str]) -> list[CommitInfo]:
+        """(sha, author identity with date, subject) of each commit, in order."""
+        if not shas:
+            return []
+        out = self.run("log", "--no-walk=unsorted", "--format=%H%x00%an <%ae> %ad%x00%s", "--date=raw", *shas)
+        return [CommitInfo(*line.split("\0", 2)) for line in out.splitlines() if line]
+
+
+_RANGE_DIFF = re.compile(r"^\s*(-|\d+):\s+(-+|[0-9a-f]+) ([=!<>]) \s*(?:-|\d+):\s+(-+|[0-9a-f]+) ?(.*)$")
+
+
+@dataclass(frozen=True)
+class RangeDiffLine:
+    """One row of ``git range-diff``: ``=`` same patch, ``!`` changed, ``<`` only in the old
+    range (dropped), ``>`` only in the new one (added)."""
+
+    old: str
+    mark: str
+    new: str
+    subject: str
+
+
+def _without_section(config: bytes, section: str) -> bytes:
+    """``config`` text without the section ``remote.tf`` (``[remote "tf"]`` and its lines)."""
+    head, _, sub = section.partition(".")
+    header = re.compile(rb'^\s*\[\s*' + re.escape(head.encode()) + rb'\s+"' + re.escape(sub.encode()) + rb'"\s*\]',
+                        re.I)
+    out, skipping = [], False
+    for line in config.splitlines(keepends=True):
+        if line.lstrip().startswith(b"["):
+            skipping = bool(header.match(line))
+        if not skipping:
+            out.append(line)
+    return b"".join(out)
+
+
+_FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_CHECK_LINE = re.compile(r"^(.+?):(\d+): (.+)$")
+
+
+@dataclass(frozen=True)
+class DiffProblem:
+    """One ``git diff --check`` finding; ``text`` is the offending line (empty for markers)."""
+
+    path: str
+    line: int
+    problem: str  # "leftover conflict marker", "trailing whitespace", ...
+    text: str
+
+    def describe(self) -> str:
+        return f"{self.path}:{self.line}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    ident: str  # "Name <email> <unix time> <tz>": kept by a rebase, so it identifies the pick
+    subject: str
+
+
+@dataclass(frozen=True)
+class RemoteRef:
+    name: str  # full ref name
+    sha: str  # the object (a tag object for an annotated tag)
+    peeled: str  # the commit it peels to
+
+
+@dataclass(frozen=True)
+class RebaseStep:
+    command: str  # pick, exec, ...
+    sha: str
+
+
+@dataclass(frozen=True)
+class RebaseState:
+    """A merge-backend rebase as git recorded it in ``.git/rebase-merge``."""
+
+    folder: Path
+    head_name: str  # the full ref being rebased; "" when git was killed before writing it
+    onto: str
+    orig_head: str
+    done: tuple[RebaseStep, ...]
+    todo: tuple[RebaseStep, ...]
+    msgnum: int
+    end: int
+    stopped_sha: str | None
+    head_detached: bool  # False: git died after creating the folder, before it detached HEAD
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def current(self) -> str | None:
+        """The commit the rebase stopped on (or was picking when it died)."""
+        if self.stopped_sha:
+            return self.stopped_sha
+        return self.done[-1].sha if self.done else None
+
+
+def _with_progress(argv: list[str], env: dict[str, str], progress: Progress) -> tuple[int, str]:
+    """Run a git fetch/clone with ``--progress``, feeding its stderr to GitPython's progress
+    parser; returns (exit code, the non-progress stderr lines)."""
+    import git as gitpython  # lazy: importing GitPython costs ~0.1 s
+
+    handler = _progress_class(gitpython)(progress)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    feed = handler.new_message_handler()
+    buf = b""
+    while chunk := proc.stderr.read(256):
+        buf += chunk
+        *lines, buf = re.split(rb"[\r\n]", buf)
+        for line in lines:
+            feed(line.decode("utf-8", "replace"))
+    if buf:
+        feed(buf.decode("utf-8", "replace"))
+    code = proc.wait()
+    return code, "\n".join(handler.error_lines + handler.other_lines)
+
+
+def _progress_class(gitpython: object) -> type:
+    base = gitpython.RemoteProgress  # type: ignore[attr-defined]
+
+    class _Progress(base):  # type: ignore[misc, valid-type]
+        def __init__(self, progress: Progress) -> None:
+            super().__init__()
+            self._report = progress
+
+        def update(self, op_code: int, cur_count: str | float, max_count: str | float | None = None,
+                   message: str = "") -> None:
+            if not isinstance(cur_count, int | float):
+                return
+            stage = {
+                self.COUNTING: "counting objects", self.COMPRESSING: "compressing objects",
+                self.RECEIVING: "receiving objects", self.RESOLVING: "resolving deltas",
+                self.CHECKING_OUT: "checking out files",
+            }.get(op_code & self.OP_MASK, "fetching")
+            total = max_count if isinstance(max_count, int | float) and max_count else None
+            self._report(stage, float(cur_count) / total if total else None)
+
+    return _Progress
+
 
 # Index stages of an unmerged path during a rebase: 1 the merge base, 2 HEAD (the new upstream
 # side, with the patches applied so far), 3 the fork's commit being replayed.
@@ -257,33 +739,26 @@ def conflict_kind(stages: Iterable[int]) -> str:
     return _KIND_BY_STAGES.get(frozenset(stages), "rename")
 
 
-def clone(url: str, path: Path, *, progress: Callable[[str, float | None], None] | None = None) -> Repo:
+def _no_progress(stage: str, fraction: float | None) -> None:
+    return None
+
+
+def clone(url: str, path: Path, *, progress: Progress | None = None) -> Repo:
     """Clone ``url`` into ``path`` with GitPython, reporting (stage, fraction) to ``progress``."""
     import git as gitpython  # lazy: importing GitPython costs ~0.1 s
 
-    class _Progress(gitpython.RemoteProgress):
-        def update(
-            self, op_code: int, cur_count: str | float, max_count: str | float | None = None, message: str = ""
-        ) -> None:
-            if progress is None or not isinstance(cur_count, int | float):
-                return
-            stage = {
-                self.COUNTING: "counting objects", self.COMPRESSING: "compressing objects",
-                self.RECEIVING: "receiving objects", self.RESOLVING: "resolving deltas",
-                self.CHECKING_OUT: "checking out files",
-            }.get(op_code & self.OP_MASK, "cloning")
-            total = max_count if isinstance(max_count, int | float) and max_count else None
-            progress(stage, float(cur_count) / total if total else None)
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    listener = _Progress()
+    listener = _progress_class(gitpython)(progress or _no_progress)
+    started = time.perf_counter()
     try:
-        gitpython.Repo.clone_from(url, str(path), progress=listener, env=git_env())  # type: ignore[arg-type]
+        gitpython.Repo.clone_from(url, str(path), progress=listener, env=git_env())
     except gitpython.GitCommandError as exc:
         status = exc.status if isinstance(exc.status, int) else 1
+        _trace(["clone", url, str(path)], None, status, started)
         # With a progress listener GitPython hands git's stderr to it, not to the exception.
         stderr = str(exc.stderr or "").strip() or "\n".join(listener.error_lines + listener.other_lines)
         raise GitError(["clone", url, str(path)], status, stderr) from None
+    _trace(["clone", url, str(path)], None, 0, started)
     return Repo(path)
 
 

@@ -53,7 +53,7 @@ from typing import IO, TYPE_CHECKING
 from forkops.errors import BadInput, ForkopsError, GitError
 from forkops.git import Repo, git_env
 from forkops.secrets import Hit
-from forkops.secrets import Matcher as _SecretsMatcher
+from forkops.secrets import Matcher as Matcher  # re-exported: the guard's matcher
 
 if TYPE_CHECKING:
     from forkops.keyfile import KeyMaterial
@@ -69,52 +69,8 @@ PRIVATE_HOOKS = "forkops-hooks"  # under the git dir, when core.hooksPath is a t
 _ZERO = re.compile(r"0+")
 # rev-list options `guard scan` accepts besides revisions: they only select refs.
 SCAN_OPTIONS = ("--all", "--branches", "--tags", "--remotes", "--glob")
-_WHITESPACE = b" \t\r\n\f\v"
 _BATCH_BYTES = 1 << 20  # objects are matched in batches this large, then singly on a hit
 _PROGRESS_EVERY = 5000  # objects
-
-
-class Matcher(_SecretsMatcher):
-    """:class:`forkops.secrets.Matcher`, plus ``needles`` in the shape the build-log redactor
-    of ``forkops.build`` reads until it moves to :class:`forkops.secrets.StreamRedactor`."""
-
-    @property
-    def needles(self) -> list[_LegacyNeedle]:
-        return [_legacy_needle(s.what, s.raw) for s in self.secrets]
-
-
-# -- compatibility for forkops.build.LogRedactor (remove when it uses forkops.secrets) -------------
-@dataclass(frozen=True)
-class _LegacyNeedle:
-    what: str
-    fingerprint: str
-    raw: bytes
-    hex: bytes
-    escaped: bytes
-    array: re.Pattern[bytes]
-
-
-def squeeze(data: bytes) -> tuple[bytes, list[int]]:
-    """``data`` lowercased with every whitespace run made one space, and for each byte of the
-    result its offset in ``data`` (only the legacy build-log redactor uses it)."""
-    out, where = bytearray(), []
-    for i, c in enumerate(data.lower()):
-        if c in _WHITESPACE:
-            if out and out[-1] == 0x20:
-                continue
-            c = 0x20
-        out.append(c)
-        where.append(i)
-    return bytes(out), where
-
-
-def _legacy_needle(what: str, secret: bytes) -> _LegacyNeedle:
-    from forkops.keyfile import fingerprint
-
-    elements = [rb"(?:0x0*" + f"{b:x}".encode() + rb"|" + str(b).encode() + rb")" for b in secret]
-    array = re.compile(rb"(?<![0-9a-z_])" + rb" ?, ?".join(elements) + rb"(?![0-9a-z_])")
-    return _LegacyNeedle(what, fingerprint(secret), secret, secret.hex().encode(),
-                         b"".join(b"\\x" + f"{b:02x}".encode() for b in secret), array)
 
 
 # -- findings ---------------------------------------------------------------------------------------
@@ -211,7 +167,7 @@ class _Batcher:
     together, and only when that finds something, matched one by one. A hit that a join
     would create across two objects is only a (harmless, rechecked) extra look."""
 
-    def __init__(self, matcher: _SecretsMatcher, report: Callable[[str, str, Hit], None]) -> None:
+    def __init__(self, matcher: Matcher, report: Callable[[str, str, Hit], None]) -> None:
         self.matcher, self.report = matcher, report
         self.items: list[tuple[str, str, bytes]] = []
         self.size = 0
@@ -244,7 +200,7 @@ def _rev_args(revs: list[str]) -> tuple[list[str], str]:
     return opts, "".join(f"{r}\n" for r in revs if not r.startswith("--"))
 
 
-def scan_objects(repo: Repo, revs: list[str], matcher: _SecretsMatcher, *,
+def scan_objects(repo: Repo, revs: list[str], matcher: Matcher, *,
                  progress: Callable[[int, int], None] | None = None) -> ScanResult:
     """Every object ``git rev-list --objects`` lists for ``revs`` (``rev-list --stdin`` lines:
     ``SHA``, ``^SHA``, ``A..B``, or a ref-selecting option of ``SCAN_OPTIONS`` such as
@@ -326,7 +282,7 @@ def _attribute(repo: Repo, opts: list[str], lines: str, blob: str, path: str, hi
     return Finding(first[0] if first else None, path, hit.what, hit.fingerprint, hit.form, "file", blob)
 
 
-def scan_commits(repo: Repo, revs: list[str], matcher: _SecretsMatcher) -> tuple[int, list[Finding]]:
+def scan_commits(repo: Repo, revs: list[str], matcher: Matcher) -> tuple[int, list[Finding]]:
     """(commits, findings) of :func:`scan_objects` (the name callers have used)."""
     result = scan_objects(repo, revs, matcher)
     return result.commits, list(result.findings)
@@ -348,7 +304,7 @@ def _raw_entries(tokens: list[str]) -> Iterator[tuple[str, str]]:
             i += 1
 
 
-def scan_staged(repo: Repo, matcher: _SecretsMatcher, *, index_file: str | None = None) -> list[Finding]:
+def scan_staged(repo: Repo, matcher: Matcher, *, index_file: str | None = None) -> list[Finding]:
     """Staged blobs of added/modified paths (against HEAD, or everything in a first commit)."""
     env = {"GIT_INDEX_FILE": os.path.abspath(index_file)} if index_file else None
     head = repo.run_raw("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
@@ -371,7 +327,7 @@ def scan_staged(repo: Repo, matcher: _SecretsMatcher, *, index_file: str | None 
 SCISSORS = b"# ------------------------ >8 ------------------------"
 
 
-def scan_message(path: Path, matcher: _SecretsMatcher) -> list[Finding]:
+def scan_message(path: Path, matcher: Matcher) -> list[Finding]:
     """The commit message git is about to use (what ``commit -v`` appends below the scissors
     line is git's own diff, not part of the message)."""
     data = path.read_bytes().split(SCISSORS, 1)[0]
@@ -724,7 +680,7 @@ def run_hook(hook: str, keys_path: Path, args: list[str], stdin: IO[str]) -> int
         _say(f"cannot read the keys file, so it refuses: {exc.message}"
              + (f" ({exc.hint})" if exc.hint else " (fix it, or bypass once with --no-verify)"))
         return 2
-    matcher = _SecretsMatcher(material)
+    matcher = Matcher(material)
     repo = Repo(Path.cwd())
     if hook == "pre-commit":
         findings = scan_staged(repo, matcher, index_file=os.environ.get("GIT_INDEX_FILE"))

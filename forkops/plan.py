@@ -11,6 +11,7 @@ Tags are always resolved as ``refs/tags/NAME`` because a branch may share the na
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 from forkops.errors import BadInput
 from forkops.git import Repo
@@ -47,9 +48,14 @@ def default_start(repo: Repo, pb: Playbook, target: Version) -> str:
     """The newest fork branch older than ``target``; a local branch wins over ``origin/``."""
     older = [(v, not name.startswith("origin/"), name) for name, v in fork_branches(repo, pb).items() if v < target]
     if not older:
-        known = ", ".join(sorted(fork_branches(repo, pb))) or "none"
-        raise BadInput(f"no fork branch older than {target} (known fork branches: {known}); pass --from BRANCH")
+        return default_start_refusal(pb, target, list(fork_branches(repo, pb)))
     return max(older)[2]
+
+
+def default_start_refusal(pb: Playbook, target: Version, branches: list[str]) -> NoReturn:
+    """BadInput: no fork branch older than ``target`` among ``branches`` (short names)."""
+    known = ", ".join(sorted(b for b in branches if pb.version_of_fork_branch(b.removeprefix("origin/")))) or "none"
+    raise BadInput(f"no fork branch older than {target} (known fork branches: {known}); pass --from BRANCH")
 
 
 def resolve_branch(repo: Repo, name: str) -> str:
@@ -100,8 +106,9 @@ def find_base(repo: Repo, pb: Playbook, start_sha: str, remote: str | None) -> T
             ((pb.version_of_tag(t), t, sha) for t, sha in remote_release_tags(repo, pb, remote).items()),
             reverse=True,
         )
+        present = repo.present([sha for _v, _t, sha in candidates])  # one process, not one per tag
         for _version, tag, sha in candidates:
-            if repo.ok("cat-file", "-e", f"{sha}^{{commit}}") and repo.is_ancestor(sha, start_sha):
+            if sha in present and repo.is_ancestor(sha, start_sha):
                 repo.fetch(remote, [f"+{tag.ref}:{tag.ref}"])
                 return tag
     raise BadInput(f"no upstream release tag ({pb.upstream_tag}) is reachable from {start_sha[:12]}; pass --base TAG")

@@ -28,6 +28,7 @@ REGEX_SECONDS = 2.0  # a key-site pattern that needs longer on one file is refus
 Role = Literal["tensorflow", "serving"]
 ROLES: tuple[Role, ...] = ("tensorflow", "serving")
 KEY_VALUES = ("key", "iv")
+DRIFT_LANGUAGES = ("c++", "starlark")
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,21 @@ class Pin:
 
 
 @dataclass(frozen=True)
+class DriftSpec:
+    """``[drift]``: which of the fork's files are read for API drift (forkops.drift).
+
+    ``paths`` are glob patterns (``*`` also matches ``/``; a pattern ending in ``/`` is a
+    folder); ``paths = []`` turns drift off. Without the table: every file of ``languages``."""
+
+    paths: tuple[str, ...] = ("*",)
+    languages: tuple[str, ...] = DRIFT_LANGUAGES
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.paths and self.languages)
+
+
+@dataclass(frozen=True)
 class BuildSpec:
     dockerfile_dir: str = "tensorflow_serving/tools/docker"
     devel: str = "Dockerfile.devel"
@@ -194,6 +210,7 @@ class Playbook:
     smoke: SmokeSpec | None = None
     role: Role | None = None
     library: LibrarySpec | None = None
+    drift: DriftSpec = DriftSpec()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def tag(self, version: Version) -> TagName:
@@ -265,6 +282,7 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
     build = _build(top.sub("build")) if top.has("build") else None
     smoke = _smoke(top.sub("smoke")) if top.has("smoke") else None
     library = _library(top.sub("library")) if top.has("library") else None
+    drift = _drift(top.sub("drift")) if top.has("drift") else DriftSpec()
     top.finish()
     _unique(checker, "anchors", [a.name for a in anchors])
     _unique(checker, "key_sites", [s.name for s in sites])
@@ -284,6 +302,7 @@ def load_file(path: Path, *, label: str | None = None, source: str | None = None
         smoke=smoke,
         role=role,
         library=library,
+        drift=drift,
         warnings=tuple(checker.warnings),
     )
 
@@ -382,6 +401,20 @@ def _library(t: Table) -> LibrarySpec:
     spec = LibrarySpec(path=t.str("path", d.path), symbol=t.str("symbol", d.symbol))
     if not spec.path.startswith("/"):
         t.checker.problem(t.key("path"), f"{spec.path!r} must be an absolute path in the image")
+    t.finish()
+    return spec
+
+
+def _drift(t: Table) -> DriftSpec:
+    d = DriftSpec()
+    spec = DriftSpec(paths=tuple(t.strs("paths", list(d.paths))),
+                     languages=tuple(t.strs("languages", list(d.languages))))
+    for i, path in enumerate(spec.paths):
+        if not path or path.startswith("/"):
+            t.checker.problem(f"{t.key('paths')}[{i}]", f"{path!r} is not a path pattern relative to the repository")
+    for i, lang in enumerate(spec.languages):
+        if lang not in DRIFT_LANGUAGES:
+            t.checker.problem(f"{t.key('languages')}[{i}]", f"{lang!r} is not one of {', '.join(DRIFT_LANGUAGES)}")
     t.finish()
     return spec
 

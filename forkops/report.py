@@ -49,8 +49,16 @@ def _stop_text(p: Prediction) -> str:
 def _anchor_text(p: Prediction) -> list[tuple[bool | None, str]]:
     """(ok, text) per anchor: on the predicted tree when clean; where upstream has the symbol
     when the rebase stops (ok None: informational)."""
-    if p.status == "clean":
-        return [(a.ok, f"{a.name}: {a.detail}" if not a.ok else a.name) for a in p.anchors]
+    if p.rebase == "clean":
+        rows: list[tuple[bool | None, str]] = []
+        for a in p.anchors:
+            text = f"{a.name} in {a.path}" if a.ok else f"{a.name}: {a.detail}"
+            text += "".join(f"\n  missing {sha[:10]} {subject}"
+                            for sha, subject in dict.fromkeys((c.sha, c.subject) for c in a.missing))
+            text += "".join(f"\n  [yellow]warning:[/yellow] patched copy left in {d} (not compiled)"
+                            for d in a.dead_copies)
+            rows.append((a.ok, text))
+        return rows
     return [(None, f"{a.name}: upstream defines it in {a.path or ', '.join(a.defined_in) or 'no file'}")
             for a in p.upstream_anchors]
 
@@ -66,6 +74,8 @@ def check_table(check: RepoCheck) -> Table:
     for p in check.results:
         if p.status == "conflict":
             result = "[red]conflict[/red]"
+        elif p.status == "drift":
+            result = "[red]api drift[/red]"
         elif p.anchors_ok:
             result = "[green]clean[/green]"
         else:
@@ -75,7 +85,9 @@ def check_table(check: RepoCheck) -> Table:
         anchors = "\n".join(
             ("[green]✓[/green] " if ok else "[red]✗[/red] " if ok is False else "[dim]·[/dim] ") + text
             for ok, text in _anchor_text(p)) or "[dim]none[/dim]"
-        files = "\n".join(f"{c.path} [dim]({c.kind})[/dim]" for c in p.conflicts)
+        files = "\n".join([f"{c.describe()} [dim]({c.kind})[/dim]" + "".join(
+                              f"\n  [dim]↳ {x.sha[:10]} {x.subject}[/dim]" for x in c.context) for c in p.conflicts]
+                          + [f"[red]drift[/red] {d.describe()}" for d in p.drift])
         table.add_row(str(p.tag), result, _stop_text(p), files, anchors)
     if not check.results:
         table.add_row("[dim]no upstream tags to check[/dim]", "", "", "", "")
@@ -217,13 +229,14 @@ class NightlyReport:
             lines.append("|---|---|---|---|---|---|")
             for e in by_repo[check.repo]:
                 p = e.prediction
-                result = ("❌ conflict" if p.status == "conflict" else "✅ clean" if p.anchors_ok
-                          else "⚠️ clean, anchor fails")
+                result = ("❌ conflict" if p.status == "conflict" else "❌ api drift" if p.status == "drift"
+                          else "✅ clean" if p.anchors_ok else "⚠️ clean, anchor fails")
                 if p.dropped:
                     result += f" ({len(p.dropped)} dropped)"
                 stop = (f"{p.stopped_at.index}/{p.stopped_at.total} `{p.stopped_at.sha[:10]}` "
                         f"{_md(p.stopped_at.subject)}" if p.stopped_at else "")
-                files = "<br>".join(f"`{_md(c.path)}` ({c.kind})" for c in p.conflicts)
+                files = "<br>".join([f"`{_md(c.path)}` ({c.kind})" for c in p.conflicts]
+                                    + [f"drift: `{_md(d.describe())}`" for d in p.drift])
                 anchors = "<br>".join(("✅ " if ok else "❌ " if ok is False else "") + _md(text)
                                       for ok, text in _anchor_text(p))
                 change = e.change or ""
@@ -252,6 +265,9 @@ class NightlyReport:
                                + ", ".join(p.conflict_paths))
                     detail = [message, *(f"  {c.path}: {c.kind}" for c in p.conflicts)]
                     ET.SubElement(case, "failure", message=message, type="conflict").text = "\n".join(detail)
+                elif p.status == "drift":
+                    message = "api drift: " + "; ".join(d.describe() for d in p.drift)
+                    ET.SubElement(case, "failure", message=message, type="api-drift").text = message
                 elif not p.anchors_ok:
                     bad = [a for a in p.anchors if not a.ok]
                     message = "; ".join(f"anchor {a.name}: {a.detail}" for a in bad)

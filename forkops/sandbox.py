@@ -893,6 +893,24 @@ def _tf_upstream(gen: Generator, *, filler_files: int, filler_commits: int) -> t
     return releases, filler
 
 
+REMOVED_API = "Status::OK"  # what upstream removes with build(removed_api=True)
+
+
+def _remove_status_ok(releases: list[_Release], minor: int) -> None:
+    """Optional upstream history: before the 2.<minor> cut, one commit replaces every
+    ``Status::OK()`` by ``absl::OkStatus()`` (as TensorFlow did in November 2022), and later
+    upstream files never have it again."""
+    def without(change: Files | dict[str, str | None]) -> dict[str, str | None]:
+        return {p: t.replace("Status::OK()", "absl::OkStatus()") if t else t for p, t in change.items()}
+
+    for rel in releases:
+        if rel.minor >= minor:
+            rel.master_changes = [(message, without(change)) for message, change in rel.master_changes]
+        if rel.minor == minor:
+            rel.master_changes.insert(0, ("Remove the deprecated Status::OK(); use absl::OkStatus()",
+                                          without({TF_CORE: tf_env_cc("deprecated"), TF_TSL: tf_env_cc("tsl")})))
+
+
 def _serving_upstream(gen: Generator, *, filler_files: int, filler_commits: int) -> tuple[list[_Release], list[str]]:
     filler = [f"tensorflow_serving/core/generated/servable_{i:05d}.cc" for i in range(filler_files)]
     docker = SERVING_DOCKER
@@ -977,7 +995,7 @@ REPOS = ("tensorflow", "serving")
 
 
 def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone: bool = True,
-          shape: Shape = "keys", only: str | None = None) -> Sandbox:
+          shape: Shape = "keys", only: str | None = None, removed_api: bool = False) -> Sandbox:
     """Generate the sandbox in ``root`` (which must be empty or missing).
 
     ``shape``: the forks' decryption patch. ``"keys"`` (shape (a), the default): key and IV in
@@ -986,7 +1004,8 @@ def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone
     (no key in the source), and the Serving image downloads that library
     (``ADD ${ENCRYPT_FILE_URL} /opt/lib/libcryptfile.so``); the workspace uses the
     ``tensorflow-dlopen`` playbook. ``only``: a workspace with that one fork (both upstreams and
-    origins are still made).
+    origins are still made). ``removed_api``: TensorFlow's upstream removes ``Status::OK``
+    (REMOVED_API), which the fork's decryption patch uses, before the 2.18 release.
     """
     if only is not None and only not in REPOS:
         raise ValueError(f"only must be one of {REPOS}, not {only!r}")
@@ -1002,6 +1021,8 @@ def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone
 
     tf = Generator(sb.upstream["tensorflow"])
     tf_rel, tf_filler = _tf_upstream(tf, filler_files=filler_files, filler_commits=filler_commits)
+    if removed_api:
+        _remove_status_ok(tf_rel, 18)
     sv = Generator(sb.upstream["serving"], start_time=T0 + 1800)
     sv_rel, sv_filler = _serving_upstream(sv, filler_files=filler_files, filler_commits=filler_commits)
 

@@ -7,7 +7,9 @@ keys become warnings, not errors, so a newer file still loads in an older forkop
 from __future__ import annotations
 
 import builtins
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,17 +20,34 @@ from forkops.version import VersionBound
 
 
 def load_toml(path: Path, label: str | None = None) -> dict[str, Any]:
-    """Parse a TOML file; a syntax error is a ConfigError naming the file and line."""
+    """Parse a TOML file (forkops.toml, keys.toml, playbooks: every config goes through here).
+
+    Anything that is not a readable regular file of valid UTF-8 TOML is a one-line BadInput /
+    ConfigError naming the file: a syntax error (with its line), invalid UTF-8 (with the byte
+    offset), nesting too deep for the parser, a FIFO or a directory.
+    """
     name = label or str(path)
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang us
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BadInput(f"{name}: not a regular file")
+            os.set_blocking(fd, True)
+            data = fh.read()
     except FileNotFoundError:
         raise BadInput(f"{name}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{name}: not valid TOML: {exc}"]) from None
     except OSError as exc:
         raise BadInput(f"{name}: cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{name}: not valid TOML: invalid UTF-8 at byte {exc.start}"]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{name}: not valid TOML: {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError([f"{name}: not valid TOML: arrays or tables nested too deeply"]) from None
 
 
 class Checker:

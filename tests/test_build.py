@@ -602,11 +602,12 @@ def announce_rc(value: str) -> str:
 
 def test_redactor_replaces_every_encoding_with_the_fingerprint() -> None:
     from forkops import keyfile
-    from forkops.guard import Matcher
+    from forkops.secrets import Matcher
 
     iv = b"Iv-0123456789abc"
     mat = keyfile.KeyMaterial("aes-128-cbc", KEY, iv, None)
-    redact = build.LogRedactor(mat)
+    from forkops.secrets import StreamRedactor
+
     fp, ivfp = mat.key_fingerprint, mat.iv_fingerprint
     arr = ", ".join(f"0x{b:02X}" for b in KEY)
     lines = {
@@ -621,14 +622,15 @@ def test_redactor_replaces_every_encoding_with_the_fingerprint() -> None:
         "#5 DONE 0.1s": "#5 DONE 0.1s",
     }
     for line, want in lines.items():
-        got = redact((line + "\n").encode())
+        redact = StreamRedactor(mat)
+        got = b"".join([*redact.feed((line + "\n").encode()), *redact.flush()])
         assert got == (want + "\n").encode(), line
         assert Matcher(mat).find(got) == []
 
 
 def test_run_builds_redacts_log_status_and_tail(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
     from forkops.docker import Docker
-    from forkops.guard import Matcher
+    from forkops.secrets import Matcher
 
     (standin / "config.json").write_text(json.dumps({
         "build_lines": [announce_rc(KEY.decode()), f"ERROR: key {KEY.hex()} rejected"],
@@ -650,7 +652,7 @@ def test_run_builds_redacts_log_status_and_tail(ws: sb_mod.Sandbox, standin: Pat
 
 
 def test_build_failure_output_and_log_never_hold_the_key(ws: sb_mod.Sandbox, standin: Path) -> None:
-    from forkops.guard import Matcher
+    from forkops.secrets import Matcher
 
     (standin / "config.json").write_text(json.dumps({
         "build_lines": ["#1 [internal] load build definition", announce_rc(KEY.decode())],
@@ -763,7 +765,7 @@ def secret_forms(mat: Any) -> list[bytes]:
 
 
 def holds_key(data: bytes, mat: Any) -> bool:
-    from forkops.guard import Matcher
+    from forkops.secrets import Matcher
 
     return bool(Matcher(mat).find(data)) or any(f in data for f in secret_forms(mat))
 

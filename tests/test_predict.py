@@ -88,7 +88,7 @@ def test_sandbox_forks_match_real_rebase_for_every_tag(sandbox: Sandbox, tmp_pat
                                strategy=strategy)
     assert check.strategy == strategy
     upstream_tags = {TagName(t) for t in _git(sandbox.upstream[name], "tag").stdout.split()
-                     if pb.version_of_tag(t) and pb.version_of_tag(t) > Version(2, 4, 0)}  # type: ignore[operator]
+                     if (v := pb.version_of_tag(t)) is not None and v > Version(2, 4, 0)}
     assert {r.tag for r in check.results} == upstream_tags
     for i, pred in enumerate(check.results):
         real = real_rebase(clone, tmp_path / f"scratch{i}", onto=pred.onto, base=check.refs.base_sha,
@@ -365,3 +365,61 @@ def test_tags_fetched_are_only_the_checked_ones(sandbox: Sandbox) -> None:
     assert run.code == 1
     assert set(_git(clone, "tag").stdout.split()) - before == {"2.11.1"}
     assert _git(clone, "remote", "get-url", "tf").stdout.strip() == sandbox.upstream_url("serving")
+
+
+# ---------------------------------------------------------------------------------------
+# A stop's files: moves and the upstream commits behind each conflict
+# ---------------------------------------------------------------------------------------
+def test_stop_names_moves_and_upstream_context(scenarios: Path) -> None:
+    repo = Repo(scenarios)
+    base, start = repo.commit_of("refs/tags/v1.0.0") or "", repo.commit_of("refs/heads/b1.0.0") or ""
+    patches = predict.load_patches(repo, repo.lines("rev-list", "--reverse", f"{base}..{start}"))
+    targets = [(TagName(t), repo.commit_of(f"refs/tags/{t}") or "", Version.parse(t)) for t in ("v1.5.0", "v1.7.0")]
+    with predict.Simulator(repo, patches) as sim:
+        at_15, at_17 = sim.predict_many(targets, base=base)
+        without = sim.predict_many(targets[1:])[0]
+    # v1.7.0: upstream moved src/old.cc and edited the line the fork edits
+    (moved,) = at_17.conflicts
+    assert (moved.path, moved.moved_from, moved.kind) == ("src/moved/new.cc", "src/old.cc", "content")
+    assert moved.describe() == "src/old.cc → src/moved/new.cc"
+    assert [c.subject for c in moved.context] == ["upstream change for v1.7.0"] and moved.context_scope == "lines"
+    assert moved.as_json()["moved_from"] == "src/old.cc"
+    (x,) = at_15.conflicts
+    assert x.moved_from is None and [c.subject for c in x.context] == ["upstream change for v1.5.0"]
+    assert without.conflicts[0].moved_from is None and without.conflicts[0].context == ()  # no base: no context
+
+
+def test_context_traces_lines_not_the_whole_file(tmp_path: Path) -> None:
+    """Of three upstream commits to the conflicting file, only the one that touched the fork's
+    lines is named."""
+    path = tmp_path / "r"
+    subprocess.run(["git", "init", "--quiet", str(path)], check=True)
+    gen = Generator(path)
+    gen.commit("master", "base", {"f.txt": _lines("f")})
+    gen.tag("v1.0.0", "master", "v1.0.0")
+    gen.branch("b1.0.0", "master")
+    gen.commit("b1.0.0", "fork edits line 20", {"f.txt": _lines("f", l20="fork")}, author="F <f@example.com>")
+    gen.commit("master", "upstream edits line 2", {"f.txt": _lines("f", l2="far away")})
+    gen.commit("master", "upstream edits line 20", {"f.txt": _lines("f", l2="far away", l20="upstream")})
+    gen.commit("master", "upstream edits line 35", {"f.txt": _lines("f", l2="far away", l20="upstream", l35="x")})
+    gen.tag("v1.1.0", "master", "v1.1.0")
+    gen.flush()
+    repo = Repo(path)
+    base, start = repo.commit_of("refs/tags/v1.0.0") or "", repo.commit_of("refs/heads/b1.0.0") or ""
+    patches = predict.load_patches(repo, [start])
+    with predict.Simulator(repo, patches) as sim:
+        (pred,) = sim.predict_many([(TagName("v1.1.0"), repo.commit_of("refs/tags/v1.1.0") or "", None)], base=base)
+    (c,) = pred.conflicts
+    assert [x.subject for x in c.context] == ["upstream edits line 20"] and c.context_scope == "lines"
+
+
+def test_simulation_commits_are_what_git_commit_tree_writes(scenarios: Path) -> None:
+    repo = Repo(scenarios)
+    patches = predict.load_patches(repo, repo.lines("rev-list", "--reverse", "refs/tags/v1.0.0..b1.0.0"))
+    with predict.Simulator(repo, patches) as sim:
+        p = patches[1]
+        (ours,) = sim._commits([(p.tree, (p.parent,))])
+        theirs = sim.repo.run("commit-tree", p.tree, "-p", p.parent, "-m", "forkops prediction").strip()
+        assert ours == theirs
+        assert sim.repo.run("cat-file", "-t", ours).strip() == "commit"
+        assert sim.repo.ok("fsck", "--no-dangling", "--connectivity-only", ours)

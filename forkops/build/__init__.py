@@ -40,7 +40,7 @@ from forkops.build.dockerfile import (
 )
 from forkops.build.images import BuildOptions, BuildStep, check_options, commands, image_repo, tags
 from forkops.build.roles import Fork, forks
-from forkops.build.runner import BuildFailed, BuildReport, LogRedactor, new_log, run_builds
+from forkops.build.runner import BuildFailed, BuildReport, new_log, run_builds
 from forkops.build.stage import (
     KEPT,
     OWNER_FILE,
@@ -55,7 +55,7 @@ from forkops.build.stage import (
 __all__ = [
     "BAZELRC", "KEPT", "KEY_SECRET_ID", "LIBRARY_STAGE", "OWNER_FILE", "PREBUILT_SECRET_ID", "SOURCE_IN_CONTEXT",
     "STAGE_PREFIX", "BuildFailed", "BuildOptions", "BuildReport", "BuildStep", "CarriedPatches", "DockerfileRewrite",
-    "Fork", "Instruction", "LibraryRewrite", "LogRedactor", "Secret", "Stage", "WorkspaceRewrite", "_start_time",
+    "Fork", "Instruction", "LibraryRewrite", "Secret", "Stage", "WorkspaceRewrite", "_start_time",
     "add_destination", "add_library_stage", "apply_carried", "carry_bazel_defines", "check_options", "commands",
     "describe_pin", "forks", "image_repo", "instructions", "new_log", "remove_stale_stages", "rewrite_dockerfile",
     "rewrite_workspace", "run_builds", "stage", "tags",

@@ -54,7 +54,7 @@ def check_options(options: BuildOptions, material: KeyMaterial) -> None:
     """BadInput for options forkops will not pass: a Bazel option with a space (the Dockerfile
     word-splits TF_SERVING_BAZEL_OPTIONS) or holding the key, a remote cache URL with
     credentials or without a scheme, ``--push`` without ``--registry``."""
-    from forkops.guard import Matcher
+    from forkops.secrets import Matcher
 
     if options.remote_cache is not None:
         url = urllib.parse.urlsplit(options.remote_cache)

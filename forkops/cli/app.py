@@ -20,8 +20,8 @@ from forkops.cli import common, split_global
 from forkops.errors import BadInput, Interrupted
 
 # Every command module, in the order top-level help lists their commands.
-COMMAND_MODULES = ("demo", "init", "upgrade", "check", "keys", "crypto", "cryptlib", "build", "doctor", "gc",
-                   "playbook")
+COMMAND_MODULES = ("demo", "init", "upgrade", "push", "check", "keys", "crypto", "cryptlib", "build", "doctor",
+                   "gc", "playbook")
 
 # Top-level command -> its module. tests/test_cli_help.py keeps it equal to what the modules register.
 COMMANDS = {
@@ -29,6 +29,7 @@ COMMANDS = {
     "init": "init",
     "upgrade": "upgrade",
     "status": "upgrade",
+    "push": "push",
     "check": "check",
     "nightly": "check",
     "set-key": "keys",

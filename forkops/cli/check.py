@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from forkops.cli.common import JsonOption, RepoOption, console, err_console, load_workspace, print_json
+from forkops.cli.common import JsonOption, RepoOption, console, load_workspace, print_json
 from forkops.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:
@@ -60,14 +60,19 @@ def _split(values: list[str] | None) -> list[str] | None:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+def _note(text: str) -> None:
+    """A progress line on stderr. Plain print: `check --json` never needs rich (importing it
+    costs more than a merge step)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def _progress(name: str) -> Callable[[str, float | None], None]:
-    err = err_console()
     last: list[str] = [""]
 
     def report(stage: str, _fraction: float | None) -> None:
         if stage != last[0]:
             last[0] = stage
-            err.print(f"[dim]{name}: cloning: {stage}[/dim]")
+            _note(f"{name}: cloning: {stage}")
 
     return report
 
@@ -78,7 +83,7 @@ def _open(rc: RepoConfig, *, refresh_origin: bool) -> Repo:
     existed = rc.path.exists()
     repo = predict.open_clone(rc.path, rc.origin, clone_missing=True, progress=_progress(rc.name))
     if not existed:
-        err_console().print(f"[dim]{rc.name}: cloned {rc.origin} into {rc.path}[/dim]")
+        _note(f"{rc.name}: cloned {rc.origin} into {rc.path}")
     elif refresh_origin and repo.remote_url("origin") is not None:
         repo.fetch("origin", [])
     return repo
@@ -92,7 +97,7 @@ def _check_one(ws: Workspace, rc: RepoConfig, *, start: str | None, base: str | 
     repo = _open(rc, refresh_origin=nightly)
     if nightly:
         since = str(predict.newest_fork_branch(repo, pb)[1])
-    err_console().print(f"[dim]{rc.name}: predicting upstream tags...[/dim]")
+    _note(f"{rc.name}: predicting upstream tags...")
     return predict.check_repo(rc.name, repo, pb, rc.upstream, start=start, base=base, since=since,
                               tags=tags, include_rc=include_rc)
 
@@ -132,6 +137,9 @@ def _print_checks(checks: list[RepoCheck]) -> None:
     out = console()
     for c in checks:
         out.print(report.check_table(c))
+        for r in c.results:
+            for warning in r.warnings:
+                out.print(f"{c.repo} {r.tag}: [yellow]warning:[/yellow] {warning}", soft_wrap=True)
         bad = [r for r in c.results if not r.compatible]
         if bad:
             out.print(f"{c.repo}: {len(bad)} of {len(c.results)} tags need a person "

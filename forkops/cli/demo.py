@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from forkops.git import Repo
 
 DEMO_VERSION = "2.18.0"
+DEMO_IDENTITY = (("user.name", "forkops demo"), ("user.email", "demo@forkops.invalid"))
 
 
 def register(app: typer.Typer) -> None:
@@ -63,6 +64,11 @@ def demo(
               "(tags on release branches r2.N), forks with their patch stacks on b2.4.0, a workspace.")
     sb = sandbox.build(root)
     ws = sb.workspace
+    for name in ("tensorflow", "serving"):
+        # The sandbox's own identity: the demo commits (rebase, pins) on a machine with none
+        # configured (a fresh CI runner), and never borrows the user's.
+        for key, value in DEMO_IDENTITY:
+            subprocess.run(["git", "-C", str(ws / name), "config", key, value], check=True, capture_output=True)
     # Scratch folders (the dry-run build's staging) go inside DIR too: nothing is written outside it.
     scratch = root / "tmp"
     scratch.mkdir()

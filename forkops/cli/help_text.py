@@ -19,6 +19,7 @@ TOP_HELP = (
     "  init      Clone the forks, pick the TensorFlow fork's playbook from its...\n"
     "  upgrade   Rebase the fork's patch stack onto an upstream release...\n"
     '  status    What an upgrade in progress is doing and waiting for.\n'
+    '  push      Push the branches of a finished upgrade to origin...\n'
     '  check     Predict, without touching any worktree, how each upstream tag...\n'
     '  nightly   Check every repository against every upstream tag newer than...\n'
     '  set-key   Write the key and IV into every key site, verify they agree,...\n'

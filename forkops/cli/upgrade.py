@@ -1,4 +1,4 @@
-"""CLI commands: ``forkops upgrade`` (start / --continue / --skip / --abort) and ``forkops status``."""
+"""CLI commands: ``forkops upgrade`` (start / --plan / --continue / --skip / --abort) and ``forkops status``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from forkops.upgrade import Outcome
+    from forkops.upgrade.preview import RepoPreview
     from forkops.workspace import Workspace
 
 
@@ -30,6 +31,10 @@ def upgrade(
                                              help="Base tag (default: newest release tag in the start).")] = None,
     push: Annotated[bool, typer.Option("--push", help="Push bX.Y.Z to origin when the run completes.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing local tfX.Y.Z/bX.Y.Z branches.")] = False,
+    branch: Annotated[str | None, typer.Option("--branch", metavar="NAME",
+                                               help="Write the result to NAME instead of bX.Y.Z.")] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Show what the upgrade would do; change nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --plan: machine-readable output.")] = False,
     force_with_lease: Annotated[bool, typer.Option("--force-with-lease",
                                                    help="Push with --force-with-lease (implies --push).")] = False,
     cont: Annotated[bool, typer.Option("--continue", help="Continue after resolving conflicts.")] = False,
@@ -43,8 +48,13 @@ def upgrade(
     modes = [name for name, on in (("--continue", cont), ("--skip", skip), ("--abort", abort)) if on]
     if len(modes) > 1:
         raise BadInput(f"{' and '.join(modes)} cannot be combined")
+    if plan and modes:
+        raise BadInput(f"--plan and {modes[0]} cannot be combined")
+    if as_json and not plan:
+        raise BadInput("--json needs --plan (`forkops status --json` reports a run)")
     if modes:
-        extra = [n for n, v in (("X.Y.Z", version), ("--repo", repo), ("--from", from_), ("--base", base)) if v]
+        extra = [n for n, v in (("X.Y.Z", version), ("--repo", repo), ("--from", from_), ("--base", base),
+                                ("--branch", branch)) if v]
         extra += ["--force"] if force else []
         if abort:
             extra += [n for n, v in (("--push", push), ("--force-with-lease", force_with_lease)) if v]
@@ -55,6 +65,15 @@ def upgrade(
 
     ws = load_workspace()
     out = console()
+    if plan:
+        assert version is not None
+        req = engine.Request(Version.parse(version), start=from_, base=base, branch=branch, force=force)
+        previews = engine.preview(ws, req, repo)
+        if as_json:
+            print_json({"version": version, "repos": [p.as_json() for p in previews]})
+        else:
+            render_plan(out, version, previews)
+        return ExitCode.OK
 
     def log(line: str) -> None:
         out.print(line, markup=False)
@@ -65,10 +84,20 @@ def upgrade(
         outcome = engine.resume(ws, skip=skip, push=push, force_with_lease=force_with_lease, log=log)
     else:
         assert version is not None
-        opts = engine.Options(Version.parse(version), repo=repo, start=from_, base=base,
+        opts = engine.Options(Version.parse(version), repo=repo, start=from_, base=base, branch=branch,
                               push=push or force_with_lease, force=force, force_with_lease=force_with_lease)
         clone_missing(ws, opts.repo)
-        outcome = engine.start(ws, opts, log=log)
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        # A TensorFlow tag fetch is hundreds of MiB: git's progress, parsed by GitPython, as a bar.
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
+                      console=err_console(), transient=True) as bar:
+            task = bar.add_task("fetching upstream", total=1.0, stage="", visible=False)
+
+            def progress(stage: str, fraction: float | None) -> None:
+                bar.update(task, completed=fraction or 0.0, stage=stage, visible=True)
+
+            outcome = engine.start(ws, opts, log=log, progress=progress)
     return _report(out, outcome, final=not abort)
 
 
@@ -78,7 +107,7 @@ def status(
     """What an upgrade in progress is doing and waiting for."""
     from forkops import upgrade as engine
 
-    data = engine.status(load_workspace())
+    data = engine.status(load_workspace()).as_json()
     if as_json:
         print_json(data)
         return
@@ -111,10 +140,10 @@ def _report(out: Console, outcome: Outcome, *, final: bool) -> ExitCode:
         out.print()
         render_status(out, outcome.status)
         return ExitCode.NEEDS_PERSON
-    if final and outcome.state == "done":
-        run = outcome.status.get("run") or {}
-        names = ", ".join(r["repo"] for r in run.get("repos", []))
-        out.print(f"[green]upgrade to {run.get('version')} done[/green] ({names})")
+    run = outcome.report.run
+    if final and outcome.state == "done" and run is not None:
+        names = ", ".join(r.repo for r in run.repos)
+        out.print(f"[green]upgrade to {run.version} done[/green] ({names})")
     return ExitCode.OK
 
 
@@ -130,7 +159,8 @@ def render_status(out: Console, data: dict[str, Any]) -> None:
         steps = ", ".join(f"{r['repo']} {r['state'] if r['state'] != 'idle' else r['phase']}" for r in run["repos"])
         out.print(f"[bold]upgrade to {run['version']}[/bold] (run {run['id']}): {steps}")
     state = data["state"]
-    colour = {"conflict": "yellow", "anchor-failed": "red", "done": "green"}.get(state, "cyan")
+    colour = {"conflict": "yellow", "anchor-failed": "red", "commit-missing": "red", "key-found": "red",
+              "done": "green"}.get(state, "cyan")
     out.print(f"[bold]{data['repo']}[/bold]: [{colour}]{state}[/{colour}] — {data.get('branch')} = "
               f"{data.get('start')} rebased from {data.get('base')} onto {data.get('onto')}")
     stop = data.get("stopped_at")
@@ -140,11 +170,18 @@ def render_status(out: Console, data: dict[str, Any]) -> None:
     if data.get("conflicts"):
         out.print("  unmerged files:")
         for c in data["conflicts"]:
-            out.print(f"    {c['kind']:<14} {escape(c['path'])}")
+            mark = "  (resolved from a recorded resolution: review, then --continue)" if c.get("recorded") else ""
+            where = f"{c['moved_from']} → {c['path']}" if c.get("moved_from") else c["path"]
+            out.print(f"    {c['kind']:<14} {escape(where)}{mark}")
+            for x in c.get("context") or []:
+                out.print(f"{'':<20}upstream: {str(x['sha'])[:10]} {escape(str(x['subject']))}")
     failure = data.get("failure")
-    if failure and state == "anchor-failed":
+    if failure and state != "done":
         out.print(f"  [red]{escape(failure['message'])}[/red]")
-        if failure.get("path"):
+        for line in failure.get("lines") or []:
+            if state != "commit-missing":
+                out.print(f"    {escape(line)}")
+        if failure.get("path") and failure.get("kind") == "anchor":
             out.print(f"  the symbol lives now in: {escape(failure['path'])}")
         if failure.get("change"):
             out.print("  the fork's change that must be carried there:")
@@ -156,3 +193,33 @@ def render_status(out: Console, data: dict[str, Any]) -> None:
         out.print("  next:")
         for i, step in enumerate(data["next"], 1):
             out.print(f"    {i}. {escape(step)}")
+
+
+def render_plan(out: Console, version: str, previews: list[RepoPreview]) -> None:
+    """Human form of ``forkops upgrade X.Y.Z --plan``."""
+    from rich.markup import escape
+
+    out.print(f"[bold]plan: upgrade to {version}[/bold] (nothing was changed)")
+    for p in previews:
+        if p.plan is None:
+            out.print(f"[bold]{p.repo}[/bold]: [red]refused[/red]: {escape(p.refused or '')}")
+            continue
+        pl = p.plan
+        out.print(f"[bold]{p.repo}[/bold]: {pl.branch} = {pl.start} ({pl.start_sha[:12]}) rebased from {pl.base} "
+                  f"onto {pl.onto} ({pl.tag}, {pl.onto_sha[:12]})")
+        out.print(f"  {len(p.commits)} commits to replay:")
+        for i, c in enumerate(p.commits, 1):
+            out.print(f"    {i}. {c.sha[:12]} {escape(c.subject)}")
+        if p.stop:
+            out.print(f"  [yellow]predicted stop[/yellow] at {p.stop['index']}/{p.stop['total']} "
+                      f"{escape(str(p.stop['subject']))!r}: {escape(', '.join(p.conflicts))}")
+        else:
+            out.print("  [green]predicted: rebases cleanly[/green]")
+        for a in p.anchors:
+            if not a.get("ok"):
+                out.print(f"  anchor {escape(str(a.get('name')))}: {escape(str(a.get('detail', '')))}")
+        for d in p.drift:
+            out.print(f"  [red]api drift[/red]: {escape(str(d['path']))}:{d['line']}: {escape(str(d['identifier']))} "
+                      f"is gone upstream" + (f" (removed by {str(d['removed_by'])[:12]} "
+                                             f"{escape(str(d.get('removed_by_subject') or ''))})"
+                                             if d.get("removed_by") else ""))

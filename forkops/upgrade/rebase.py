@@ -1,0 +1,124 @@
+"""Running ``git rebase`` and reading where it stands, including after a kill.
+
+Every rebase runs with :data:`REBASE_CONFIG`, so the user's own settings cannot change what it
+does. A stop is recorded (:class:`~forkops.upgrade.state.Stop`) the moment forkops sees it; a
+stop git shows that forkops never recorded means forkops (or git) was killed mid-pick.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from forkops.errors import BadInput, GitError
+from forkops.git import RebaseState, Repo
+from forkops.upgrade.state import RepoState, Stop, save_state
+
+# rebase.updateRefs would move other branches pointing into the stack (refs forkops never
+# recorded, so --abort could not restore them); autoSquash/rebaseMerges reorder or keep commits
+# `forkops check` does not predict; autoStash would hide a dirty worktree. rerere is on for the
+# rebase only (no config change to undo) and never stages a remembered resolution unreviewed.
+REBASE_CONFIG = ("-c", "rebase.updateRefs=false", "-c", "rebase.autoSquash=false",
+                 "-c", "rebase.rebaseMerges=false", "-c", "rebase.autoStash=false",
+                 "-c", "rerere.enabled=true", "-c", "rerere.autoUpdate=false")
+
+_RERERE = re.compile(r"^(?:Resolved|Staged) '(.+)' using previous resolution\.$", re.M)
+
+
+class RebaseRefused(Exception):
+    """git refused to start the rebase and changed nothing (e.g. untracked files in the way)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def git_complaint(stderr: str) -> list[str]:
+    """git's own reason from a refusal: its ``error:``/``fatal:`` lines with the paths listed
+    under them, without the generic trailer ("could not detach HEAD")."""
+    lines: list[str] = []
+    for line in stderr.splitlines():
+        if line.startswith("\t") and lines:
+            lines[-1] += ("" if lines[-1].endswith(":") else ",") + " " + line.strip()
+        elif line.startswith(("error: ", "fatal: ")) and "could not detach HEAD" not in line:
+            lines.append(line.split(": ", 1)[1].strip())
+    return lines or [line for line in stderr.splitlines() if line.strip()][-1:] or ["no error output"]
+
+
+def ours(repo: Repo, st: RepoState) -> RebaseState | None:
+    """The rebase in progress when it is this run's (a rebase of another branch is refused)."""
+    rs = repo.rebase_state()
+    if rs is None:
+        return None
+    if rs.head_name not in ("", st.branch_ref):
+        raise BadInput(f"{st.repo}: a rebase of {rs.head_name} is in progress in {repo.path} that forkops "
+                       f"did not start; finish it or `git rebase --abort` first")
+    return rs
+
+
+def half_started(rs: RebaseState) -> bool:
+    """git made its folder but was killed before it detached HEAD: nothing was rebased."""
+    return not rs.head_detached or not rs.head_name
+
+
+def run(repo: Repo, st: RepoState, args: list[str]) -> bool:
+    """Run one ``git rebase`` command; True when the rebase finished, False when it stopped
+    (the stop is recorded). Raises RebaseRefused when a starting rebase failed before it began."""
+    from forkops.upgrade.machine import crash_point
+
+    proc = repo.run_raw(*REBASE_CONFIG, "rebase", *args, env={"GIT_EDITOR": "true"})
+    output = proc.stdout.decode("utf-8", "replace") + "\n" + proc.stderr.decode("utf-8", "replace")
+    rs = repo.rebase_state()
+    if rs is not None:
+        record_stop(repo, st, rs, output)
+        crash_point("after-rebase-stop")
+        return False
+    if proc.returncode != 0:
+        starting = args[0] not in ("--continue", "--skip")
+        if starting and repo.rev_parse(st.branch_ref) == st.start_sha:
+            raise RebaseRefused(git_complaint(proc.stderr.decode("utf-8", "replace")))
+        raise GitError(["rebase", *args], proc.returncode, output)
+    return True
+
+
+def record_stop(repo: Repo, st: RepoState, rs: RebaseState, output: str) -> None:
+    """Record the stop git just made: its commit, unmerged paths, and those rerere resolved."""
+    current = repo.full_sha(rs.current) if rs.current else None
+    unmerged = sorted(repo.unmerged())
+    # A stop without unmerged files (an empty commit, untracked files in the way): git's last
+    # lines say why; with unmerged files, status lists them instead.
+    st.notes = [] if unmerged else [ln for ln in output.splitlines() if ln.strip()][-3:]
+    if current is not None:
+        recorded = sorted(set(_RERERE.findall(output)) & set(unmerged))
+        st.stops = [s for s in st.stops if s.commit != current] + [Stop(current, unmerged, recorded)]
+    save_state(repo, st)
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A pick git recorded as done whose changes never reached the index (a kill mid-pick)."""
+
+    commit: str
+
+
+def interrupted_pick(repo: Repo, st: RepoState, rs: RebaseState) -> Interrupted | None:
+    """Detect a pick that died: git lists it done, forkops never saw a stop there, nothing is
+    staged or unmerged, and HEAD is not already its result."""
+    if rs.current is None:
+        return None
+    current = repo.full_sha(rs.current)
+    if current is None or st.stop_for(current) is not None or repo.unmerged() or not repo.index_matches_head():
+        return None
+    head = repo.commit_infos(["HEAD", current])
+    if len(head) == 2 and (head[0].ident, head[0].subject) == (head[1].ident, head[1].subject):
+        return None  # killed after the commit: the pick is complete
+    if not repo.changed_paths([current]).get(current):
+        return None  # a commit without changes: nothing can be absent
+    return Interrupted(current)
+
+
+def position(repo: Repo, rs: RebaseState) -> tuple[str, str, int, int]:
+    """(commit, subject, index, total) of where the rebase stands."""
+    full = repo.full_sha(rs.current) if rs.current else None
+    subject = repo.commit_infos([full])[0].subject if full else ""
+    return full or (rs.current or ""), subject, rs.msgnum, rs.end
