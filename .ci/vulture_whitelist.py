@@ -14,6 +14,7 @@ from tests.standins import tf_serving_rest
 # typer commands registered with a decorator inside register(app) or on a sub-app
 crypto.inspect
 keys.guard_scan
+keys.guard_install
 keys.hook_pre_commit
 keys.hook_pre_push
 resolutions.list_

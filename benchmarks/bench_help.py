@@ -45,6 +45,19 @@ def modules_after(args: list[str]) -> set[str]:
     return set(proc.stderr.split())
 
 
+def import_costs(args: list[str], names: tuple[str, ...]) -> dict[str, float]:
+    """Cumulative import time (ms, one run, -X importtime) of the named modules during ``args``:
+    where a command's start-up goes."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "forkops", *args], capture_output=True,
+                          text=True, env=ENV, check=False)
+    costs: dict[str, float] = {}
+    for line in proc.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[2].strip() in names:
+            costs[parts[2].strip()] = int(parts[1]) / 1000
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=15)
@@ -61,6 +74,7 @@ def main() -> None:
             "status": [*py, "-m", "forkops", "-C", str(ws), "status"],
             "status help": [*py, "-m", "forkops", "status", "--help"],
         }, args.runs)
+        costs = import_costs(["-C", str(ws), "status"], ("typer", "rich.console", "forkops.upgrade"))
     baseline, git_status, helps, status, status_help = m.values()
     print(f"python -c pass (baseline):     median {baseline * 1000:5.0f} ms over {args.runs} runs")
     print(f"git status (sandbox fork):     median {git_status * 1000:5.0f} ms")
@@ -70,6 +84,8 @@ def main() -> None:
     ratio = status / (git_status + baseline)
     print(f"forkops status:                median {status * 1000:5.0f} ms  ratio to (git status + python) "
           f"{ratio:.2f}x  target <= 2x: {'met' if ratio <= 2 else 'NOT met'}")
+    print("imports during `forkops status` (ms, cumulative, one run): "
+          + ", ".join(f"{name} {ms:.0f}" for name, ms in costs.items()))
     heavy = ("typer", "rich", "git", "cryptography", "forkops.sandbox", "forkops.upgrade")
     print(f"heavy modules imported by `forkops --help`: {sorted(modules_after(['--help']) & set(heavy)) or 'none'}")
     # What `status --help` needs: the parser and the status command's own module, nothing else.

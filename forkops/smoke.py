@@ -26,13 +26,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 from xml.etree import ElementTree as ET
 
-from forkops.docker import Docker
-from forkops.errors import BadInput
+from forkops.docker import Docker, DockerUnavailable
+from forkops.errors import BadInput, ForkopsError
 from forkops.playbook import SmokeSpec
 from forkops.version import Version
 
@@ -43,9 +43,12 @@ LOG_TAIL = 20
 _TAG_VERSION = re.compile(r"(\d+\.\d+\.\d+(?:-rc\d+)?)")
 
 
+CaseKey = Literal["encrypted", "plaintext", "wrong-key"]
+
+
 @dataclass(frozen=True)
 class Case:
-    key: str  # "encrypted" | "plaintext" | "wrong-key"
+    key: CaseKey
     title: str
     must_serve: bool
 
@@ -57,25 +60,45 @@ CASES = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaseResult:
     case: Case
     ok: bool
     detail: str
     seconds: float = 0.0
-    logs: list[str] = field(default_factory=list)
-    predictions: list[float] | None = None
+    logs: tuple[str, ...] = ()
+    predictions: tuple[float, ...] | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {"case": self.case.key, "must_serve": self.case.must_serve, "ok": self.ok, "detail": self.detail,
+                "seconds": round(self.seconds, 3),
+                "predictions": list(self.predictions) if self.predictions is not None else None}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SmokeReport:
+    """What ``smoke`` found. ``infrastructure`` is set when no case could run (no Docker engine):
+    the report then says so, in JSON and JUnit, instead of there being no report at all."""
+
     image: str
     gpu_flags: tuple[str, ...]
-    results: list[CaseResult] = field(default_factory=list)
+    results: tuple[CaseResult, ...] = ()
+    infrastructure: ForkopsError | None = None
 
     @property
     def ok(self) -> bool:
-        return bool(self.results) and all(r.ok for r in self.results)
+        return self.infrastructure is None and bool(self.results) and all(r.ok for r in self.results)
+
+    def as_json(self) -> dict[str, object]:
+        error = None if self.infrastructure is None else {"kind": "infrastructure",
+                                                          "message": self.infrastructure.message}
+        return {"image": self.image, "ok": self.ok, "gpu_flags": list(self.gpu_flags), "error": error,
+                "cases": [r.as_json() for r in self.results]}
+
+    def raise_for_infrastructure(self) -> None:
+        """Raise the error that kept the cases from running (exit 3), if there was one."""
+        if self.infrastructure is not None:
+            raise self.infrastructure
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,8 +234,7 @@ class Runner:
         finally:
             # Named up front, so even a Ctrl-C during `docker run` leaves nothing behind.
             self.docker.run("rm", "-f", name, timeout=60)
-        result.seconds = self.clock() - started
-        return result
+        return replace(result, seconds=self.clock() - started)
 
     def _wait(self, case: Case, name: str, port: int, started: float) -> _Outcome:
         deadline = started + self.options.timeout
@@ -244,7 +266,7 @@ class Runner:
             time.sleep(self.options.poll_interval)
 
     def _judge(self, case: Case, outcome: _Outcome, port: int) -> CaseResult:
-        logs = list(outcome.logs)
+        logs = outcome.logs
         if outcome.kind in ("not-started", "bad-reply"):
             return CaseResult(case, False, outcome.detail, logs=logs)
         if not case.must_serve:
@@ -263,7 +285,7 @@ class Runner:
         except OSError as exc:
             return CaseResult(case, False, f"predict request failed: {exc}", logs=logs)
         ok, detail, values = check_predictions(reply, self.spec)
-        return CaseResult(case, ok, detail, logs=logs, predictions=values)
+        return CaseResult(case, ok, detail, logs=logs, predictions=tuple(values) if values is not None else None)
 
     def _logs(self, name: str) -> tuple[str, ...]:
         res = self.docker.run("logs", "--tail", str(LOG_TAIL), name, timeout=30)
@@ -287,6 +309,16 @@ def prepare_models(model: Path, material: KeyMaterial, dest: Path) -> dict[str, 
     return models
 
 
+def without_engine(docker: Docker, image: str) -> SmokeReport | None:
+    """The report of a smoke test that cannot run because no Docker engine is reachable (None
+    when one is): checked first, as nothing else (keys, models) matters without it."""
+    try:
+        docker.require_engine()
+    except DockerUnavailable as exc:
+        return SmokeReport(image, (), infrastructure=exc)
+    return None
+
+
 def run(
     docker: Docker,
     spec: SmokeSpec,
@@ -297,34 +329,43 @@ def run(
     cases: Sequence[Case] = CASES,
     on_status: Status | None = None,
 ) -> SmokeReport:
-    """Run ``cases``; the caller decides what a failure means (the CLI exits 1)."""
-    docker.require_engine()
+    """Run ``cases``; the caller decides what a failure means (the CLI exits 1). Without a Docker
+    engine no case runs and the report carries that as ``infrastructure``."""
     runner = Runner(docker, spec, options, on_status=on_status)
+    not_run = without_engine(docker, options.image)
+    if not_run is not None:
+        return not_run
     if model is None:
         from forkops import crypto
 
         model = crypto.bundled_model(gpu=options.gpu)
     if not model.is_dir():
         raise BadInput(f"--model {model}: not a model folder")
-    report = SmokeReport(options.image, runner.gpu_flags)
     scratch = Path(tempfile.mkdtemp(prefix="forkops-smoke-"))
     try:
         # The container's server (often another uid) must read the models; they hold
         # ciphertext or public test data, never the key.
         os.chmod(scratch, 0o755)
         models = prepare_models(model, material, scratch)
-        for case in cases:
-            report.results.append(runner.run_case(case, models[case.key]))
+        results = tuple(runner.run_case(case, models[case.key]) for case in cases)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return report
+    return SmokeReport(options.image, runner.gpu_flags, results)
 
 
-def junit_xml(report: SmokeReport) -> str:
-    suite = ET.Element("testsuite", name="forkops smoke", tests=str(len(report.results)),
-                       failures=str(sum(not r.ok for r in report.results)),
+def junit_xml(report: SmokeReport, cases: Sequence[Case] = CASES) -> str:
+    """JUnit XML: a failing case is a ``failure``; when no case could run (``infrastructure``)
+    every case is an ``error`` carrying why, which CI shows apart from a failed smoke test."""
+    broken = report.infrastructure
+    suite = ET.Element("testsuite", name="forkops smoke", tests=str(len(cases) if broken else len(report.results)),
+                       failures=str(sum(not r.ok for r in report.results)), errors=str(len(cases) if broken else 0),
                        time=f"{sum(r.seconds for r in report.results):.3f}")
     ET.SubElement(ET.SubElement(suite, "properties"), "property", name="image", value=report.image)
+    if broken is not None:
+        for case in cases:
+            tc = ET.SubElement(suite, "testcase", classname="forkops.smoke", name=case.key, time="0.000")
+            ET.SubElement(tc, "error", type="infrastructure", message=broken.message).text = (
+                f"not run: {broken.message}")
     for r in report.results:
         tc = ET.SubElement(suite, "testcase", classname="forkops.smoke", name=r.case.key, time=f"{r.seconds:.3f}")
         if not r.ok:
@@ -337,9 +378,3 @@ def junit_xml(report: SmokeReport) -> str:
 def _short(text: str, width: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def as_dict(report: SmokeReport) -> dict[str, Any]:
-    return {"image": report.image, "ok": report.ok, "gpu_flags": list(report.gpu_flags),
-            "cases": [{"case": r.case.key, "must_serve": r.case.must_serve, "ok": r.ok, "detail": r.detail,
-                       "seconds": round(r.seconds, 3), "predictions": r.predictions} for r in report.results]}

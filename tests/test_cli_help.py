@@ -75,7 +75,9 @@ def test_command_table_names_every_registered_command() -> None:
     (["-h"], None),
 ])
 def test_command_name_skips_global_options(args: list[str], expected: str | None) -> None:
-    assert app_mod.command_name(args) == expected
+    from forkops.cli import split_global
+
+    assert split_global(args)[1] == expected
 
 
 def _loaded_after(*args: str) -> set[str]:
@@ -97,12 +99,21 @@ def test_status_help_imports_only_what_status_uses() -> None:
                       "forkops.errors"}
 
 
+@pytest.mark.parametrize("args", [["--version"], ["-C", "/nonexistent", "--version"], ["--version", "status"]])
+def test_version_among_the_global_options(args: list[str]) -> None:
+    res = run_cli(*args)
+    assert (res.code, res.out, res.err) == (0, f"forkops {__import__('forkops').__version__}\n", "")
+
+
 # -- one exit path -------------------------------------------------------------------------------
 @pytest.mark.parametrize(("args", "message", "hint"), [
     (["status", "--bogus"], "No such option: --bogus", "forkops status --help"),
     (["nosuchcommand"], "No such command 'nosuchcommand'.", "forkops --help"),
     (["playbook", "show", "a", "b"], "unexpected extra argument", "forkops playbook show --help"),
     (["smoke", "img", "--timeout", "soon"], "Invalid value for '--timeout'", "forkops smoke --help"),
+    (["smoke"], "Missing argument 'image'", "forkops smoke --help"),
+    (["guard", "nosuch"], "No such command 'nosuch'", "forkops guard --help"),
+    (["-C"], "Option '-C' requires an argument", "forkops --help"),
 ])
 def test_usage_errors_are_one_line_and_a_hint(args: list[str], message: str, hint: str) -> None:
     res = run_cli(*args)
@@ -179,10 +190,46 @@ def test_dash_c_finds_the_workspace_and_takes_relative_paths_from_dir(tmp_path: 
     assert res.code == 0 and "no upgrade in progress" in res.out
 
 
+def test_nested_invocations_keep_the_outer_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`demo` runs commands in-process: an inner invocation must not reset the outer one's -C."""
+    from forkops.cli import common, main
+
+    seen: list[Path | None] = []
+
+    def inner(start: Path | None = None) -> Path:
+        assert main(["-C", "/", "playbook", "show", "serving"]) == 0
+        seen.append(common.directory())
+        raise KeyboardInterrupt
+
+    from forkops import workspace
+
+    monkeypatch.setattr(workspace, "find", inner)
+    assert run_cli("-C", str(tmp_path), "status").code == 130
+    assert seen == [tmp_path.resolve()]
+    assert common.directory() is None
+
+
 def test_dash_c_to_a_missing_folder_is_bad_input(tmp_path: Path) -> None:
     res = run_cli("-C", str(tmp_path / "nope"), "status")
     assert res.code == ExitCode.BAD_INPUT
     assert res.err == f"forkops: error: -C {tmp_path / 'nope'}: no such directory\n"
+
+
+# -- playbook warnings -----------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [["status"], ["check", "--repo", "serving", "--tags", "2.4.1"], ["gc"]])
+def test_every_command_that_loads_the_workspace_shows_playbook_warnings(tmp_path: Path, args: list[str]) -> None:
+    """A typo in a playbook (must_contian) is a warning every command shows, not only `playbook validate`."""
+    from forkops import sandbox
+
+    sb = sandbox.build(tmp_path / "sb")
+    text = (Path(__file__).parent.parent / "playbooks" / "serving.toml").read_text()
+    custom = sb.workspace / "my-serving.toml"
+    custom.write_text(text.replace("[[pins]]\n", "[[pins]]\nmust_contian = 'typo'\n", 1))
+    config = sb.workspace / "forkops.toml"
+    config.write_text(config.read_text().replace('playbook = "serving"', 'playbook = "my-serving.toml"'))
+    res = run_cli("-C", str(sb.workspace), *args)
+    warnings = [line for line in res.err.splitlines() if line.startswith("forkops: warning: ")]
+    assert warnings == ["forkops: warning: my-serving.toml: pins[0].must_contian: unknown key, ignored"], res.err
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def test_patched_image_passes_all_three_cases(standin: Configure) -> None:
     report = run_smoke()
     results = by_key(report)
     assert report.ok, [(r.case.key, r.detail) for r in report.results]
-    assert results["encrypted"].predictions == [2.5, 3.0, 4.5]
+    assert results["encrypted"].predictions == (2.5, 3.0, 4.5)
     assert "exited (code 1)" in results["plaintext"].detail
     assert "exited" in results["wrong-key"].detail
     assert any("Can't decrypt binary proto" in line for line in results["wrong-key"].logs)
@@ -274,6 +274,23 @@ def test_cli_smoke_without_engine_exits_3(standin: Configure, tmp_path: Path) ->
     res = run_cli("smoke", "img:2.18.0")
     assert res.code == 3 and res.err.startswith("forkops: error: no Docker engine is reachable")
     assert len(res.err.strip().splitlines()) == 1
+
+
+def test_cli_smoke_without_engine_says_so_in_json_and_junit(standin: Configure, tmp_path: Path) -> None:
+    """CI reads these files: no engine is an infrastructure error, not an empty report or a failed test."""
+    standin(docker={"engine": False})
+    junit = tmp_path / "smoke.xml"
+    res = run_cli("-C", str(tmp_path), "smoke", "img:2.18.0", "--json", "--junit", "smoke.xml")
+    assert res.code == 3
+    assert res.err.startswith("forkops: error: no Docker engine is reachable") and len(res.err.splitlines()) == 1
+    data = json.loads(res.out)
+    assert data["ok"] is False and data["cases"] == []
+    assert data["error"]["kind"] == "infrastructure" and "no Docker engine" in data["error"]["message"]
+    suite = ET.parse(junit).getroot()  # relative to -C DIR
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "0", "3")
+    errors = [tc.find("error") for tc in suite.iter("testcase")]
+    assert [tc.get("name") for tc in suite.iter("testcase")] == ["encrypted", "plaintext", "wrong-key"]
+    assert all(e is not None and e.get("type") == "infrastructure" for e in errors)
 
 
 def test_cli_doctor_with_standin(standin: Configure, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

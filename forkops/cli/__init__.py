@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import traceback
+from collections.abc import Sequence
 
 from forkops import __version__
 from forkops.errors import ConfigError, ExitCode, ForkopsError, Interrupted
@@ -21,10 +22,22 @@ from forkops.errors import ConfigError, ExitCode, ForkopsError, Interrupted
 _FAST_HELP = (["--help"], ["-h"])
 
 
+def split_global(args: Sequence[str]) -> tuple[list[str], str | None]:
+    """The global options before the command, and the command (None for none)."""
+    options: list[str] = []
+    for arg in args:
+        if arg.startswith("-") or (options and options[-1] == "-C"):  # an option, or -C's DIR
+            options.append(arg)
+        else:
+            return options, arg
+    return options, None
+
+
 def _fast_path(args: list[str]) -> bool:
     """Answer top-level help and --version from static text (typer costs ~0.1 s to import and
-    to build every command). Only at the width the static text was rendered for."""
-    if args == ["--version"]:
+    to build every command). Help only at the width the static text was rendered for; --version
+    wherever it is among the global options (the typer option only documents it)."""
+    if "--version" in split_global(args)[0]:
         print(f"forkops {__version__}")
         return True
     if args in _FAST_HELP and shutil.get_terminal_size().columns >= 80 and not os.environ.get("FORKOPS_NO_FAST_HELP"):
@@ -45,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     from forkops.cli import app as app_mod
     from forkops.cli import common
 
-    common.reset()
+    # Invocations nest (demo runs commands in-process): each starts without -C and gives the
+    # outer one its directory back.
+    outer = common.directory()
+    common.set_directory(None)
     try:
         app = app_mod.build(args)
         result = app(args=args, prog_name="forkops", standalone_mode=False)
@@ -59,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _usage_error(exc)
         return _crash() if code is None else code
     finally:
-        common.reset()
+        common.set_directory(outer)
     if result is None:
         return ExitCode.OK
     return int(result) if isinstance(result, int) else _crash_bad_result(result)

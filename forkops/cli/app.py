@@ -16,13 +16,12 @@ from typing import Annotated, Any
 
 import typer
 
-from forkops import __version__
-from forkops.cli import common
+from forkops.cli import common, split_global
 from forkops.errors import BadInput, Interrupted
 
 # Every command module, in the order top-level help lists their commands.
-COMMAND_MODULES = ("demo", "init", "upgrade", "push", "check", "keys", "crypto", "cryptlib", "build", "playbook",
-                   "resolutions", "ci")
+COMMAND_MODULES = ("demo", "init", "upgrade", "push", "check", "keys", "crypto", "cryptlib", "build", "doctor",
+                   "gc", "playbook", "resolutions", "ci")
 
 # Top-level command -> its module. tests/test_cli_help.py keeps it equal to what the modules register.
 COMMANDS = {
@@ -40,7 +39,8 @@ COMMANDS = {
     "inspect": "crypto",
     "build": "build",
     "smoke": "build",
-    "doctor": "build",
+    "doctor": "doctor",
+    "gc": "gc",
     "cryptlib": "cryptlib",
     "playbook": "playbook",
     "resolutions": "resolutions",
@@ -48,15 +48,9 @@ COMMANDS = {
 }
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(f"forkops {__version__}")
-        raise typer.Exit()
-
-
 def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    version: Annotated[  # answered before typer runs (forkops.cli._fast_path); here for --help
+        bool, typer.Option("--version", is_eager=True, help="Show the version and exit.")
     ] = False,
     directory: Annotated[
         Path | None, typer.Option("-C", metavar="DIR", help="Run as if forkops was started in DIR (like git -C).")
@@ -66,19 +60,6 @@ def _root(
         if not directory.is_dir():
             raise BadInput(f"-C {directory}: no such directory")
         common.set_directory(directory.resolve())
-
-
-def command_name(args: Sequence[str]) -> str | None:
-    """The top-level command in ``args`` (None for none), skipping the global options."""
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "-C":
-            skip = True
-        elif not arg.startswith("-"):
-            return arg
-    return None
 
 
 def build(args: Sequence[str] = ()) -> typer.Typer:
@@ -94,7 +75,7 @@ def build(args: Sequence[str] = ()) -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_root)
-    name = command_name(args)
+    name = split_global(args)[1]
     modules = (COMMANDS[name],) if name in COMMANDS else COMMAND_MODULES
     for module in modules:
         importlib.import_module(f"forkops.cli.{module}").register(app)

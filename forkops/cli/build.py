@@ -1,5 +1,5 @@
-"""CLI commands: ``build``, ``smoke`` and ``doctor`` (images from local source, the encrypted-model
-round trip, and whether this machine can do either).
+"""CLI commands: ``build`` and ``smoke`` (images from local source, the encrypted-model round
+trip; ``doctor`` in cli/doctor.py says whether this machine can do either).
 
 Engines: :mod:`forkops.build`, :mod:`forkops.smoke`, :mod:`forkops.docker`. This module loads the
 workspace and keys, draws the one-line live status and the summary tables, and writes JUnit.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import shlex
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -212,20 +211,22 @@ def smoke_cmd(
     if timeout <= 0:
         raise BadInput("--timeout must be a positive number of seconds")
     docker = Docker()
-    docker.require_engine()  # exit 3 first: nothing else matters without an engine
     spec, root = _smoke_spec()
-    material = _keys(keys, root)
-    options = engine.SmokeOptions(image, gpu, Version.parse(serving_version) if serving_version else None, timeout)
-    err = err_console()
-    with _sigterm_as_interrupt(), err.status("smoke") as status:
-        report = engine.run(docker, spec, options, material, model=model,
-                            on_status=lambda case, text: status.update(f"{case.key}: {text}"))
+    report = engine.without_engine(docker, image)  # exit 3 first: nothing else matters without an engine
+    if report is None:
+        material = _keys(keys, root)
+        options = engine.SmokeOptions(image, gpu, Version.parse(serving_version) if serving_version else None,
+                                      timeout)
+        with _sigterm_as_interrupt(), err_console().status("smoke") as status:
+            report = engine.run(docker, spec, options, material, model=model,
+                                on_status=lambda case, text: status.update(f"{case.key}: {text}"))
     if junit is not None:
         junit.write_text(engine.junit_xml(report))
     if json_:
-        print_json(engine.as_dict(report))
-    else:
+        print_json(report.as_json())
+    elif report.infrastructure is None:
         _smoke_table(report)
+    report.raise_for_infrastructure()  # no engine: exit 3, after --json/--junit said so
     return ExitCode.OK if report.ok else ExitCode.NEEDS_PERSON
 
 
@@ -250,91 +251,6 @@ def _smoke_table(report: Any) -> None:
     out.print("[green]smoke passed[/green]" if report.ok else "[red]smoke FAILED[/red]")
 
 
-def doctor_cmd(keys: KeysOption = None, json_: JsonOption = False) -> None:
-    """Check git, the docker client and engine, buildx, the NVIDIA runtime and the keys file."""
-    checks = _doctor_checks(keys)
-    if json_:
-        print_json([{"check": c, "verdict": v, "detail": d} for c, v, d in checks])
-    else:
-        from rich.table import Table
-
-        table = Table(title="forkops doctor")
-        for col in ("check", "verdict", "detail"):
-            table.add_column(col)
-        style = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
-        for check, verdict, detail in checks:
-            table.add_row(check, f"[{style[verdict]}]{verdict}[/{style[verdict]}]", detail)
-        console().print(table)
-    failed = {c for c, v, _ in checks if v == "fail"}
-    if failed & {"git", "docker client", "docker engine"}:
-        if not json_:
-            engine_line = next(d for c, v, d in checks if c in failed and c != "git") if failed - {"git"} else ""
-            print(f"forkops: error: {engine_line or 'git is not usable'}", file=sys.stderr)
-        raise typer.Exit(ExitCode.EXTERNAL)
-    if failed:
-        raise typer.Exit(ExitCode.BAD_INPUT)
-
-
-def _doctor_checks(keys: Path | None) -> list[tuple[str, str, str]]:
-    import json
-
-    from forkops import git, keyfile
-    from forkops.docker import Docker, DockerUnavailable
-    from forkops.errors import ForkopsError
-
-    checks: list[tuple[str, str, str]] = []
-    try:
-        checks.append(("git", "ok", "git {}.{}.{}".format(*git.version())))
-    except ForkopsError as exc:
-        checks.append(("git", "fail", exc.message))
-
-    docker = Docker()
-    engine_ok = False
-    try:
-        checks.append(("docker client", "ok", f"docker {docker.client_version()} at {docker.executable}"))
-        try:
-            eng = docker.engine()
-            checks.append(("docker engine", "ok", f"engine {eng.server} reachable"))
-            engine_ok = True
-        except DockerUnavailable as exc:
-            checks.append(("docker engine", "fail", exc.message))
-        bx = docker.run("buildx", "version", timeout=20)
-        checks.append(("buildx", "ok", bx.stdout.strip()) if bx.ok else
-                      ("buildx", "warn", "not installed: --builder and --cache-from/--cache-to need it"))
-    except DockerUnavailable as exc:
-        checks.append(("docker client", "fail", exc.message))
-        checks.append(("docker engine", "fail", "no Docker engine is reachable (no docker client)"))
-    if engine_ok:
-        info = docker.run("info", "--format", "{{json .Runtimes}}", timeout=20)
-        try:
-            runtimes = json.loads(info.stdout or "null") or {}
-        except ValueError:
-            runtimes = {}
-        checks.append(("nvidia runtime", "ok", "nvidia runtime registered (GPU smoke tests can run)")
-                      if "nvidia" in runtimes else
-                      ("nvidia runtime", "warn", "no nvidia runtime: GPU images cannot be smoke-tested here"))
-    else:
-        checks.append(("nvidia runtime", "skip", "needs a reachable engine"))
-
-    try:
-        root: Path | None
-        try:
-            root = load_workspace().root
-        except BadInput:
-            root = None
-        path = keyfile.resolve_path(keys, root)
-        if not path.exists():
-            checks.append(("keys file", "warn", f"{path} does not exist (forkops set-key --generate)"))
-        else:
-            material = keyfile.load(path)
-            checks.append(("keys file", "ok", f"{path}: private, {material.cipher}, "
-                           f"key {material.key_fingerprint}"))
-    except ForkopsError as exc:
-        checks.append(("keys file", "fail", exc.message))
-    return checks
-
-
 def register(app: typer.Typer) -> None:
     app.command("build")(build_cmd)
     app.command("smoke")(smoke_cmd)
-    app.command("doctor")(doctor_cmd)

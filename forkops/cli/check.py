@@ -119,7 +119,7 @@ def check(
                                                    help="Exactly these tags (names or versions).")] = None,
     include_rc: Annotated[bool, typer.Option("--include-rc", help="Also release candidates.")] = False,
     as_json: JsonOption = False,
-) -> int:
+) -> ExitCode:
     if since is not None:
         from forkops.version import Version
 
@@ -168,7 +168,7 @@ def nightly(
     include_rc: Annotated[bool, typer.Option("--include-rc", help="Also release candidates.")] = False,
     open_issue: Annotated[bool, typer.Option("--open-issue", help="File (or comment on) one GitHub issue per "
                                              "newly incompatible tag with the gh CLI.")] = False,
-) -> int:
+) -> ExitCode:
     from forkops import report
 
     if fail_on not in ("new", "any"):

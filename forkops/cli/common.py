@@ -40,6 +40,11 @@ def set_directory(path: Path | None) -> None:
     _directory = path
 
 
+def directory() -> Path | None:
+    """``-C DIR`` of the invocation running now (None without -C)."""
+    return _directory
+
+
 def cwd() -> Path:
     """The directory the command runs in: ``-C DIR`` if given, else the working directory."""
     return _directory if _directory is not None else Path.cwd()
@@ -86,11 +91,6 @@ def load_workspace() -> Workspace:
         for warning in pb.warnings:
             warn(warning)
     return ws
-
-
-def reset() -> None:
-    """Forget per-invocation state (several invocations run in one process: tests, demo)."""
-    set_directory(None)
 
 
 def print_json(data: Any) -> None:

@@ -29,6 +29,7 @@ TOP_HELP = (
     '  build        Stage the Serving fork with the TensorFlow fork inside...\n'
     '  smoke        Serve the encrypted half_plus_two from IMAGE and check the...\n'
     '  doctor       Check git, the docker client and engine, buildx, the...\n'
+    '  gc           Remove the backup refs (refs/forkops/backup/RUN/) and...\n'
     '  guard        The commit/push guard that keeps the model key out of git.\n'
     '  cryptlib     The decryption library (libcryptfile.so) the TensorFlow...\n'
     '  playbook     Show and validate playbooks (built-in or your own TOML...\n'

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from forkops.cli.common import console, cwd, err_console, print_json
+from forkops.cli.common import JsonOption, KeysOption, RepoOption, console, cwd, err_console, print_json
 
 if TYPE_CHECKING:
     from forkops.keyfile import KeyMaterial
@@ -27,10 +27,10 @@ def register(app: typer.Typer) -> None:
     app.add_typer(guard_app, name="guard")
 
 
-KeysOpt = Annotated[Path | None, typer.Option(
-    "--keys", metavar="FILE", help="Keys file (default: $FORKOPS_KEYS, else keys.toml in the workspace).")]
-RepoOpt = Annotated[str | None, typer.Option("--repo", metavar="R", help="Only this repository of the workspace.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+# The shared options (forkops.cli.common), under the names this module uses.
+KeysOpt = KeysOption
+RepoOpt = RepoOption
+JsonOpt = JsonOption
 
 
 def _find_workspace(*, required: bool) -> Workspace | None:
@@ -349,27 +349,25 @@ hook_app = typer.Typer(hidden=True, help="Entry points of hooks installed by ear
 guard_app.add_typer(hook_app, name="hook")
 
 
-def _run_hook(hook: str, keys: Path, args: list[str] | None) -> None:
+def _run_hook(hook: str, keys: Path, args: list[str] | None) -> int:
     from forkops import guard
 
-    code = guard.run_hook(hook, keys, args or [], sys.stdin)
-    if code:
-        raise typer.Exit(code)
+    return guard.run_hook(hook, keys, args or [], sys.stdin)  # the exit code git sees
 
 
 @hook_app.command("pre-commit")
 def hook_pre_commit(
     keys: Annotated[Path, typer.Option("--keys", metavar="FILE")],
     args: Annotated[list[str] | None, typer.Argument()] = None,
-) -> None:
+) -> int:
     """Refuse the commit if the staged content holds the key."""
-    _run_hook("pre-commit", keys, args)
+    return _run_hook("pre-commit", keys, args)
 
 
 @hook_app.command("pre-push")
 def hook_pre_push(
     keys: Annotated[Path, typer.Option("--keys", metavar="FILE")],
     args: Annotated[list[str] | None, typer.Argument()] = None,
-) -> None:
+) -> int:
     """Refuse the push if an outgoing object holds the key."""
-    _run_hook("pre-push", keys, args)
+    return _run_hook("pre-push", keys, args)
