@@ -467,7 +467,8 @@ class Repo:
             folder=folder, head_name=read("head-name"), onto=read("onto"),
             done=steps("done"), todo=steps("git-rebase-todo"),
             msgnum=int(read("msgnum") or 0), end=int(read("end") or 0),
-            stopped_sha=read("stopped-sha") or None, head_detached=not head.startswith("ref:"))
+            stopped_sha=read("stopped-sha") or None, head_detached=not head.startswith("ref:"),
+            has_message=(folder / "message").is_file())
 
     def requeue_pick(self, sha: str) -> None:
         """Put ``pick SHA`` back at the front of the running rebase's todo list (a pick git
@@ -684,6 +685,7 @@ class RebaseState:
     end: int
     stopped_sha: str | None
     head_detached: bool  # False: git died after creating the folder, before it detached HEAD
+    has_message: bool  # git writes rebase-merge/message when it stops, and removes it on continue
 
     @property
     def current(self) -> str | None:

@@ -103,11 +103,19 @@ class Interrupted:
 
 def interrupted_pick(repo: Repo, st: RepoState, rs: RebaseState) -> Interrupted | None:
     """Detect a pick that died: git lists it done, forkops never saw a stop there, nothing is
-    staged or unmerged, and HEAD is not already its result."""
+    unmerged, and either nothing is staged and HEAD is not already its result, or its changes
+    are staged but git never wrote the stop's ``message`` (it died applying the pick; ``rebase
+    --continue`` could not commit them: "could not read log file")."""
     if rs.current is None:
         return None
     current = repo.full_sha(rs.current)
-    if current is None or st.stop_for(current) is not None or repo.unmerged() or not repo.index_matches_head():
+    if current is None or repo.unmerged():
+        return None
+    if not repo.index_matches_head():
+        # A stop always has its message (the person's resolution included); staged changes
+        # without one are git's own, half-applied (a stop forkops recorded after git died too).
+        return None if rs.has_message else Interrupted(current)
+    if st.stop_for(current) is not None:
         return None
     head = repo.commit_infos(["HEAD", current])
     if len(head) == 2 and (head[0].ident, head[0].subject) == (head[1].ident, head[1].subject):
