@@ -20,8 +20,9 @@ keys.hook_pre_push
 resolutions.list_
 resolutions.forget
 
-# pytest autouse fixtures, http.server handler methods
+# pytest autouse fixtures and hooks, http.server handler methods
 conftest.hermetic_seal
+conftest.pytest_terminal_summary
 tf_serving_rest.Handler.log_message  # type: ignore[attr-defined]
 tf_serving_rest.Handler.do_GET  # type: ignore[attr-defined]
 tf_serving_rest.Handler.do_POST  # type: ignore[attr-defined]

@@ -33,9 +33,9 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from forkops import sandbox as sandbox_mod
 from forkops.sandbox import Sandbox
@@ -486,17 +486,7 @@ def resolve_workspace(sb: Sandbox) -> list[str]:
             for p in resolve_all(sb.clone(name))]
 
 
-def scripted_flow(sb: Sandbox, run: Callable[..., Run], *, max_steps: int = 8) -> list[Run]:
-    """``upgrade 2.18.0``, then resolve + ``--continue`` until it stops needing a person.
-    Stops early when a command is killed or fails otherwise (the caller looks at why)."""
-    runs = [run(sb.workspace, "upgrade", VERSION)]
-    while runs[-1].code == 1 and len(runs) < max_steps:
-        resolve_workspace(sb)
-        runs.append(run(sb.workspace, "upgrade", "--continue"))
-    return runs
-
-
-def status_json(sb: Sandbox) -> tuple[Run, dict | None]:
+def status_json(sb: Sandbox) -> tuple[Run, dict[str, Any] | None]:
     res = forkops(sb.workspace, "status", "--json")
     try:
         return res, json.loads(res.out)
@@ -504,7 +494,8 @@ def status_json(sb: Sandbox) -> tuple[Run, dict | None]:
         return res, None
 
 
-def finish(sb: Sandbox, *, max_steps: int = 8, status: tuple[dict | None] | None = None) -> tuple[str, list[Run]]:
+def finish(sb: Sandbox, *, max_steps: int = 8,
+           status: tuple[dict[str, Any] | None] | None = None) -> tuple[str, list[Run]]:
     """Drive a (killed) run to its end as a person would, from what forkops says: start the
     upgrade again when no run is recorded, else resolve what is unmerged and --continue.
     Returns ("done" | "stopped": exit 1 twice alike with nothing to resolve | "stuck", runs)."""
@@ -695,10 +686,6 @@ class Outcome:
     def acceptable(self) -> bool:
         return not self.findings
 
-    @property
-    def silent_loss(self) -> bool:
-        return "silent-loss" in self.kinds
-
 
 def _checkpoint(ref: Reference, step: int) -> Sandbox:
     root = Path(ref.checkpoints[step])
@@ -714,14 +701,14 @@ def current_stack(repo: Path) -> list[str]:
                check=False).splitlines()
 
 
-def check_status(sb: Sandbox, ref: Reference) -> tuple[str | None, dict | None]:
+def check_status(sb: Sandbox, ref: Reference) -> tuple[str | None, dict[str, Any] | None]:
     """(a): ``status`` and ``status --json`` without a traceback, telling the truth: (the
     problem or None, what ``status --json`` said)."""
     res, data = status_json(sb)
     return _status_problem(sb, ref, res, data), data
 
 
-def _status_problem(sb: Sandbox, ref: Reference, res: Run, data: dict | None) -> str | None:
+def _status_problem(sb: Sandbox, ref: Reference, res: Run, data: dict[str, Any] | None) -> str | None:
     text = forkops(sb.workspace, "status")
     for r in (text, res):
         if traceback_in(r.text) or r.code not in (0, 1):
@@ -787,10 +774,11 @@ def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Ou
     if problem:
         findings.append(list(problem.split(": ", 1)))
     if runs[-1].code == 0:  # a killed git did not stop forkops: the result must still be right
-        got = {name: normalise(result_of(sb.clone(name)), sb.root) for name in REPOS}
-        if got != ref.result:
-            findings.append([_difference(ref, got), "finished (exit 0) but " + "; ".join(
-                f"{n}: {_result_diff(ref.result[n], got[n])}" for n in REPOS if got[n] != ref.result[n])])
+        result = {name: normalise(result_of(sb.clone(name)), sb.root) for name in REPOS}
+        if result != ref.result:
+            findings.append([_difference(ref, result), "finished (exit 0) but " + "; ".join(
+                f"{n}: {_result_diff(ref.result[n], result[n])}" for n in REPOS if result[n] != ref.result[n])
+                + "\nthe runs:\n" + "\n".join(map(str, runs))])
         return Outcome(mode, call, rename, phase, True, "done", findings)
     resumed = copy_sandbox(sb, tmp / "resumed")
     findings += _check_abort(sb, ref)
@@ -819,14 +807,15 @@ def _check_abort(sb: Sandbox, ref: Reference) -> list[list[str]]:
     found = []
     for name in REPOS:
         got = normalise(snapshot(sb.clone(name)), sb.root)
-        assert isinstance(got, dict) and isinstance(ref.before[name], dict)
-        diff = snapshot_diff(ref.before[name], got)  # type: ignore[arg-type]
+        before = ref.before[name]
+        assert isinstance(got, dict) and isinstance(before, dict)
+        diff = snapshot_diff(before, got)
         if diff:
             found.append(["abort-mismatch", f"{name}: " + "; ".join(diff)])
     return found
 
 
-def _check_resume(sb: Sandbox, ref: Reference, said: dict | None) -> tuple[str, str]:
+def _check_resume(sb: Sandbox, ref: Reference, said: dict[str, Any] | None) -> tuple[str, str]:
     """(c) resolve-and-continue: ("done" | "named-stop" | "silent-loss" | "stuck", detail)."""
     how, finished = finish(sb, status=(said,))
     if how == "done":

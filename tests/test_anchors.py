@@ -11,7 +11,7 @@ import pytest
 from forkops import anchors, playbook
 from forkops.git import Repo
 from forkops.sandbox import PLACEHOLDER_KEY, TF_CORE, TF_TSL, Generator, Sandbox, fork_env_cc, tf_env_cc
-from forkops.upgrade.masking import MASKED
+from forkops.secrets import MASKED_SITE as MASKED
 from forkops.version import Version
 from tests.clihelp import run_cli
 from tests.test_upgrade import cli, git, status_json

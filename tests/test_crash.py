@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def _params() -> list[object]:
 
 @pytest.mark.parametrize(("mode", "slot"), _params())
 def test_kill_point(reference: crashkit.Reference, mode: str, slot: int, tmp_path: Path,
-                    record_property: pytest.RecordProperty) -> None:
+                    record_property: Callable[[str, object], None]) -> None:
     if mode == "rename" and not crashkit.strace_works():
         pytest.skip("strace is missing or cannot trace here (CI installs it)")
     points = reference.ordered(mode)
@@ -81,6 +82,8 @@ def test_reference_covers_the_whole_flow(reference: crashkit.Reference) -> None:
     assert len(reference.steps) == 4, reference.steps
     phases = {reference.phase(n)[1:] for n in range(1, len(reference.calls) + 1)}
     assert {("tensorflow", "rebase"), ("serving", "rebase")} <= phases
-    assert reference.result["serving"]["stack"][-1] == "Pin org_tensorflow to b2.18.0 (was b2.4.0)"
+    serving = reference.result["serving"]
+    assert isinstance(serving, dict)
+    assert serving["stack"][-1] == "Pin org_tensorflow to b2.18.0 (was b2.4.0)"
     for mode in ("before", "during", "killgit"):
         assert reference.candidates(mode), mode

@@ -323,7 +323,7 @@ def test_build_without_memfd_uses_a_private_file_and_removes_it(tmp_path: Path,
         return real(cmd, **kwargs)  # type: ignore[call-overload, no-any-return]
 
     monkeypatch.delattr(os, "memfd_create")  # a system without memfd (macOS, old kernels)
-    monkeypatch.setattr(cryptlib.subprocess, "run", watch)
+    monkeypatch.setattr(subprocess, "run", watch)
     out = tmp_path / "out" / "lib.so"
     out.parent.mkdir()
     cryptlib.build(keyfile.load(keys), out)

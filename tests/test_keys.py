@@ -312,12 +312,12 @@ def test_a_sigterm_during_set_key_leaves_no_temp_file(ws: Path) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
         original(path, data, mode)
 
-    keys._write = write_then_term  # type: ignore[assignment]
+    keys._write = write_then_term
     try:
         with pytest.raises(SystemExit):
             plan.apply()
     finally:
-        keys._write = original  # type: ignore[assignment]
+        keys._write = original
     assert not list(tf.rglob("*.tmp"))
 
 

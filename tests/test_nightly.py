@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,8 @@ def test_repo_option_and_rcs(sandbox: Sandbox, tmp_path: Path) -> None:
     assert "2.19.0-rc0" in tags and "2.4.0-rc0" not in tags
 
 
-def test_nightly_uses_the_newest_fork_branch_and_refreshes_origin(sandbox: Sandbox, tmp_path: Path, run_git) -> None:
+def test_nightly_uses_the_newest_fork_branch_and_refreshes_origin(sandbox: Sandbox, tmp_path: Path,
+                                                                  run_git: Callable[..., str]) -> None:
     # Someone pushed b2.11.0 (the fork rebased onto 2.11.0 by hand) to origin after the clone.
     origin = sandbox.origin["tensorflow"]
     run_git(origin, "fetch", "--quiet", str(sandbox.upstream["tensorflow"]), "refs/tags/v2.11.0:refs/tags/v2.11.0")
@@ -179,7 +181,7 @@ def test_ci_workflow_matrix_from_forkops_toml_pinned_no_credentials(sandbox: San
         assert option in help_text, option
 
 
-def test_ci_workflow_in_a_subfolder_and_install_option(sandbox: Sandbox, run_git) -> None:
+def test_ci_workflow_in_a_subfolder_and_install_option(sandbox: Sandbox, run_git: Callable[..., str]) -> None:
     run_git(sandbox.root, "init", "--quiet")  # the workspace is the "workspace/" folder of this checkout
     wf = yaml.safe_load(_workflow(sandbox.workspace, "--install", "forkops @ git+https://example.com/f@abc"))
     job = wf["jobs"]["nightly"]
@@ -210,7 +212,8 @@ def _zizmor(tmp_path: Path, text: str) -> list[dict[str, Any]]:
     proc = subprocess.run([exe, "--offline", "--format", "json", "--min-severity", "medium", str(target)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode in (0, 11, 12, 13, 14), proc.stderr  # zizmor: 1x = findings, by severity
-    return json.loads(proc.stdout or "[]")
+    findings: list[dict[str, Any]] = json.loads(proc.stdout or "[]")
+    return findings
 
 
 def test_zizmor_offline_finds_nothing_medium_or_above(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from forkops import sandbox as sandbox_mod
 from forkops.errors import BadInput
 from forkops.git import Repo
 from forkops.sandbox import Sandbox
+from forkops.version import TagName
 from tests.clihelp import run_cli
 
 
@@ -56,7 +57,7 @@ def rebase_with_resolutions(ws: workspace.Workspace, name: str, clone: Path, scr
     _scratch(clone, scratch, start)
     _git(scratch, "rebase", "--onto", onto, base, check=False)
     state = scratch / ".git" / "rebase-merge"
-    resolved_at = []
+    resolved_at: list[int] = []
     while _stopped(scratch):
         repo = Repo(scratch)
         applied = resolutions.apply(ws, name, repo)
@@ -372,7 +373,7 @@ def test_resolution_that_empties_the_commit_drops_it_like_git(tmp_path: Path, ke
 
     patches = predict.load_patches(Repo(tmp_path / "r"), shas)
     with predict.Simulator(Repo(tmp_path / "r"), patches, resolutions=resolutions.Book.of(ws.root, "r")) as sim:
-        pred = sim.predict(predict.TagName("main"), main, None)
+        pred = sim.predict(TagName("main"), main, None)
     assert pred.status == "resolved" and [r.stopped_at.index for r in pred.resolved] == [1]
     assert [p.subject for p in pred.dropped] == ([] if keep == "theirs" else ["fork1"])
     assert pred.tree == _git(person, "rev-parse", "HEAD^{tree}").stdout.strip()

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,10 +38,11 @@ def cli(sb: Sandbox, *args: str, monkeypatch: pytest.MonkeyPatch) -> Result:
     return run_cli(*args)
 
 
-def status_json(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> dict:
+def status_json(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     res = cli(sb, "status", "--json", monkeypatch=monkeypatch)
     assert res.code == 0, res.err
-    return json.loads(res.out)
+    data: dict[str, Any] = json.loads(res.out)
+    return data
 
 
 def snapshot(repo: Path) -> tuple[str, str, str]:
@@ -94,7 +96,7 @@ def forkops_child(sb: Sandbox, *args: str, crash_at: str | None = None) -> subpr
                           capture_output=True, text=True, check=False)
 
 
-def pk(conflicts: list[dict]) -> list[dict]:
+def pk(conflicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Path and kind of each conflict (status adds "recorded" and "moved_from")."""
     return [{"path": c["path"], "kind": c["kind"]} for c in conflicts]
 
@@ -630,7 +632,10 @@ def test_anchor_failure_masks_the_key(sandbox: Sandbox, monkeypatch: pytest.Monk
     assert data["state"] == "anchor-failed" and "conflicting hunks" in data["failure"]["message"]
     change = data["failure"]["change"]
     assert "byte key[CryptoPP::AES::DEFAULT_KEYLENGTH] = <key site: masked>;" in change
-    assert "<line masked: it holds the key>" in change  # the hex comment, found by the guard's Matcher
+    from forkops import keyfile
+
+    fp = keyfile.load(keys).key_fingerprint
+    assert f"<key {fp}>" in change  # the hex comment, found by the guard's Matcher, shows the fingerprint
     assert "private fork" in change  # the rest of the change is still shown
     stored = (tf / ".git" / "forkops" / "upgrade.json").read_text()
     array = ", ".join(f"0x{b:02x}" for b in KEY)
@@ -644,7 +649,7 @@ def test_anchor_failure_masks_the_key(sandbox: Sandbox, monkeypatch: pytest.Monk
 
 def test_mask_secrets_without_keys_file_and_in_a_bazelrc_diff() -> None:
     from forkops import playbook
-    from forkops.upgrade import mask_secrets
+    from forkops.secrets import mask_secrets
 
     pb = playbook.load("tensorflow")
     diff = ("diff --git a/.bazelrc b/.bazelrc\n@@ -1,2 +1,3 @@\n build -c opt\n"
