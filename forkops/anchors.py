@@ -1,4 +1,4 @@
-"""Patch anchors (SPEC section 4), evaluated on any tree-ish without a worktree.
+"""Patch anchors (docs/SPEC.md section 4), evaluated on any tree-ish without a worktree.
 
 An anchor says: the function defining ``symbol`` must contain ``must_contain``. The symbol is
 located with ``git grep`` across the whole tree, so a moved file is found; the playbook's
@@ -252,10 +252,10 @@ def fork_changes(repo: Repo, pb: Playbook, anchor: Anchor, *, base: str, start: 
                  version: Version | None, material: KeyMaterial | None = None) -> tuple[ForkChange, ...]:
     """The fork commits of ``base..start`` that changed the files where ``anchor`` holds at
     ``start`` (the change a failed anchor is missing), oldest first, each with its diff of
-    that file masked (``forkops.upgrade.masking.mask_secrets``, also every line holding the
+    that file masked (``forkops.secrets.mask_secrets``, also every line holding the
     key of ``material``; cut at 4,000 characters after masking, so a key site's value is never
     half shown)."""
-    from forkops.upgrade.masking import mask_secrets
+    from forkops.secrets import mask_secrets
 
     at_start = check(repo, start, anchor, version)
     paths = list(at_start.patched_in)

@@ -1,4 +1,4 @@
-"""Model encryption in the fork's format (SPEC section 2): AES-CBC, PKCS#7, whole file, no header.
+"""Model encryption in the fork's format (docs/SPEC.md section 2): AES-CBC, PKCS#7, whole file, no header.
 
 Invariants:
 

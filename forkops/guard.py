@@ -1,4 +1,4 @@
-"""The commit/push guard (SPEC section 6): the key never reaches a commit or a push.
+"""The commit/push guard (docs/SPEC.md section 6): the key never reaches a commit or a push.
 
 ``forkops guard install`` (and ``forkops set-key``) installs ``commit-msg`` and ``pre-push``
 hooks in every fork clone. Each runs ``<the installing python> -S -P -m

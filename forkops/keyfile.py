@@ -1,4 +1,4 @@
-"""``keys.toml``: the secret key and IV (SPEC section 3), found and checked everywhere alike.
+"""``keys.toml``: the secret key and IV (docs/SPEC.md section 3), found and checked everywhere alike.
 
 The key never leaves this module in printable form except as a fingerprint (first 8 hex
 digits of its SHA-256). Error messages name the file and the field, never the value.

@@ -1,4 +1,4 @@
-"""Key sites (SPEC section 4): write the key and IV into the fork's working tree, read them
+"""Key sites (docs/SPEC.md section 4): write the key and IV into the fork's working tree, read them
 back, verify they agree, and put the committed values back.
 
 A *site instance* is one match of a playbook :class:`~forkops.playbook.KeySite` pattern in one

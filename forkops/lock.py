@@ -1,4 +1,4 @@
-"""One forkops run per workspace at a time (SPEC section 6).
+"""One forkops run per workspace at a time (docs/SPEC.md section 6).
 
 The lock is an ``flock`` on ``<workspace>/.forkops/lock``: the kernel releases it when the
 holder exits, however it exits (``kill -9`` included), so a stale lock cannot exist. The holder

@@ -7,7 +7,7 @@ Only the value group's span is replaced; every other byte of the file stays as i
 The pin's ``name`` is the Bazel repository it pins (``org_tensorflow``). When the pattern
 matches nothing, the rule of that name tells why: a ``local_repository`` (or a
 ``git_repository`` pinned by ``commit``/``tag``, without ``branch``) has no branch to move,
-which the SPEC allows: the pin is skipped with a reason. Any other shape (no such rule,
+which docs/SPEC.md allows: the pin is skipped with a reason. Any other shape (no such rule,
 upstream's ``tensorflow_http_archive``) means the fork no longer builds against its TensorFlow
 fork: the pin fails and a person decides.
 """

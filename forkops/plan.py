@@ -1,4 +1,4 @@
-"""Which refs an upgrade or a prediction works on (SPEC section 1), shared by upgrade and check.
+"""Which refs an upgrade or a prediction works on (docs/SPEC.md section 1), shared by upgrade and check.
 
 * start: ``--from BRANCH``, else the newest fork branch ``bA.B.C`` older than the target
   (local or ``origin/``);

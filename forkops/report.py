@@ -184,7 +184,7 @@ def _repo_json(check: RepoCheck) -> dict[str, Any]:
 
 
 def check_json(checks: Sequence[RepoCheck], *, single: bool) -> dict[str, Any]:
-    """The ``check --json`` document: one repository object (SPEC shape) when ``single``,
+    """The ``check --json`` document: one repository object (docs/SPEC.md shape) when ``single``,
     else ``{"repos": [...]}``."""
     if single:
         return _repo_json(checks[0])

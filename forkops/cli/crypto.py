@@ -1,4 +1,4 @@
-"""CLI commands: ``encrypt``, ``decrypt``, ``inspect`` (model encryption, SPEC section 2).
+"""CLI commands: ``encrypt``, ``decrypt``, ``inspect`` (model encryption, docs/SPEC.md section 2).
 
 The engine is :mod:`forkops.crypto`; this module finds the keys file, draws the progress bar
 (stderr, only on a terminal) and prints results. Keys are shown by fingerprint only.

@@ -1,4 +1,4 @@
-"""The upgrade flow (SPEC sections 1, 5, 6): plan, run, continue, skip, abort, status, push.
+"""The upgrade flow (docs/SPEC.md sections 1, 5, 6): plan, run, continue, skip, abort, status, push.
 
 Layout, in the order of the flow:
 
@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from forkops.upgrade.abort import abort
 from forkops.upgrade.machine import CRASH_ENV, Options, Outcome, ensure_clone, resume, start
-from forkops.upgrade.masking import MASKED, mask_secrets
 from forkops.upgrade.planning import Request
 from forkops.upgrade.preview import preview
 from forkops.upgrade.publish import push
 from forkops.upgrade.state import Phase, active_run, load_run, load_state
 from forkops.upgrade.status import Status, status
 
-__all__ = ["CRASH_ENV", "MASKED", "Options", "Outcome", "Phase", "Request", "Status", "abort", "active_run",
-           "ensure_clone", "load_run", "load_state", "mask_secrets", "preview", "push", "resume", "start",
+__all__ = ["CRASH_ENV", "Options", "Outcome", "Phase", "Request", "Status", "abort", "active_run",
+           "ensure_clone", "load_run", "load_state", "preview", "push", "resume", "start",
            "status"]

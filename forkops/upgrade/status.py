@@ -52,7 +52,7 @@ class StoppedAt:
 
 @dataclass(frozen=True)
 class RepoStatus:
-    """One repository of the run (the SPEC section 5 shape, more fields allowed)."""
+    """One repository of the run (the docs/SPEC.md section 5 shape, more fields allowed)."""
 
     repo: str
     version: str

@@ -1,4 +1,4 @@
-"""The key-site encodings (SPEC section 4), one module each, looked up by playbook name.
+"""The key-site encodings (docs/SPEC.md section 4), one module each, looked up by playbook name.
 
 Each module has ``NAME``, ``encode(value) -> str`` (the whole ``value`` group of a site),
 ``decode(text) -> bytes`` (ValueError without the value when malformed) and
