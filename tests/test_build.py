@@ -790,6 +790,15 @@ def test_dlopen_fork_init_upgrade_build_dry_run(dlopen: Path, standin: Path, tmp
     from forkops import cryptlib
 
     mat = material()
+    # set-key on this shape: no key site to write, so it says where the key goes, installs the
+    # guard in both clones anyway (it needs only keys.toml) and exits 0.
+    res = run_cli("set-key")
+    assert res.code == 0, res.out + res.err
+    assert "libcryptfile.so" in " ".join(res.out.split())
+    for name in ("tensorflow", "serving"):
+        hooks = dlopen / name / ".git" / "hooks"
+        assert (hooks / "commit-msg").is_file() and (hooks / "pre-push").is_file(), name
+    assert not holds_key((res.out + res.err).encode(), mat)
     upgrade_resolving(dlopen, "2.18.0", "dlopen")
     # The decryption patch followed ReadBinaryProto to where 2.18 compiles it.
     xla = git(dlopen / "tensorflow", "show", f"b2.18.0:{sb_mod.TF_XLA_TSL}")

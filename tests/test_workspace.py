@@ -128,6 +128,14 @@ def test_one_fork_workspace_check_nightly_upgrade_encrypt(tmp_path: Path, monkey
     res = run_cli("upgrade", "2.4.1")
     assert res.code == 0, res.out + res.err
     assert f"upgrade to 2.4.1 done ({only})" in res.out
+    res = run_cli("set-key")
+    assert res.code == 0, res.out + res.err
+    hooks = ws / only / ".git" / "hooks"
+    for hook in ("commit-msg", "pre-push"):
+        (hooks / hook).unlink()
+    res = run_cli("guard", "install")
+    assert res.code == 0, res.out + res.err
+    assert (hooks / "commit-msg").is_file() and (hooks / "pre-push").is_file()
     from forkops import crypto
 
     res = run_cli("encrypt", str(crypto.bundled_model(gpu=False)), "-o", str(tmp_path / "enc"))
