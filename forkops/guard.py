@@ -52,8 +52,7 @@ from typing import IO, TYPE_CHECKING
 
 from forkops.errors import BadInput, ForkopsError, GitError
 from forkops.git import Repo, git_env
-from forkops.secrets import Hit
-from forkops.secrets import Matcher as Matcher  # re-exported: the guard's matcher
+from forkops.secrets import Hit, Matcher
 
 if TYPE_CHECKING:
     from forkops.keyfile import KeyMaterial

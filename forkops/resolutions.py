@@ -773,7 +773,7 @@ def _holds_secret(text: str, pb: Playbook | None, material: KeyMaterial | None) 
             if site.regex.search(text):
                 return f"it holds key site {site.name!r} (the key is never recorded)"
     if material is not None:
-        from forkops.guard import Matcher
+        from forkops.secrets import Matcher
 
         if Matcher(material).find(text.encode("utf-8", "surrogateescape")):
             return "it holds the key or IV (the key is never recorded)"

@@ -633,7 +633,9 @@ def test_run_builds_redacts_log_status_and_tail(ws: sb_mod.Sandbox, standin: Pat
     from forkops.secrets import Matcher
 
     (standin / "config.json").write_text(json.dumps({
-        "build_lines": [announce_rc(KEY.decode()), f"ERROR: key {KEY.hex()} rejected"],
+        "build_lines": [announce_rc(KEY.decode()), f"ERROR: key {KEY.hex()} rejected",
+                        # a tool that wrapped the key over two output lines
+                        f"cc: note: {KEY.hex()[:16]}", f"{KEY.hex()[16:]} <- here"],
         "fail_tags": ["tensorflow-serving:2.18.0-devel"]}))
     mat = material()
     step = build.BuildStep("cpu", "devel", "tensorflow-serving:2.18.0-devel",
@@ -649,6 +651,7 @@ def test_run_builds_redacts_log_status_and_tail(ws: sb_mod.Sandbox, standin: Pat
     matcher = Matcher(mat)  # type: ignore[arg-type]
     for text in (log.read_text(), "\n".join(seen), "\n".join(err.value.tail), str(err.value)):
         assert matcher.find(text.encode()) == [] and f"<key {fp}>" in log.read_text()
+        assert KEY.hex()[:16] not in text and KEY.hex()[16:] not in text  # split halves masked too
 
 
 def test_build_failure_output_and_log_never_hold_the_key(ws: sb_mod.Sandbox, standin: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from forkops import guard, keyfile
 from forkops.git import Repo
 from forkops.sandbox import TF_CORE, Sandbox
+from forkops.secrets import Matcher
 from tests.test_keys import CRYPTFILE, KEY, assert_clean, cli, write_keys
 
 CHECKOUT = Path(guard.__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def clean_change(tf: Path, name: str = "notes.md") -> None:
 
 # -- matching ------------------------------------------------------------------------------------
 def test_matcher_finds_every_encoding_and_ignores_the_default_iv() -> None:
-    m = guard.Matcher(keyfile.KeyMaterial("aes-128-cbc", KEY, b"7" * 16))
+    m = Matcher(keyfile.KeyMaterial("aes-128-cbc", KEY, b"7" * 16))
     arr = ",\n\t ".join(f"0X{b:02X}" for b in KEY)
     cases = {
         b'kKey[] = "' + KEY + b'";': "text",
@@ -64,7 +65,7 @@ def test_matcher_finds_every_encoding_and_ignores_the_default_iv() -> None:
 
 
 def test_matcher_flags_a_custom_iv() -> None:
-    m = guard.Matcher(keyfile.KeyMaterial("aes-128-cbc", KEY, IV))
+    m = Matcher(keyfile.KeyMaterial("aes-128-cbc", KEY, IV))
     assert m.find(b"iv = {" + b", ".join(f"0x{b:02x}".encode() for b in IV) + b"}") == [("iv", "C byte array")]
 
 
@@ -177,7 +178,7 @@ def test_new_fork_branch_on_an_upstream_tag_skips_upstream_history(ws: Path, san
     repo = Repo(tf)
     line = f"refs/heads/b2.11.0 {repo.rev_parse('HEAD')} refs/heads/b2.11.0 {'0' * 40}"
     safe = guard.outgoing(repo, [line], remote="origin", upstream=None)
-    matcher = guard.Matcher(keyfile.load(ws / "keys.toml"))
+    matcher = Matcher(keyfile.load(ws / "keys.toml"))
     unpublished = count(tf, "HEAD", "--not", "--remotes=origin")
     assert guard.scan_commits(repo, safe.revs, matcher)[0] == unpublished > fork_commits
     assert safe.trusted_tags == ()
@@ -429,7 +430,7 @@ def test_a_file_named_after_the_key_is_found(ws: Path) -> None:
     (tf / f"notes-{KEY.hex()}.txt").write_text("harmless content\n")
     git(tf, "add", ".")
     git(tf, "commit", "-q", "--no-verify", "-m", "a name")
-    matcher = guard.Matcher(keyfile.load(ws / "keys.toml"))
+    matcher = Matcher(keyfile.load(ws / "keys.toml"))
     result = guard.scan_objects(Repo(tf), ["HEAD~1..HEAD"], matcher)
     assert [(f.kind, f.form) for f in result.findings] == [("path", "hex")]
 
@@ -446,6 +447,6 @@ def test_a_ref_straight_to_a_blob_and_a_large_file_are_scanned(ws: Path, sandbox
     big.write_bytes(os.urandom(3 << 20) + b"{" + b", ".join(b"%#x" % b for b in KEY) + b"}")
     git(tf, "add", "weights.bin")
     git(tf, "commit", "-q", "--no-verify", "-m", "large file")
-    matcher = guard.Matcher(keyfile.load(ws / "keys.toml"))
+    matcher = Matcher(keyfile.load(ws / "keys.toml"))
     found = guard.scan_objects(Repo(tf), ["HEAD~1..HEAD"], matcher).findings
     assert [(f.path, f.form) for f in found] == [("weights.bin", "C byte array")]

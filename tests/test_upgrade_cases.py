@@ -268,13 +268,17 @@ def test_set_key_refused_while_upgrade_stopped(sb: Sandbox) -> None:
     assert res.code == 2 and "upgrade" in res.err, res
     assert KEY not in res.text
     assert crashkit.snapshot_diff(worktree, crashkit.snapshot(tf)) == []
+    # build (its staging reads the fork branches) is refused too while the run is in progress
+    built = forkops(sb.workspace, "build", "2.18.0", "--dry-run")
+    assert_no_traceback(built)
+    assert built.code == 2 and "upgrade" in built.err, built
     # the person stages everything and continues: still no key in any commit of the run
     crashkit.resolve_all(tf)
     git(tf, "add", "-A")
     runs = [forkops(sb.workspace, "upgrade", "--continue")]
     assert runs[-1].code == 0, runs[-1]
     from forkops import keyfile
-    from forkops.guard import Matcher
+    from forkops.secrets import Matcher
 
     history = git(tf, "log", "-p", "refs/tags/v2.18.0..refs/heads/b2.18.0")
     assert Matcher(keyfile.load(keys)).find(history.encode()) == [], "the key was committed"

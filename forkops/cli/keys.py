@@ -318,7 +318,9 @@ def guard_scan(
 
     paths, ws = _guard_repos(repo)
     material = keyfile.load(keyfile.resolve_path(keys, ws.root if ws else None))
-    matcher = guard.Matcher(material)
+    from forkops.secrets import Matcher
+
+    matcher = Matcher(material)
     err = err_console()
     report = []
     for path in paths:

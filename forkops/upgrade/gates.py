@@ -6,7 +6,7 @@
   and passes; any other one refuses with ``file:line``.
 * The key: rebase commits run no pre-commit hook, so every commit the run creates and the
   staged content at each ``--continue`` are scanned with the commit guard's matcher
-  (``forkops.guard.Matcher`` / ``scan_staged`` / ``scan_commits``). A hit names the commit and
+  (``forkops.secrets.Matcher`` / ``scan_staged`` / ``scan_commits``). A hit names the commit and
   the file, never the key.
 """
 
@@ -56,7 +56,8 @@ def stack_problems(repo: Repo, onto: str, tip: str, base: str, start: str) -> li
 
 
 def _known(repo: Repo, matcher: object, known: list[str]) -> set[tuple[str, str]]:
-    from forkops.guard import Matcher, scan_commits
+    from forkops.guard import scan_commits
+    from forkops.secrets import Matcher
 
     assert isinstance(matcher, Matcher)
     return {(f.path, f.what) for f in scan_commits(repo, known, matcher)[1]} if known else set()
@@ -67,7 +68,8 @@ def staged_key_hits(repo: Repo, material: KeyMaterial | None, known: list[str]) 
     fork hard-codes the key in its own commits) did not already hold it in that file."""
     if material is None:
         return []
-    from forkops.guard import Matcher, scan_staged
+    from forkops.guard import scan_staged
+    from forkops.secrets import Matcher
 
     matcher = Matcher(material)
     found = scan_staged(repo, matcher)
@@ -84,7 +86,8 @@ def commit_key_hits(repo: Repo, material: KeyMaterial | None, revs: list[str], k
     (``by_path=False``: except when they held it anywhere, for a patch moved to another file)."""
     if material is None:
         return []
-    from forkops.guard import Matcher, scan_commits
+    from forkops.guard import scan_commits
+    from forkops.secrets import Matcher
 
     matcher = Matcher(material)
     found = scan_commits(repo, revs, matcher)[1]
