@@ -335,20 +335,27 @@ class Simulator:
         their shas.
 
         The objects are exactly what ``git commit-tree -m 'forkops prediction'`` writes under
-        the fixed identity (a loose object: zlib of ``commit <size>\\0<body>``, named by its
-        hash in the repository's object format, SHA-1 or SHA-256 as the tree ids' length
-        says). Written here rather than by a git process: a check over 40 tags needs hundreds
-        of them, a step at a time, and a process per step costs more than the merges.
+        the fixed identity. Written here rather than by a git process: a check over 40 tags
+        needs hundreds of them, a step at a time, and a process per step costs more than the
+        merges.
         """
+        ident = "forkops <forkops@localhost> 1700000000 +0000"
+        return self._write_objects("commit", [
+            (f"tree {tree}\n" + "".join(f"parent {p}\n" for p in parents)
+             + f"author {ident}\ncommitter {ident}\n\nforkops prediction\n").encode() for tree, parents in specs])
+
+    def _write_objects(self, kind: str, bodies: Sequence[bytes]) -> list[str]:
+        """Write objects of type ``kind`` into the temporary object directory as git does (a
+        loose object: zlib of ``<kind> <size>\\0<body>``, named by its hash in the repository's
+        object format, SHA-1 or SHA-256 as the patches' ids' length says); their ids, in order.
+        A :data:`forkops.resolutions.ObjectWriter`."""
         assert self._tmp is not None, "use Simulator as a context manager"
         objects = self._tmp / "objects"
-        ident = "forkops <forkops@localhost> 1700000000 +0000"
+        algo = "sha256" if self.patches and len(self.patches[0].sha) == 64 else "sha1"
         shas = []
-        for tree, parents in specs:
-            body = (f"tree {tree}\n" + "".join(f"parent {p}\n" for p in parents)
-                    + f"author {ident}\ncommitter {ident}\n\nforkops prediction\n").encode()
-            data = b"commit %d\0" % len(body) + body
-            sha = hashlib.new("sha256" if len(tree) == 64 else "sha1", data).hexdigest()
+        for body in bodies:
+            data = b"%s %d\0" % (kind.encode(), len(body)) + body
+            sha = hashlib.new(algo, data).hexdigest()
             path = objects / sha[:2] / sha[2:]
             if not path.exists():
                 path.parent.mkdir(exist_ok=True)
@@ -426,8 +433,9 @@ class Simulator:
                     outcomes = self._merge_batch(ours, patch)
                 else:
                     outcomes = list(pool.map(self._merge, [s.acc_commit for s in live], [patch] * len(live)))
-                advanced = [s for s, (tree, conflicts, entries) in zip(live, outcomes, strict=True)
-                            if self._step(s, patch, index, tree, conflicts, entries)]
+                recorded = self._recorded(outcomes)
+                advanced = [s for s, (tree, conflicts, _e), rec in zip(live, outcomes, recorded, strict=True)
+                            if self._step(s, patch, index, tree, conflicts, rec)]
                 if self.strategy == "merge-base" and advanced:
                     for s, sha in zip(advanced, self._commits([(s.acc_tree, ()) for s in advanced]), strict=True):
                         s.acc_commit = sha
@@ -445,21 +453,35 @@ class Simulator:
             results = self._with_drift(results, base, drift)
         return results
 
+    def _recorded(self, outcomes: Sequence[tuple[str, Sequence[Conflict], Sequence[str]]]
+                  ) -> list[tuple[str, list[resolutions_mod.Applied]] | None]:
+        """Per merge of a step: its tree with every conflicted file resolved from the recorded
+        resolutions and what was applied, or None (clean, no records, or not fully covered).
+        All of a step's conflicts at once: a fixed number of git processes per step."""
+        if not self.resolutions:
+            return [None] * len(outcomes)
+        conflicted = [i for i, (_tree, conflicts, _e) in enumerate(outcomes) if conflicts]
+        found = self.resolutions.resolve_trees(
+            self.repo, [(outcomes[i][0], resolutions_mod.parse_stage_entries(outcomes[i][2])) for i in conflicted],
+            write=self._write_objects)
+        out: list[tuple[str, list[resolutions_mod.Applied]] | None] = [None] * len(outcomes)
+        for i, done in zip(conflicted, found, strict=True):
+            out[i] = done
+        return out
+
     def _step(self, s: _Replay, patch: Patch, index: int, tree: str, conflicts: Sequence[Conflict],
-              entries: Sequence[str]) -> bool:
+              recorded: tuple[str, list[resolutions_mod.Applied]] | None) -> bool:
         """The one place a replayed patch's outcome is decided, as ``git rebase`` decides it:
         a conflict stops the tag's rebase -- unless recorded resolutions cover every conflicted
-        file (``entries``: merge-tree's stages), which ``forkops upgrade`` then applies and the
-        rebase goes on with the resolved tree; a result equal to the accumulated tree drops the
-        patch (unless it started empty; git drops a commit a resolution emptied too); anything
-        else advances. ``tree`` is merge-tree's result (with conflict markers when it
-        conflicts). Returns whether the tag advanced."""
-        if conflicts and self.resolutions:
-            done = self.resolutions.resolve_tree(self.repo, tree, resolutions_mod.parse_stage_entries(entries))
-            if done is not None:
-                tree, conflicts = done[0], []
-                s.resolved.append(ResolvedStop(StoppedAt(patch.sha, patch.subject, index, len(self.patches)),
-                                               tuple(done[1])))
+        file (``recorded``: the resolved tree and what was applied, :meth:`_recorded`), which
+        ``forkops upgrade`` then applies and the rebase goes on with the resolved tree; a result
+        equal to the accumulated tree drops the patch (unless it started empty; git drops a
+        commit a resolution emptied too); anything else advances. ``tree`` is merge-tree's
+        result (with conflict markers when it conflicts). Returns whether the tag advanced."""
+        if conflicts and recorded is not None:
+            tree, conflicts = recorded[0], []
+            s.resolved.append(ResolvedStop(StoppedAt(patch.sha, patch.subject, index, len(self.patches)),
+                                           tuple(recorded[1])))
         if conflicts:
             s.stopped_at = StoppedAt(patch.sha, patch.subject, index, len(self.patches))
             s.conflicts = tuple(conflicts)

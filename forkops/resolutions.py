@@ -31,7 +31,7 @@ import hashlib
 import json
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -458,6 +458,20 @@ class Applied:
         return {"path": self.path, "records": list(self.records)}
 
 
+# (object type, bodies) -> their ids, in order: where a batch of new objects is written
+ObjectWriter = Callable[[str, Sequence[bytes]], list[str]]
+
+
+def _stage_key(stages: Stages) -> tuple[tuple[int, str, str], ...]:
+    return tuple(sorted((k, *v) for k, v in stages.items()))
+
+
+def _side(text: bytes) -> bytes:
+    """A hunk side as it can occur in its file: git merge-file ends a side with a newline the
+    file's last line may lack."""
+    return text.removesuffix(b"\n")
+
+
 class Book:
     """The recorded resolutions of one repository, by hunk id."""
 
@@ -469,6 +483,7 @@ class Book:
         for record in self.records:
             for h in record.hunks:
                 self._by_hunk.setdefault(h.hunk.id, (h.resolution, record))
+        self._sides = [(_side(h.hunk.ours), _side(h.hunk.theirs)) for r in self.records for h in r.hunks]
 
     @classmethod
     def of(cls, root: Path, repo_name: str) -> Book:
@@ -496,42 +511,65 @@ class Book:
     def resolve_file(self, repo: Repo, stages: Stages) -> tuple[str, bytes, tuple[str, ...]] | None:
         """(mode, content, record ids) for a conflicted file given its stages, or None when it is
         not a text conflict of both sides (modify/delete, rename, binary, mode) or not covered."""
-        key = tuple(sorted((k, *v) for k, v in stages.items()))
-        if key not in self._files:
-            self._files[key] = self._resolve_file(repo, stages)
-        return self._files[key]
+        self._resolve_files(repo, [stages])
+        return self._files[_stage_key(stages)]
 
-    def _resolve_file(self, repo: Repo, stages: Stages) -> tuple[str, bytes, tuple[str, ...]] | None:
-        if 2 not in stages or 3 not in stages or stages[2][0] != stages[3][0]:
-            return None
-        oids = [stages[s][1] for s in (1, 2, 3) if s in stages]
+    def _may_cover(self, ours: bytes, theirs: bytes) -> bool:
+        """Whether some recorded hunk could be a hunk of merging ``ours`` with ``theirs``: each
+        side of a hunk is a run of lines of its file. Only a file that passes is merged (a
+        ``git merge-file`` process): a check meets many conflicts no record covers."""
+        return any((a in ours and b in theirs) or (b in ours and a in theirs) for a, b in self._sides)
+
+    def _resolve_files(self, repo: Repo, many: Sequence[Stages]) -> None:
+        """Fill the cache for every stages of ``many``: the blobs of all in one ``git cat-file
+        --batch``, then one ``git merge-file`` per file some record may cover."""
+        todo: dict[tuple[tuple[int, str, str], ...], Stages] = {}
+        for stages in many:
+            key = _stage_key(stages)
+            if key in self._files or key in todo:
+                continue
+            if 2 not in stages or 3 not in stages or stages[2][0] != stages[3][0]:
+                self._files[key] = None
+            else:
+                todo[key] = stages
+        oids = sorted({oid for stages in todo.values() for _mode, oid in stages.values()})
         have = dict(zip(oids, repo.read_blobs(oids), strict=True))
-        base = have[stages[1][1]] if 1 in stages else b""
-        ours, theirs = have[stages[2][1]], have[stages[3][1]]
-        if base is None or ours is None or theirs is None:
-            return None
-        merged = merge_stages(repo, base, ours, theirs)
-        found = self.resolve(merged) if merged is not None else None
-        return (stages[2][0], *found) if found is not None else None
+        for key, stages in todo.items():
+            base = have[stages[1][1]] if 1 in stages else b""
+            ours, theirs = have[stages[2][1]], have[stages[3][1]]
+            found = None
+            if base is not None and ours is not None and theirs is not None and self._may_cover(ours, theirs):
+                merged = merge_stages(repo, base, ours, theirs)
+                resolved = self.resolve(merged) if merged is not None else None
+                found = (stages[2][0], *resolved) if resolved is not None else None
+            self._files[key] = found
 
     def resolve_tree(self, repo: Repo, tree: str,
                      conflicts: Mapping[str, Stages]) -> tuple[str, list[Applied]] | None:
         """The tree ``tree`` (a merge result with conflicted files) with every conflicted file
         resolved from the records, and what was applied; None unless every file is covered.
         Objects are written to ``repo``'s object store (the simulation's temporary one)."""
-        if not self.records or not conflicts:
-            return None
-        files: dict[str, tuple[str, bytes]] = {}
-        applied = []
-        for path, stages in sorted(conflicts.items()):
-            found = self.resolve_file(repo, stages)
-            if found is None:
-                return None
-            mode, content, ids = found
-            files[path] = (mode, content)
-            applied.append(Applied(path, ids))
-        new_tree = replace_files(repo, tree, files)
-        return (new_tree, applied) if new_tree is not None else None
+        return self.resolve_trees(repo, [(tree, conflicts)], write=lambda kind, bodies: _write_objects(
+            repo, kind, bodies))[0]
+
+    def resolve_trees(self, repo: Repo, merges: Sequence[tuple[str, Mapping[str, Stages]]], *,
+                      write: ObjectWriter) -> list[tuple[str, list[Applied]] | None]:
+        """:meth:`resolve_tree` for many merge results at once (one step of a simulation over
+        many tags) with a fixed number of git processes, new objects written by ``write``."""
+        out: list[tuple[str, list[Applied]] | None] = [None] * len(merges)
+        if not self.records:
+            return out
+        self._resolve_files(repo, [st for _tree, conflicts in merges for st in conflicts.values()])
+        jobs: list[tuple[int, str, dict[str, tuple[str, bytes]], list[Applied]]] = []
+        for i, (tree, conflicts) in enumerate(merges):
+            found = {path: self._files[_stage_key(st)] for path, st in sorted(conflicts.items())}
+            if conflicts and all(found.values()):
+                files = {path: (f[0], f[1]) for path, f in found.items() if f}
+                jobs.append((i, tree, files, [Applied(path, f[2]) for path, f in found.items() if f]))
+        trees = replace_in_trees(repo, [(tree, files) for _i, tree, files, _a in jobs], write=write)
+        for (i, _tree, _files, applied), new_tree in zip(jobs, trees, strict=True):
+            out[i] = (new_tree, applied) if new_tree is not None else None
+        return out
 
 
 def _write_objects(repo: Repo, kind: str, bodies: Sequence[bytes]) -> list[str]:
@@ -551,21 +589,48 @@ def _write_objects(repo: Repo, kind: str, bodies: Sequence[bytes]) -> list[str]:
 def replace_files(repo: Repo, tree: str, files: Mapping[str, tuple[str, bytes]]) -> str | None:
     """``tree`` with each existing file ``path`` set to (mode, content); None when a path is not
     a file of ``tree``. Only the trees on the paths are rewritten (read with one ``cat-file
-    --batch``, written with one ``hash-object``), so the cost does not grow with the tree's
-    size: a TensorFlow tree has 35,000 files, and an index of it costs half a second."""
+    --batch``, written with one ``hash-object`` per object type), so the cost does not grow
+    with the tree's size: a TensorFlow tree has 35,000 files, and an index of it costs half a
+    second."""
+    return replace_in_trees(repo, [(tree, files)], write=lambda kind, bodies: _write_objects(repo, kind, bodies))[0]
+
+
+def replace_in_trees(repo: Repo, jobs: Sequence[tuple[str, Mapping[str, tuple[str, bytes]]]], *,
+                     write: ObjectWriter) -> list[str | None]:
+    """:func:`replace_files` for many (tree, files): the trees on every job's paths read with
+    one ``git cat-file --batch`` (``TREE:DIR`` names), every new blob and tree written with one
+    ``write`` call each."""
+    plans = []
+    for tree, files in jobs:
+        dirs = sorted({"/".join(p.split("/")[:i]) for p in files for i in range(p.count("/") + 1)},
+                      key=lambda d: (-d.count("/") - bool(d), d))  # deepest first, the root ("") last
+        plans.append((tree, files, dirs))
+    names = [f"{tree}:{d}" if d else tree for tree, _f, dirs in plans for d in dirs]
+    raw = iter(_read_trees(repo, names) if names else [])
+    contents = [b for _t, files, _d in plans for _m, b in files.values()]
+    blob_ids = iter(write("blob", contents) if contents else [])
+    out: list[str | None] = []
+    trees: list[tuple[bytes, str]] = []  # (body, id) of every rewritten tree
+    for tree, files, dirs in plans:
+        blobs = {path: next(blob_ids) for path in files}
+        out.append(_rewrite(tree, files, blobs, dirs, [next(raw) for _ in dirs], trees))
+    if trees:
+        written = write("tree", [body for body, _id in trees])
+        assert written == [i for _b, i in trees], "git hashed a rewritten tree differently"
+    return out
+
+
+def _rewrite(tree: str, files: Mapping[str, tuple[str, bytes]], blobs: Mapping[str, str], dirs: Sequence[str],
+             raw: Sequence[bytes | None], trees: list[tuple[bytes, str]]) -> str | None:
+    """The new id of ``tree`` with ``files`` (already written as ``blobs``) in place, appending
+    the rewritten trees (body, id; deepest first) to ``trees``; None (nothing appended) when a
+    path is not a file of ``tree``."""
     import hashlib as _hashlib
 
-    blobs = dict(zip(files, _write_objects(repo, "blob", [c for _m, c in files.values()]), strict=True))
-    dirs = sorted({"/".join(p.split("/")[:i]) for p in files for i in range(p.count("/") + 1)},
-                  key=lambda d: (-d.count("/") - bool(d), d))  # deepest first, the root ("") last
-    subdirs = [d for d in dirs if d]
-    shas = [tree, *repo.lines("rev-parse", *(f"{tree}:{d}" for d in subdirs))] if subdirs else [tree]
-    by_dir = dict(zip(["", *subdirs], shas, strict=True))
-    raw = _read_trees(repo, [by_dir[d] for d in dirs])
     algo = "sha256" if len(tree) == 64 else "sha1"
     size = 32 if algo == "sha256" else 20
     new: dict[str, str] = {}  # dir -> its rewritten tree id
-    bodies: list[bytes] = []
+    mine: list[tuple[bytes, str]] = []
     for d, body in zip(dirs, raw, strict=True):
         if body is None:
             return None
@@ -593,9 +658,8 @@ def replace_files(repo: Repo, tree: str, files: Mapping[str, tuple[str, bytes]])
             return None
         data = b"".join(out)
         new[d] = _hashlib.new(algo, b"tree %d\0" % len(data) + data).hexdigest()
-        bodies.append(data)
-    written = _write_objects(repo, "tree", bodies)
-    assert written == [new[d] for d in dirs], "git hashed a rewritten tree differently"
+        mine.append((data, new[d]))
+    trees += mine
     return new[""]
 
 
