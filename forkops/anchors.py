@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -159,7 +160,8 @@ def _grep_l(repo: Repo, tree: str, symbol: str) -> list[str]:
     return [line.removeprefix(f"{tree}:") for line in proc.stdout.decode("utf-8", "replace").splitlines()]
 
 
-def locate(repo: Repo, chain: list[tuple[str, str | None]], symbols: list[str]) -> Located:
+def locate(repo: Repo, chain: list[tuple[str, str | None]], symbols: list[str], *,
+           trees: Mapping[str, str] | None = None) -> Located:
     """For each (tree, reference) of ``chain``, which files contain each symbol, exactly as
     ``git grep -l -F`` says, and their contents.
 
@@ -168,11 +170,14 @@ def locate(repo: Repo, chain: list[tuple[str, str | None]], symbols: list[str]) 
     since the reference keep their answer, and only the blobs that differ are read (one
     ``git diff-tree --stdin`` and one ``git cat-file --batch`` for the whole chain). So
     a chain of release tags, each the reference of the next and of its rebased result,
-    costs one grep instead of one per tree."""
+    costs one grep instead of one per tree. ``trees``: tree-ish -> tree, for those the caller
+    knows (the others are resolved with one rev-parse)."""
     pairs = [(ref, tree) for tree, ref in chain if ref is not None]
     # diff-tree --stdin reads two commits on a line as "commit parent": give it trees.
-    names = list(dict.fromkeys(x for pair in pairs for x in pair))
-    tree_of = dict(zip(names, repo.lines("rev-parse", *(f"{n}^{{tree}}" for n in names)), strict=True)) if names else {}
+    tree_of = dict(trees or {})
+    names = [n for n in dict.fromkeys(x for pair in pairs for x in pair) if n not in tree_of]
+    if names:
+        tree_of.update(zip(names, repo.lines("rev-parse", *(f"{n}^{{tree}}" for n in names)), strict=True))
     changes = tree_changes(repo, [(tree_of[a], tree_of[b]) for a, b in pairs])
     changed_by_pair = dict(zip(pairs, changes, strict=True))
     derived: dict[str, dict[str, str | None]] = {}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -360,17 +360,22 @@ def _removed_by(repo: Repo, name: str, base: str, tags: Sequence[str],
 # ---------------------------------------------------------------------------------------
 # The entry points
 # ---------------------------------------------------------------------------------------
-def find_many_in_scope(repo: Repo, spec: DriftSpec, base: str,
-                       targets: Sequence[tuple[str, str]]) -> list[list[Drift]]:
+def find_many_in_scope(repo: Repo, spec: DriftSpec, base: str, targets: Sequence[tuple[str, str]], *,
+                       trees: Mapping[str, str] | None = None) -> list[list[Drift]]:
     """Drift for each (upstream tag commit or tree-ish, rebased tree), in order.
 
     ``repo`` must be able to read every tree (inside a prediction: the simulator's
-    repository, whose temporary objects hold the predicted trees)."""
+    repository, whose temporary objects hold the predicted trees). ``trees``: tree-ish ->
+    tree, for those the caller knows (the others are resolved with one rev-parse)."""
     if not spec.enabled or not targets:
         return [[] for _ in targets]
     # diff-tree --stdin reads two commits on a line as "commit parent": give it trees.
-    *tag_trees, base_tree = repo.lines("rev-parse", *(f"{t}^{{tree}}" for t, _ in targets), f"{base}^{{tree}}")
-    tip_trees = repo.lines("rev-parse", *(f"{tip}^{{tree}}" for _, tip in targets))
+    tree_of = dict(trees or {})
+    names = [n for n in dict.fromkeys([*(x for pair in targets for x in pair), base]) if n not in tree_of]
+    if names:
+        tree_of.update(zip(names, repo.lines("rev-parse", *(f"{n}^{{tree}}" for n in names)), strict=True))
+    tag_trees, base_tree = [tree_of[t] for t, _ in targets], tree_of[base]
+    tip_trees = [tree_of[tip] for _, tip in targets]
     per_tag = _fork_lines(repo, spec, list(zip(tag_trees, tip_trees, strict=True)))
     declared = set().union(*(d for _u, d in per_tag))
     candidates = {u.identifier for uses_, _d in per_tag for u in uses_} - declared

@@ -44,7 +44,7 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -285,6 +285,38 @@ def load_patches(repo: Repo, shas: Sequence[str]) -> list[Patch]:
             for (sha, tree, _p, subject), parent, ptree in zip(rows, parents, parent_trees, strict=True)]
 
 
+def load_stack(repo: Repo, base: str, start: str) -> tuple[list[Patch], dict[str, str]]:
+    """The patch stack ``base..start`` exactly as :func:`forkops.plan.patch_stack` picks it
+    (``--reverse --no-merges``), loaded as :func:`load_patches` loads it, and the trees of the
+    boundary commits (``base`` when it is a patch's parent): one ``git log --boundary``
+    (boundary commits come marked ``-``, the rest keep rev-list's order); a parent that is
+    neither a patch nor on the boundary (a merge inside the range) costs one rev-parse more."""
+    out = repo.run("log", "--boundary", "--reverse", "--no-merges", "--format=%m%x00%H%x00%T%x00%P%x00%s",
+                   f"{base}..{start}")
+    rows, boundary = [], {}
+    for line in out.splitlines():
+        if not line:
+            continue
+        mark, sha, tree, parents, subject = line.split("\0", 4)
+        if mark == "-":
+            boundary[sha] = tree
+        else:
+            rows.append((sha, tree, parents, subject))
+    trees = {**boundary, **{sha: tree for sha, tree, _p, _s in rows}}
+    firsts = []
+    for sha, _tree, parent_list, _subject in rows:
+        if not parent_list:
+            raise BadInput(f"the patch stack contains a root commit ({sha[:12]}); git rebase --onto "
+                           "cannot replay it")
+        firsts.append(parent_list.split()[0])
+    unknown = sorted({p for p in firsts if p not in trees})
+    if unknown:
+        trees.update(zip(unknown, repo.lines("rev-parse", *(f"{p}^{{tree}}" for p in unknown)), strict=True))
+    patches = [Patch(sha, subject, parent, tree, trees[parent])
+               for (sha, tree, _p, subject), parent in zip(rows, firsts, strict=True)]
+    return patches, boundary
+
+
 class Simulator:
     """Replays a patch stack onto any number of commits in a temporary object directory.
 
@@ -306,9 +338,7 @@ class Simulator:
         self._fake: dict[str, tuple[str, str]] = {}  # patch sha -> (B, THEIRS)
 
     def __enter__(self) -> Simulator:
-        objects = Path(self.user_repo.run("rev-parse", "--git-path", "objects").strip())
-        if not objects.is_absolute():
-            objects = (self.user_repo.path / objects).resolve()
+        objects = self._objects_dir()
         self._tmp = Path(tempfile.mkdtemp(prefix="forkops-predict-", dir=_scratch_parent()))
         (self._tmp / "objects").mkdir()
         self.repo = Repo(self.user_repo.path, env={
@@ -322,6 +352,16 @@ class Simulator:
             theirs = self._commits([(p.tree, (b,)) for p, b in zip(self.patches, bases, strict=True)])
             self._fake = {p.sha: (b, t) for p, b, t in zip(self.patches, bases, theirs, strict=True)}
         return self
+
+    def _objects_dir(self) -> Path:
+        """The repository's object directory: ``<git dir>/objects`` for a plain clone (its git
+        directory is known already); ``git rev-parse --git-path objects`` when a linked
+        worktree (``commondir``) or GIT_OBJECT_DIRECTORY may put it elsewhere."""
+        git_dir = self.user_repo.git_dir
+        if "GIT_OBJECT_DIRECTORY" not in self.user_repo.extra_env and not (git_dir / "commondir").exists():
+            return git_dir / "objects"
+        objects = Path(self.user_repo.run("rev-parse", "--git-path", "objects").strip())
+        return objects if objects.is_absolute() else (self.user_repo.path / objects).resolve()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -407,18 +447,25 @@ class Simulator:
 
     def predict_many(self, targets: Sequence[tuple[TagName, str, Version | None]], *,
                      anchors: Sequence[Anchor] = (), workers: int | None = None,
-                     base: str | None = None, drift: DriftSpec | None = None) -> list[Prediction]:
+                     base: str | None = None, drift: DriftSpec | None = None,
+                     trees: Mapping[str, str] | None = None) -> list[Prediction]:
         """Predict every (tag, commit, version); anchors are evaluated on each clean result and
         on each tag; with ``base`` (the tag the stack was cut from) and an enabled ``drift``
         scope, API drift on every result; with ``base``, each stop's conflicts carry their
         moves and context (:func:`conflict_context`). Results are in the order of ``targets``.
+        ``trees``: commit -> tree, for commits whose trees the caller already knows.
 
         The tags advance in lockstep, one patch at a time, so that the commits each step needs
         are written in one git call and its merges run in one ``merge-tree --stdin`` (threads
         for the merge-base strategy, whose ``--stdin`` lines cannot name a merge base)."""
         began = time.perf_counter()
         n = workers or min(4, os.cpu_count() or 1, max(1, len(targets)))
-        onto_trees = self.repo.lines("rev-parse", *(f"{t[1]}^{{tree}}" for t in targets)) if targets else []
+        tree_of = dict(trees or {})
+        unknown = list(dict.fromkeys(c for c in [*(t[1] for t in targets), *([base] if base else [])]
+                                     if c not in tree_of))
+        if unknown:
+            tree_of.update(zip(unknown, self.repo.lines("rev-parse", *(f"{c}^{{tree}}" for c in unknown)), strict=True))
+        onto_trees = [tree_of[t[1]] for t in targets]
         states = [_Replay(tag, onto, version, onto, tree)
                   for (tag, onto, version), tree in zip(targets, onto_trees, strict=True)]
         total = len(self.patches)
@@ -447,10 +494,11 @@ class Simulator:
                     s.conflicts = conflicts
         per_tag = (time.perf_counter() - began) / max(1, len(states))
         results = [s.prediction(total, per_tag) for s in states]
+        tree_of.update((r.tree, r.tree) for r in results if r.tree)
         if anchors:
-            results = self._with_anchors(results, anchors)
+            results = self._with_anchors(results, anchors, tree_of)
         if base is not None and drift is not None and drift.enabled:
-            results = self._with_drift(results, base, drift)
+            results = self._with_drift(results, base, drift, tree_of)
         return results
 
     def _recorded(self, outcomes: Sequence[tuple[str, Sequence[Conflict], Sequence[str]]]
@@ -492,21 +540,24 @@ class Simulator:
         s.acc_tree = tree
         return True
 
-    def _with_drift(self, results: list[Prediction], base: str, spec: DriftSpec) -> list[Prediction]:
+    def _with_drift(self, results: list[Prediction], base: str, spec: DriftSpec,
+                    trees: Mapping[str, str]) -> list[Prediction]:
         began = time.perf_counter()
         have = [r for r in results if r.tree]
-        found = drift_mod.find_many_in_scope(self.repo, spec, base, [(r.onto, r.tree or "") for r in have])
+        found = drift_mod.find_many_in_scope(self.repo, spec, base, [(r.onto, r.tree or "") for r in have],
+                                             trees=trees)
         by_tag = {r.tag: tuple(d) for r, d in zip(have, found, strict=True)}
         per_tag = (time.perf_counter() - began) / max(1, len(results))
         return [replace(r, drift=by_tag.get(r.tag, ()), seconds=r.seconds + per_tag) for r in results]
 
-    def _with_anchors(self, results: list[Prediction], anchors: Sequence[Anchor]) -> list[Prediction]:
+    def _with_anchors(self, results: list[Prediction], anchors: Sequence[Anchor],
+                      trees: Mapping[str, str]) -> list[Prediction]:
         began = time.perf_counter()
         chain: list[tuple[str, str | None]] = []
         for r in results:
             chain.append((r.onto, chain[-1][0] if chain else None))
         chain += [(r.tree, r.onto) for r in results if r.rebase != "conflict" and r.tree]
-        cached = _Prefetched(self.repo, list(dict.fromkeys(chain)), anchors)
+        cached = _Prefetched(self.repo, list(dict.fromkeys(chain)), anchors, trees)
         out = []
         for r in results:
             upstream = tuple(anchors_mod.check_all(cached, r.onto, tuple(anchors), r.version))
@@ -552,9 +603,10 @@ class _Prefetched(Repo):
     not prefetched goes to git as usual.
     """
 
-    def __init__(self, repo: Repo, chain: list[tuple[str, str | None]], anchors: Sequence[Anchor]) -> None:
+    def __init__(self, repo: Repo, chain: list[tuple[str, str | None]], anchors: Sequence[Anchor],
+                 trees: Mapping[str, str]) -> None:
         super().__init__(repo.path, env=repo.extra_env)
-        located = anchors_mod.locate(self, chain, list(dict.fromkeys(a.symbol for a in anchors)))
+        located = anchors_mod.locate(self, chain, list(dict.fromkeys(a.symbol for a in anchors)), trees=trees)
         self._greps = located.files
         self._blobs = located.blobs
 
@@ -681,14 +733,21 @@ def conflict_contexts(repo: Repo, base: str, stops: Sequence[Stop], *,
     The blobs for every stop come from one ``git cat-file --batch``; then one ``git log``
     per file (in ``pool`` when given)."""
     items = [(stop, c) for stop in stops for c in stop.conflicts]
-    present = repo.read_blobs([f"{stop.commit}:{c.path}" for stop, c in items])
-    moves = [None if blob is not None else _moved_from(repo, stop.commit, stop.onto, c.path)
-             for (stop, c), blob in zip(items, present, strict=True)]
-    names = []
-    for (stop, c), moved in zip(items, moves, strict=True):
-        old = moved or c.path
-        names += [f"{stop.commit}^:{old}", f"{stop.commit}:{old}", f"{stop.onto}:{c.path}"]
-    data = repo.read_blobs(names)
+
+    def names(pairs: Sequence[tuple[Stop, Conflict, str]]) -> list[str]:
+        return [n for stop, c, old in pairs for n in (f"{stop.commit}^:{old}", f"{stop.commit}:{old}",
+                                                       f"{stop.onto}:{c.path}")]
+
+    # Read as if no file moved; a file the stopping commit does not have is one git followed
+    # upstream's move of: its blobs are read again under the path the commit had.
+    data = repo.read_blobs(names([(stop, c, c.path) for stop, c in items]))
+    moves = [None if data[3 * i + 1] is not None else _moved_from(repo, stop.commit, stop.onto, c.path)
+             for i, (stop, c) in enumerate(items)]
+    again = [i for i, moved in enumerate(moves) if moved]
+    if again:
+        reread = repo.read_blobs(names([(items[i][0], items[i][1], moves[i] or "") for i in again]))
+        for k, i in enumerate(again):
+            data[3 * i:3 * i + 3] = reread[3 * k:3 * k + 3]
     jobs = [(stop, c, moved, (data[3 * i], data[3 * i + 1], data[3 * i + 2]))
             for i, ((stop, c), moved) in enumerate(zip(items, moves, strict=True))]
 
@@ -745,14 +804,22 @@ def select_tags(pb: Playbook, remote_tags: dict[TagName, str], *, since: Version
                    if (since is None or v > since) and (include_rc or not v.is_rc)), key=lambda kv: kv[1])
 
 
-def fetch_tags(repo: Repo, remote: str, tags: Sequence[TagName], remote_tags: dict[TagName, str]) -> dict[TagName, str]:
+def fetch_tags(repo: Repo, remote: str, tags: Sequence[TagName],
+               remote_tags: dict[TagName, str]) -> dict[TagName, tuple[str, str]]:
     """Fetch (in one call) the tags that are missing locally or point elsewhere than upstream;
-    return tag -> the commit it peels to, for every tag of ``tags``."""
-    def local() -> dict[str, str]:
-        return {info.name: info.peeled for info in repo.refs("refs/tags")}
+    return tag -> (the commit it peels to, that commit's tree; "" for a tag of no commit),
+    for every tag of ``tags``."""
+    def local() -> dict[str, tuple[str, str]]:
+        out = repo.run("for-each-ref", "--format=%(refname)%00%(objectname)%00%(*objectname)%00%(tree)%00%(*tree)",
+                       "refs/tags")
+        found = {}
+        for line in out.splitlines():
+            name, sha, peeled, tree, peeled_tree = line.split("\0")
+            found[name] = (peeled or sha, peeled_tree or tree)
+        return found
 
     have = local()
-    missing = [t for t in tags if have.get(t.ref) != remote_tags[t]]
+    missing = [t for t in tags if have.get(t.ref, ("", ""))[0] != remote_tags[t]]
     if missing:
         repo.fetch(remote, [f"+{t.ref}:{t.ref}" for t in missing])
         have = local()
@@ -820,11 +887,12 @@ def check_repo(name: str, repo: Repo, pb: Playbook, upstream_url: str | None, *,
     remote_tags = plan.remote_release_tags(repo, pb, remote)
     chosen = select_tags(pb, remote_tags, since=since, wanted=tags, include_rc=include_rc)
     commits = fetch_tags(repo, remote, [t for t, _ in chosen], remote_tags)
-    patches = load_patches(repo, plan.patch_stack(repo, refs))
+    known = {commit: tree for commit, tree in commits.values() if tree}
+    patches, boundary = load_stack(repo, refs.base_sha, refs.start_sha)
     with Simulator(repo, patches, strategy=strategy, resolutions=resolutions) as sim:
-        targets = [(t, commits[t], v) for t, v in chosen]
+        targets = [(t, commits[t][0], v) for t, v in chosen]
         results = sim.predict_many(targets, anchors=pb.anchors, workers=workers, base=refs.base_sha,
-                                   drift=pb.drift)
+                                   drift=pb.drift, trees={**known, **boundary})
         used = sim.strategy
     results = _with_missing_changes(repo, pb, refs, results)
     return RepoCheck(name, refs, tuple(patches), tuple(results), used)

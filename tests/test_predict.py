@@ -423,3 +423,40 @@ def test_simulation_commits_are_what_git_commit_tree_writes(scenarios: Path) -> 
         assert ours == theirs
         assert sim.repo.run("cat-file", "-t", ours).strip() == "commit"
         assert sim.repo.ok("fsck", "--no-dangling", "--connectivity-only", ours)
+
+
+def test_load_stack_is_patch_stack_and_load_patches_in_one_walk(scenarios: Path, tmp_path: Path) -> None:
+    """The one-process load equals rev-list --reverse --no-merges + load_patches, also for a
+    stack holding a merge (a patch whose parent is neither a patch nor the base)."""
+    repo = Repo(scenarios)
+    base, start = repo.commit_of("refs/tags/v1.0.0") or "", repo.commit_of("refs/heads/b1.0.0") or ""
+    patches, boundary = predict.load_stack(repo, base, start)
+    assert patches == predict.load_patches(repo, repo.lines("rev-list", "--reverse", "--no-merges", f"{base}..{start}"))
+    assert boundary == {base: repo.run("rev-parse", f"{base}^{{tree}}").strip()}
+
+    path = tmp_path / "merged"
+    _git(tmp_path, "init", "--quiet", "-b", "main", str(path))
+    stamp = iter(range(1_700_000_000, 1_700_001_000, 10))
+
+    def commit(name: str, *extra: str) -> None:
+        (path / name).write_text(name)
+        _git(path, "add", name)
+        when = f"{next(stamp)} +0000"
+        subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet",
+                        "-m", name, *extra], check=True, env={"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when,
+                                                             "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+
+    commit("base")
+    _git(path, "tag", "v1")
+    _git(path, "checkout", "--quiet", "-b", "side")
+    commit("side")
+    _git(path, "checkout", "--quiet", "main")
+    commit("a")
+    subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t", "merge", "--quiet",
+                    "--no-ff", "-m", "merge side", "side"], check=True, capture_output=True)
+    commit("b")
+    merged = Repo(path)
+    patches, _ = predict.load_stack(merged, "v1", "main")
+    assert patches == predict.load_patches(merged, merged.lines("rev-list", "--reverse", "--no-merges", "v1..main"))
+    assert [p.subject for p in patches] == ["side", "a", "b"]
+    assert patches[-1].parent == merged.commit_of("main^")
