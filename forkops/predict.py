@@ -79,6 +79,11 @@ _SIM_IDENTITY = {
 SCRATCH_CANDIDATES: tuple[str, ...] = ("/dev/shm",)  # noqa: S108 (mkdtemp: private 0700 dir)
 
 
+# A merge-tree process costs about as much as a few of its merges: fewer merges than twice
+# this stay in one process rather than being shared among workers.
+_MERGES_PER_PROCESS = 4
+
+
 def _scratch_parent() -> str | None:
     for candidate in SCRATCH_CANDIDATES:
         if os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
@@ -420,9 +425,19 @@ class Simulator:
             return fields[0].strip(), [], []
         return fields[0].strip(), _conflicts(fields[1:]), fields[1:]
 
-    def _merge_batch(self, ours: Sequence[str], patch: Patch) -> list[tuple[str, list[Conflict], list[str]]]:
-        """The fake-base merges of one step, all in one ``git merge-tree --stdin`` (``ours``
-        are commits whose parent is the patch's B; the other side is the patch's THEIRS).
+    def _merge_batch(self, ours: Sequence[str], patch: Patch, *, pool: ThreadPoolExecutor | None = None,
+                     workers: int = 1) -> list[tuple[str, list[Conflict], list[str]]]:
+        """The fake-base merges of one step (``ours`` are commits whose parent is the patch's
+        B; the other side is the patch's THEIRS): one ``git merge-tree --stdin`` for all, or,
+        with a ``pool``, one per worker side by side when there are enough merges to share."""
+        chunk = -(-len(ours) // workers)
+        if pool is None or workers < 2 or len(ours) < 2 * _MERGES_PER_PROCESS:
+            return self._merge_stdin(ours, patch)
+        parts = [ours[i:i + chunk] for i in range(0, len(ours), chunk)]
+        return [m for part in pool.map(self._merge_stdin, parts, [patch] * len(parts)) for m in part]
+
+    def _merge_stdin(self, ours: Sequence[str], patch: Patch) -> list[tuple[str, list[Conflict], list[str]]]:
+        """Merges of ``ours`` with the patch's THEIRS in one ``git merge-tree --stdin``.
 
         Output per merge (``-z``): ``STATUS NUL TREE NUL [ENTRY NUL ...] NUL``, STATUS 1 when
         clean, 0 when it conflicts."""
@@ -456,8 +471,10 @@ class Simulator:
         ``trees``: commit -> tree, for commits whose trees the caller already knows.
 
         The tags advance in lockstep, one patch at a time, so that the commits each step needs
-        are written in one git call and its merges run in one ``merge-tree --stdin`` (threads
-        for the merge-base strategy, whose ``--stdin`` lines cannot name a merge base)."""
+        are written in one git call and its merges run in ``merge-tree --stdin`` (one process
+        per worker; threads for the merge-base strategy, whose ``--stdin`` lines cannot name a
+        merge base). Then the stops' context, the anchors and the drift -- independent reads
+        of the results -- run side by side."""
         began = time.perf_counter()
         n = workers or min(4, os.cpu_count() or 1, max(1, len(targets)))
         tree_of = dict(trees or {})
@@ -477,7 +494,7 @@ class Simulator:
                 if self.strategy == "fake-base":
                     base_commit = self._fake[patch.sha][0]
                     ours = self._commits([(s.acc_tree, (base_commit,)) for s in live])
-                    outcomes = self._merge_batch(ours, patch)
+                    outcomes = self._merge_batch(ours, patch, pool=pool, workers=n)
                 else:
                     outcomes = list(pool.map(self._merge, [s.acc_commit for s in live], [patch] * len(live)))
                 recorded = self._recorded(outcomes)
@@ -486,20 +503,27 @@ class Simulator:
                 if self.strategy == "merge-base" and advanced:
                     for s, sha in zip(advanced, self._commits([(s.acc_tree, ()) for s in advanced]), strict=True):
                         s.acc_commit = sha
-            if base is not None:
+            results = [s.prediction(total, 0.0) for s in states]
+            tree_of.update((r.tree, r.tree) for r in results if r.tree)
+            with ThreadPoolExecutor(max_workers=3) as phases:
                 # Each stop's files: the moves git followed and the upstream commits behind them.
-                stopped = [s for s in states if s.stopped_at is not None]
-                stops = [Stop(s.onto, s.stopped_at.sha, s.conflicts) for s in stopped if s.stopped_at]
-                for s, conflicts in zip(stopped, conflict_contexts(self.repo, base, stops, pool=pool), strict=True):
-                    s.conflicts = conflicts
+                stopped = [i for i, s in enumerate(states) if s.stopped_at is not None]
+                stops = [Stop(s.onto, s.stopped_at.sha, s.conflicts) for s in states if s.stopped_at]
+                contexts = (phases.submit(conflict_contexts, self.repo, base, stops, pool=pool)
+                            if base is not None and stops else None)
+                on_anchors = phases.submit(self._anchor_results, results, anchors, tree_of) if anchors else None
+                drifting = (phases.submit(self._drift_results, results, base, drift, tree_of)
+                            if base is not None and drift is not None and drift.enabled else None)
+                if contexts is not None:
+                    for i, conflicts in zip(stopped, contexts.result(), strict=True):
+                        results[i] = replace(results[i], conflicts=conflicts)
+                if on_anchors is not None:
+                    results = [replace(r, anchors=a, upstream_anchors=u)
+                               for r, (a, u) in zip(results, on_anchors.result(), strict=True)]
+                if drifting is not None:
+                    results = [replace(r, drift=d) for r, d in zip(results, drifting.result(), strict=True)]
         per_tag = (time.perf_counter() - began) / max(1, len(states))
-        results = [s.prediction(total, per_tag) for s in states]
-        tree_of.update((r.tree, r.tree) for r in results if r.tree)
-        if anchors:
-            results = self._with_anchors(results, anchors, tree_of)
-        if base is not None and drift is not None and drift.enabled:
-            results = self._with_drift(results, base, drift, tree_of)
-        return results
+        return [replace(r, seconds=per_tag) for r in results]
 
     def _recorded(self, outcomes: Sequence[tuple[str, Sequence[Conflict], Sequence[str]]]
                   ) -> list[tuple[str, list[resolutions_mod.Applied]] | None]:
@@ -540,19 +564,18 @@ class Simulator:
         s.acc_tree = tree
         return True
 
-    def _with_drift(self, results: list[Prediction], base: str, spec: DriftSpec,
-                    trees: Mapping[str, str]) -> list[Prediction]:
-        began = time.perf_counter()
+    def _drift_results(self, results: Sequence[Prediction], base: str, spec: DriftSpec,
+                       trees: Mapping[str, str]) -> list[tuple[drift_mod.Drift, ...]]:
+        """Each result's drift (none without a tree)."""
         have = [r for r in results if r.tree]
         found = drift_mod.find_many_in_scope(self.repo, spec, base, [(r.onto, r.tree or "") for r in have],
                                              trees=trees)
         by_tag = {r.tag: tuple(d) for r, d in zip(have, found, strict=True)}
-        per_tag = (time.perf_counter() - began) / max(1, len(results))
-        return [replace(r, drift=by_tag.get(r.tag, ()), seconds=r.seconds + per_tag) for r in results]
+        return [by_tag.get(r.tag, ()) for r in results]
 
-    def _with_anchors(self, results: list[Prediction], anchors: Sequence[Anchor],
-                      trees: Mapping[str, str]) -> list[Prediction]:
-        began = time.perf_counter()
+    def _anchor_results(self, results: Sequence[Prediction], anchors: Sequence[Anchor], trees: Mapping[str, str]
+                        ) -> list[tuple[tuple[anchors_mod.AnchorResult, ...], tuple[anchors_mod.AnchorResult, ...]]]:
+        """Each result's anchors: (on the predicted tree when the rebase finishes, on the tag)."""
         chain: list[tuple[str, str | None]] = []
         for r in results:
             chain.append((r.onto, chain[-1][0] if chain else None))
@@ -569,9 +592,8 @@ class Simulator:
                 base, start, tree = self.patches[0].parent, self.patches[-1].sha, r.tree or ""
                 on_result = tuple(anchors_mod.with_reapply(self.repo, res, anchor, base=base, start=start, live=tree)
                                   for res, anchor in zip(on_result, anchors, strict=True))
-            out.append(replace(r, anchors=on_result, upstream_anchors=upstream))
-        per_tag = (time.perf_counter() - began) / max(1, len(results))
-        return [replace(r, seconds=r.seconds + per_tag) for r in out]
+            out.append((on_result, upstream))
+        return out
 
 
 @dataclass
