@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -178,28 +179,55 @@ def locate(repo: Repo, chain: list[tuple[str, str | None]], symbols: list[str], 
     names = [n for n in dict.fromkeys(x for pair in pairs for x in pair) if n not in tree_of]
     if names:
         tree_of.update(zip(names, repo.lines("rev-parse", *(f"{n}^{{tree}}" for n in names)), strict=True))
-    changes = tree_changes(repo, [(tree_of[a], tree_of[b]) for a, b in pairs])
+    roots = [tree for tree, ref in chain if ref is None]
+    with ThreadPoolExecutor(max_workers=max(1, len(roots) * len(symbols))) as background:
+        # the trees without a reference are grepped while the others' changes are read
+        grepped = {(tree, symbol): background.submit(_grep_l, repo, tree, symbol)
+                   for tree in roots for symbol in symbols}
+        changes = tree_changes(repo, [(tree_of[a], tree_of[b]) for a, b in pairs])
+        early = {key: sorted(f.result()) for key, f in grepped.items()}
     changed_by_pair = dict(zip(pairs, changes, strict=True))
     derived: dict[str, dict[str, str | None]] = {}
+    derived_from: dict[str, str] = {}
     for tree, ref in chain:
         if ref is not None and len(changed_by_pair[(ref, tree)]) <= GREP_WHEN_CHANGED:
-            derived[tree] = changed_by_pair[(ref, tree)]
+            derived[tree], derived_from[tree] = changed_by_pair[(ref, tree)], ref
+    # One read for the changed blobs and the grepped trees' files; a derived tree's file is its
+    # changed blob or, unchanged, its reference's.
     changed_blobs = sorted({b for ch in derived.values() for b in ch.values() if b})
-    contents = dict(zip(changed_blobs, repo.read_blobs(changed_blobs), strict=True))
+    root_files = sorted({(t, p) for (t, _s), paths in early.items() for p in paths})
+    data = repo.read_blobs([*changed_blobs, *(f"{t}:{p}" for t, p in root_files)])
+    contents = dict(zip(changed_blobs, data, strict=False))
+    blobs = {key: d for key, d in zip(root_files, data[len(changed_blobs):], strict=True) if d is not None}
     files: dict[tuple[str, str], list[str]] = {}
     for tree, ref in chain:
         for symbol in symbols:
             if tree not in derived or ref is None:
-                files[(tree, symbol)] = sorted(_grep_l(repo, tree, symbol))
+                grepped_early = early.get((tree, symbol))
+                files[(tree, symbol)] = grepped_early if grepped_early is not None else sorted(
+                    _grep_l(repo, tree, symbol))
                 continue
             changed = derived[tree]
             needle = symbol.encode()
             kept = {p for p in files[(ref, symbol)] if p not in changed}
             kept.update(p for p, b in changed.items() if b and needle in (contents.get(b) or b""))
             files[(tree, symbol)] = sorted(kept)
-    wanted = sorted({(t, p) for (t, _s), paths in files.items() for p in paths})
-    data = repo.read_blobs([f"{t}:{p}" for t, p in wanted])
-    blobs = {key: d for key, d in zip(wanted, data, strict=True) if d is not None}
+    unread = []
+    for tree in dict.fromkeys(tree for tree, _ref in chain):  # a reference comes before its derived trees
+        for path in sorted({p for symbol in symbols for p in files[(tree, symbol)]}):
+            if (tree, path) in blobs:
+                continue
+            if tree in derived:
+                changed = derived[tree]
+                content = (contents.get(changed[path] or "") if path in changed
+                           else blobs.get((derived_from[tree], path)))
+                if content is not None:
+                    blobs[(tree, path)] = content
+                    continue
+            unread.append((tree, path))
+    for key, d in zip(unread, repo.read_blobs([f"{t}:{p}" for t, p in unread]), strict=True):
+        if d is not None:
+            blobs[key] = d
     return Located(files, blobs)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -376,13 +377,17 @@ def find_many_in_scope(repo: Repo, spec: DriftSpec, base: str, targets: Sequence
         tree_of.update(zip(names, repo.lines("rev-parse", *(f"{n}^{{tree}}" for n in names)), strict=True))
     tag_trees, base_tree = [tree_of[t] for t, _ in targets], tree_of[base]
     tip_trees = [tree_of[tip] for _, tip in targets]
-    per_tag = _fork_lines(repo, spec, list(zip(tag_trees, tip_trees, strict=True)))
-    declared = set().union(*(d for _u, d in per_tag))
-    candidates = {u.identifier for uses_, _d in per_tag for u in uses_} - declared
+    with ThreadPoolExecutor(max_workers=1) as background:
+        # upstream's changes since base do not depend on the fork's lines: read side by side
+        changing = background.submit(tree_changes, repo, [(base_tree, tt) for tt in tag_trees])
+        per_tag = _fork_lines(repo, spec, list(zip(tag_trees, tip_trees, strict=True)))
+        declared = set().union(*(d for _u, d in per_tag))
+        candidates = {u.identifier for uses_, _d in per_tag for u in uses_} - declared
+        at_base = ({n: paths for n, paths in _grep_names(repo, base_tree, candidates).items() if paths}
+                   if candidates else {})
+        changes = changing.result()
     if not candidates:
         return [[] for _ in targets]
-    at_base = {n: paths for n, paths in _grep_names(repo, base_tree, candidates).items() if paths}
-    changes = tree_changes(repo, [(base_tree, tt) for tt in tag_trees])
     # A name is still upstream at a tag when one of its files at base is unchanged there;
     # only names whose every base file changed need the tag's changed blobs read.
     suspects: list[set[str]] = []

@@ -898,19 +898,22 @@ def check_repo(name: str, repo: Repo, pb: Playbook, upstream_url: str | None, *,
     remote = pb.upstream_remote
     if upstream_url is not None:
         repo.set_remote(remote, upstream_url)
-    start_name = start or newest_fork_branch(repo, pb)[0]
-    leaf = start_name.removeprefix("origin/")
-    target = pb.version_of_fork_branch(leaf) or Version(0, 0, 0)  # only used when start is None
-    refs = plan.stack_refs(repo, pb, target=target, start=start_name, base=base, remote=remote)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        # Asking the upstream for its tags takes a while (the network); meanwhile, the stack.
+        listing = background.submit(plan.remote_release_tags, repo, pb, remote)
+        start_name = start or newest_fork_branch(repo, pb)[0]
+        leaf = start_name.removeprefix("origin/")
+        target = pb.version_of_fork_branch(leaf) or Version(0, 0, 0)  # only used when start is None
+        refs = plan.stack_refs(repo, pb, target=target, start=start_name, base=base, remote=remote)
+        patches, boundary = load_stack(repo, refs.base_sha, refs.start_sha)
+        remote_tags = listing.result()
     if isinstance(since, str):
         since = Version.parse(since)
     if since is None:
         since = pb.version_of_tag(refs.base)
-    remote_tags = plan.remote_release_tags(repo, pb, remote)
     chosen = select_tags(pb, remote_tags, since=since, wanted=tags, include_rc=include_rc)
     commits = fetch_tags(repo, remote, [t for t, _ in chosen], remote_tags)
     known = {commit: tree for commit, tree in commits.values() if tree}
-    patches, boundary = load_stack(repo, refs.base_sha, refs.start_sha)
     with Simulator(repo, patches, strategy=strategy, resolutions=resolutions) as sim:
         targets = [(t, commits[t][0], v) for t, v in chosen]
         results = sim.predict_many(targets, anchors=pb.anchors, workers=workers, base=refs.base_sha,
