@@ -250,6 +250,7 @@ def _fork_lines(repo: Repo, spec: DriftSpec, pairs: Sequence[tuple[str, str]]) -
     path: str | None = None
     lines: _Lines | None = None
     lineno = 0
+    parsed: dict[tuple[str, str], tuple[tuple[str, ...], set[str]]] = {}
     for raw in proc.stdout.decode("utf-8", "replace").split("\n"):
         if _PAIR.match(raw):
             index, path, lines = index + 1, None, None
@@ -269,10 +270,13 @@ def _fork_lines(repo: Repo, spec: DriftSpec, pairs: Sequence[tuple[str, str]]) -
             lineno = int(m.group(1))
             continue
         if raw.startswith("+"):
-            code = lines.code(raw[1:])
+            key = (lines.lang, lines.code(raw[1:]))
+            if key not in parsed:  # every tag's result carries the same fork lines
+                parsed[key] = (tuple(dict.fromkeys(uses(*key))), declares(*key))
+            names, declared = parsed[key]
             uses_, decls = out[index]
-            uses_.extend(_Use(name, path, lineno) for name in dict.fromkeys(uses(lines.lang, code)))
-            decls.update(declares(lines.lang, code))
+            uses_.extend(_Use(name, path, lineno) for name in names)
+            decls.update(declared)
             lineno += 1
     return out
 

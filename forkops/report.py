@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -20,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from forkops import fsutil
-from forkops.ci import TITLE_PREFIX, IssueRequest
 from forkops.errors import BadInput
 from forkops.predict import Prediction, RepoCheck
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
+
+    from forkops.ci import IssueRequest
 
 REPORT_FORMAT = "forkops-nightly/1"
 
@@ -339,6 +339,8 @@ class NightlyReport:
     def issue_requests(self, environ: Mapping[str, str] | None = None) -> list[IssueRequest]:
         """One issue per newly incompatible tag; the body links the CI run when
         ``$GITHUB_SERVER_URL``, ``$GITHUB_REPOSITORY`` and ``$GITHUB_RUN_ID`` are set."""
+        from forkops.ci import TITLE_PREFIX, IssueRequest  # nightly --open-issue only
+
         env = environ if environ is not None else os.environ
         run_url = ""
         if all(env.get(k) for k in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")):
@@ -366,6 +368,8 @@ class NightlyReport:
 
     # -- JUnit -----------------------------------------------------------------------------
     def junit(self) -> bytes:
+        import xml.etree.ElementTree as ET  # nightly only: `check --json` need not load it
+
         root = ET.Element("testsuites", name="forkops nightly", tests=str(len(self.entries)),
                           failures=str(len(self.incompatible)))
         for check in self.checks:
