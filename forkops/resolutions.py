@@ -520,9 +520,10 @@ class Book:
         ``git merge-file`` process): a check meets many conflicts no record covers."""
         return any((a in ours and b in theirs) or (b in ours and a in theirs) for a, b in self._sides)
 
-    def _resolve_files(self, repo: Repo, many: Sequence[Stages]) -> None:
+    def _resolve_files(self, repo: Repo, many: Sequence[Stages], also: Sequence[str] = ()) -> list[bytes | None]:
         """Fill the cache for every stages of ``many``: the blobs of all in one ``git cat-file
-        --batch``, then one ``git merge-file`` per file some record may cover."""
+        --batch`` (which also reads the trees ``also`` names: their bodies are returned), then
+        one ``git merge-file`` per file some record may cover, two at a time."""
         todo: dict[tuple[tuple[int, str, str], ...], Stages] = {}
         for stages in many:
             key = _stage_key(stages)
@@ -533,16 +534,26 @@ class Book:
             else:
                 todo[key] = stages
         oids = sorted({oid for stages in todo.values() for _mode, oid in stages.values()})
-        have = dict(zip(oids, repo.read_blobs(oids), strict=True))
+        read = _read_objects(repo, [*oids, *also]) if oids or also else []
+        have = {oid: obj[1] if obj and obj[0] == b"blob" else None for oid, obj in zip(oids, read, strict=False)}
+        merges: dict[tuple[tuple[int, str, str], ...], tuple[bytes, bytes, bytes]] = {}
         for key, stages in todo.items():
             base = have[stages[1][1]] if 1 in stages else b""
             ours, theirs = have[stages[2][1]], have[stages[3][1]]
-            found = None
+            self._files[key] = None
             if base is not None and ours is not None and theirs is not None and self._may_cover(ours, theirs):
-                merged = merge_stages(repo, base, ours, theirs)
-                resolved = self.resolve(merged) if merged is not None else None
-                found = (stages[2][0], *resolved) if resolved is not None else None
-            self._files[key] = found
+                merges[key] = (base, ours, theirs)
+        if len(merges) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                done = list(pool.map(lambda sides: merge_stages(repo, *sides), merges.values()))
+        else:
+            done = [merge_stages(repo, *sides) for sides in merges.values()]
+        for key, merged in zip(merges, done, strict=True):
+            resolved = self.resolve(merged) if merged is not None else None
+            self._files[key] = (todo[key][2][0], *resolved) if resolved is not None else None
+        return [obj[1] if obj and obj[0] == b"tree" else None for obj in read[len(oids):]]
 
     def resolve_tree(self, repo: Repo, tree: str,
                      conflicts: Mapping[str, Stages]) -> tuple[str, list[Applied]] | None:
@@ -559,14 +570,18 @@ class Book:
         out: list[tuple[str, list[Applied]] | None] = [None] * len(merges)
         if not self.records:
             return out
-        self._resolve_files(repo, [st for _tree, conflicts in merges for st in conflicts.values()])
+        # the trees a resolution rewrites are read with the stages' blobs (one cat-file)
+        names = list(dict.fromkeys(_tree_name(tree, d) for tree, conflicts in merges if conflicts
+                                   for d in _dirs_of(conflicts)))
+        bodies = dict(zip(names, self._resolve_files(
+            repo, [st for _tree, conflicts in merges for st in conflicts.values()], names), strict=True))
         jobs: list[tuple[int, str, dict[str, tuple[str, bytes]], list[Applied]]] = []
         for i, (tree, conflicts) in enumerate(merges):
             found = {path: self._files[_stage_key(st)] for path, st in sorted(conflicts.items())}
             if conflicts and all(found.values()):
                 files = {path: (f[0], f[1]) for path, f in found.items() if f}
                 jobs.append((i, tree, files, [Applied(path, f[2]) for path, f in found.items() if f]))
-        trees = replace_in_trees(repo, [(tree, files) for _i, tree, files, _a in jobs], write=write)
+        trees = replace_in_trees(repo, [(tree, files) for _i, tree, files, _a in jobs], write=write, read=bodies)
         for (i, _tree, _files, applied), new_tree in zip(jobs, trees, strict=True):
             out[i] = (new_tree, applied) if new_tree is not None else None
         return out
@@ -595,18 +610,27 @@ def replace_files(repo: Repo, tree: str, files: Mapping[str, tuple[str, bytes]])
     return replace_in_trees(repo, [(tree, files)], write=lambda kind, bodies: _write_objects(repo, kind, bodies))[0]
 
 
+def _dirs_of(paths: Iterable[str]) -> list[str]:
+    """The directories holding ``paths``, deepest first, the root ("") last."""
+    return sorted({"/".join(p.split("/")[:i]) for p in paths for i in range(p.count("/") + 1)},
+                  key=lambda d: (-d.count("/") - bool(d), d))
+
+
+def _tree_name(tree: str, d: str) -> str:
+    return f"{tree}:{d}" if d else tree
+
+
 def replace_in_trees(repo: Repo, jobs: Sequence[tuple[str, Mapping[str, tuple[str, bytes]]]], *,
-                     write: ObjectWriter) -> list[str | None]:
+                     write: ObjectWriter, read: Mapping[str, bytes | None] | None = None) -> list[str | None]:
     """:func:`replace_files` for many (tree, files): the trees on every job's paths read with
-    one ``git cat-file --batch`` (``TREE:DIR`` names), every new blob and tree written with one
-    ``write`` call each."""
-    plans = []
-    for tree, files in jobs:
-        dirs = sorted({"/".join(p.split("/")[:i]) for p in files for i in range(p.count("/") + 1)},
-                      key=lambda d: (-d.count("/") - bool(d), d))  # deepest first, the root ("") last
-        plans.append((tree, files, dirs))
-    names = [f"{tree}:{d}" if d else tree for tree, _f, dirs in plans for d in dirs]
-    raw = iter(_read_trees(repo, names) if names else [])
+    one ``git cat-file --batch`` (``TREE:DIR`` names; those in ``read`` were read already),
+    every new blob and tree written with one ``write`` call each."""
+    plans = [(tree, files, _dirs_of(files)) for tree, files in jobs]
+    known = dict(read or {})
+    unread = [n for n in dict.fromkeys(_tree_name(tree, d) for tree, _f, dirs in plans for d in dirs)
+              if n not in known]
+    known.update(zip(unread, _read_trees(repo, unread) if unread else [], strict=True))
+    raw = iter([known[_tree_name(tree, d)] for tree, _f, dirs in plans for d in dirs])
     contents = [b for _t, files, _d in plans for _m, b in files.values()]
     blob_ids = iter(write("blob", contents) if contents else [])
     out: list[str | None] = []
@@ -665,17 +689,24 @@ def _rewrite(tree: str, files: Mapping[str, tuple[str, bytes]], blobs: Mapping[s
 
 def _read_trees(repo: Repo, ids: Sequence[str]) -> list[bytes | None]:
     """The raw contents of tree objects, from one ``git cat-file --batch``."""
-    proc = repo.run_raw("cat-file", "--batch", input="".join(f"{i}\n" for i in ids))
+    return [obj[1] if obj and obj[0] == b"tree" else None for obj in _read_objects(repo, ids)]
+
+
+def _read_objects(repo: Repo, names: Sequence[str]) -> list[tuple[bytes, bytes] | None]:
+    """(type, raw content) of each named object (None when missing), from one ``git cat-file
+    --batch``."""
+    proc = repo.run_raw("cat-file", "--batch", input="".join(f"{i}\n" for i in names))
     if proc.returncode != 0:
         raise GitError(["cat-file", "--batch"], proc.returncode, proc.stderr.decode("utf-8", "replace"))
-    out, pos, result = proc.stdout, 0, []
-    for _ in ids:
+    out, pos = proc.stdout, 0
+    result: list[tuple[bytes, bytes] | None] = []
+    for _ in names:
         eol = out.index(b"\n", pos)
         header = out[pos:eol].split()
         pos = eol + 1
         if len(header) == 3:
             size = int(header[2])
-            result.append(out[pos:pos + size] if header[1] == b"tree" else None)
+            result.append((header[1], out[pos:pos + size]))
             pos += size + 1
         else:
             result.append(None)
