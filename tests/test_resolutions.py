@@ -224,6 +224,36 @@ def test_only_fully_covered_files_are_resolved(tmp_path: Path) -> None:
     assert one.resolve(m) is None
 
 
+@pytest.mark.parametrize(("base", "ours", "theirs"), [
+    (BASE, OURS, THEIRS),
+    ("a\nb", "a\nB-up", "a\nB-fork"),  # the conflict is the last line, without a newline
+    ("a\r\nb\r\n", "a\r\nB-up\r\n", "a\r\nB-fork\r\n"),
+    ("a\nb\n", "a\n", "a\nB-fork\n"),  # one side deleted the line: an empty side
+])
+def test_resolve_file_by_stages_finds_every_covered_conflict(tmp_path: Path, base: str, ours: str,
+                                                             theirs: str) -> None:
+    """resolve_file merges only files some recorded hunk may cover (each hunk side is a run of
+    its file's lines); that shortcut must never miss a covered file, nor the batch for many
+    merges (check's simulation) answer otherwise than one file at a time (upgrade)."""
+    m = _merged(tmp_path, base, ours, theirs)
+    assert m.hunks
+    rec = resolutions.Record("r", "f", "c", "o", tuple(resolutions.RecordedHunk(h, b"X\n") for h in m.hunks))
+    repo = Repo(tmp_path)
+    oids = [repo.run("hash-object", "-w", "--stdin", input=t.encode()).strip() for t in (base, ours, theirs)]
+    stages = {1: ("100644", oids[0]), 2: ("100644", oids[1]), 3: ("100644", oids[2])}
+    found = resolutions.Book([rec]).resolve_file(repo, stages)
+    assert found is not None and found[0] == "100644" and found[2] == (rec.id,)
+    assert found[1] == resolutions.Book([rec]).resolve(m)[0]  # type: ignore[index]
+    other = resolutions.Record("r", "f", "c", "o", (resolutions.RecordedHunk(resolutions.Hunk(b"q\n", b"r\n"), b"X\n"),))
+    assert resolutions.Book([other]).resolve_file(repo, stages) is None
+    # many merges at once (the simulation's step) agree with one at a time
+    tree = repo.run("mktree", input=f"100644 blob {oids[1]}\tf\n").strip()
+    book = resolutions.Book([rec])
+    (done,) = book.resolve_trees(repo, [(tree, {"f": stages})], write=lambda kind, bodies: [
+        repo.run("hash-object", "-w", "-t", kind, "--stdin", input=b).strip() for b in bodies])
+    assert done is not None and repo.read_blobs([f"{done[0]}:f"]) == [found[1]]
+
+
 @pytest.mark.parametrize("text", ["", "x", "x\n", "\n\n", "a\n| b\n\\ no newline at end\n", "tail no eol\n\nz",
                                   " leading space\n|\n"])
 def test_record_text_round_trips(text: str) -> None:
