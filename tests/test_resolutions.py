@@ -244,7 +244,8 @@ def test_resolve_file_by_stages_finds_every_covered_conflict(tmp_path: Path, bas
     found = resolutions.Book([rec]).resolve_file(repo, stages)
     assert found is not None and found[0] == "100644" and found[2] == (rec.id,)
     assert found[1] == resolutions.Book([rec]).resolve(m)[0]  # type: ignore[index]
-    other = resolutions.Record("r", "f", "c", "o", (resolutions.RecordedHunk(resolutions.Hunk(b"q\n", b"r\n"), b"X\n"),))
+    elsewhere = resolutions.RecordedHunk(resolutions.Hunk(b"q\n", b"r\n"), b"X\n")
+    other = resolutions.Record("r", "f", "c", "o", (elsewhere,))
     assert resolutions.Book([other]).resolve_file(repo, stages) is None
     # many merges at once (the simulation's step) agree with one at a time
     tree = repo.run("mktree", input=f"100644 blob {oids[1]}\tf\n").strip()
