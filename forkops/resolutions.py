@@ -555,18 +555,13 @@ class Book:
             self._files[key] = (todo[key][2][0], *resolved) if resolved is not None else None
         return [obj[1] if obj and obj[0] == b"tree" else None for obj in read[len(oids):]]
 
-    def resolve_tree(self, repo: Repo, tree: str,
-                     conflicts: Mapping[str, Stages]) -> tuple[str, list[Applied]] | None:
-        """The tree ``tree`` (a merge result with conflicted files) with every conflicted file
-        resolved from the records, and what was applied; None unless every file is covered.
-        Objects are written to ``repo``'s object store (the simulation's temporary one)."""
-        return self.resolve_trees(repo, [(tree, conflicts)], write=lambda kind, bodies: _write_objects(
-            repo, kind, bodies))[0]
-
     def resolve_trees(self, repo: Repo, merges: Sequence[tuple[str, Mapping[str, Stages]]], *,
                       write: ObjectWriter) -> list[tuple[str, list[Applied]] | None]:
-        """:meth:`resolve_tree` for many merge results at once (one step of a simulation over
-        many tags) with a fixed number of git processes, new objects written by ``write``."""
+        """Per (tree, conflicts) -- a merge result with conflicted files and their stages --
+        that tree with every conflicted file resolved from the records, and what was applied;
+        None unless every file is covered. For many merge results at once (one step of a
+        simulation over many tags) with a fixed number of git processes; new objects are
+        written by ``write`` (the simulation's temporary object store)."""
         out: list[tuple[str, list[Applied]] | None] = [None] * len(merges)
         if not self.records:
             return out
@@ -587,29 +582,6 @@ class Book:
         return out
 
 
-def _write_objects(repo: Repo, kind: str, bodies: Sequence[bytes]) -> list[str]:
-    """Write objects of one type in one ``git hash-object`` call; their ids, in order."""
-    if not bodies:
-        return []
-    with tempfile.TemporaryDirectory(prefix="forkops-objects-") as tmp:
-        paths = []
-        for i, body in enumerate(bodies):
-            path = Path(tmp) / str(i)
-            path.write_bytes(body)
-            paths.append(str(path))
-        out = repo.run("hash-object", "-t", kind, "-w", "--stdin-paths", input="\n".join(paths) + "\n")
-    return out.split()
-
-
-def replace_files(repo: Repo, tree: str, files: Mapping[str, tuple[str, bytes]]) -> str | None:
-    """``tree`` with each existing file ``path`` set to (mode, content); None when a path is not
-    a file of ``tree``. Only the trees on the paths are rewritten (read with one ``cat-file
-    --batch``, written with one ``hash-object`` per object type), so the cost does not grow
-    with the tree's size: a TensorFlow tree has 35,000 files, and an index of it costs half a
-    second."""
-    return replace_in_trees(repo, [(tree, files)], write=lambda kind, bodies: _write_objects(repo, kind, bodies))[0]
-
-
 def _dirs_of(paths: Iterable[str]) -> list[str]:
     """The directories holding ``paths``, deepest first, the root ("") last."""
     return sorted({"/".join(p.split("/")[:i]) for p in paths for i in range(p.count("/") + 1)},
@@ -622,9 +594,12 @@ def _tree_name(tree: str, d: str) -> str:
 
 def replace_in_trees(repo: Repo, jobs: Sequence[tuple[str, Mapping[str, tuple[str, bytes]]]], *,
                      write: ObjectWriter, read: Mapping[str, bytes | None] | None = None) -> list[str | None]:
-    """:func:`replace_files` for many (tree, files): the trees on every job's paths read with
-    one ``git cat-file --batch`` (``TREE:DIR`` names; those in ``read`` were read already),
-    every new blob and tree written with one ``write`` call each."""
+    """Per (tree, files): ``tree`` with each existing file ``path`` set to (mode, content);
+    None when a path is not a file of ``tree``. Only the trees on the paths are rewritten, so
+    the cost does not grow with the tree's size (a TensorFlow tree has 35,000 files, and an
+    index of it costs half a second): those trees read with one ``git cat-file --batch``
+    (``TREE:DIR`` names; those in ``read`` were read already), every new blob and tree written
+    with one ``write`` call each."""
     plans = [(tree, files, _dirs_of(files)) for tree, files in jobs]
     known = dict(read or {})
     unread = [n for n in dict.fromkeys(_tree_name(tree, d) for tree, _f, dirs in plans for d in dirs)

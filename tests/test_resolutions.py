@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -514,7 +515,7 @@ def test_resolve_once_commit_clone_elsewhere_check_and_upgrade_agree(sandbox: Sa
     assert _git(third / "tensorflow", "rev-parse", "b2.18.0^{tree}").stdout.strip() == first_tree
 
 
-def test_replace_files_equals_what_an_index_writes(tmp_path: Path) -> None:
+def test_replace_in_trees_equals_what_an_index_writes(tmp_path: Path) -> None:
     repo_path = tmp_path / "r"
     repo_path.mkdir()
     _git(repo_path, "init", "--quiet")
@@ -529,7 +530,13 @@ def test_replace_files_equals_what_an_index_writes(tmp_path: Path) -> None:
     repo = Repo(repo_path)
     change = {"a/b/y.cc": ("100644", b"Y\n"), "a/b/z.cc": ("100755", b"Z\n"), "top.txt": ("100644", b"T\n"),
               "run.sh": ("100755", b"#!/bin/sh\nexit 0\n")}
-    got = resolutions.replace_files(repo, tree, change)
+    def write(kind: str, bodies: Sequence[bytes]) -> list[str]:
+        return [repo.run("hash-object", "-w", "-t", kind, "--stdin", input=b).strip() for b in bodies]
+
+    def replace_files(files: dict[str, tuple[str, bytes]]) -> str | None:
+        return resolutions.replace_in_trees(repo, [(tree, files)], write=write)[0]
+
+    got = replace_files(change)
     index = tmp_path / "index"
     env = {**os.environ, "GIT_INDEX_FILE": str(index)}
     subprocess.run(["git", "-C", str(repo_path), "read-tree", tree], env=env, check=True)
@@ -543,8 +550,9 @@ def test_replace_files_equals_what_an_index_writes(tmp_path: Path) -> None:
     assert got == expected
     assert _git(repo_path, "fsck", "--strict").returncode == 0
     # a path that is not a file of the tree: not ours to add
-    assert resolutions.replace_files(repo, tree, {"a/new.cc": ("100644", b"n\n")}) is None
-    assert resolutions.replace_files(repo, tree, {"a/b": ("100644", b"n\n")}) is None
+    assert replace_files({"a/new.cc": ("100644", b"n\n")}) is None
+    assert replace_files({"a/b": ("100644", b"n\n")}) is None
+    assert replace_files({"nodir/x": ("100644", b"n\n")}) is None
 
 
 def test_serving_two_stops_recorded_by_a_person_then_accept_recorded_elsewhere(sandbox: Sandbox,
