@@ -333,7 +333,29 @@ class Repo:
         if self.rev_parse(ref) != new:
             self.run("update-ref", ref, new, old)
         self.run_raw("update-index", "-q", "--refresh")  # read-tree trusts the index's stat data
-        self.run("read-tree", "-m", "-u", old, new)
+        proc = self.run_raw("read-tree", "-m", "-u", old, new)
+        if proc.returncode == 0:
+            return
+        # A read-tree killed after writing new's files, before its index: they are "not
+        # uptodate" for every later read-tree. Files holding old's or new's content are git's
+        # own writes: check out new's there; anything else is a local change, refused.
+        paths = [p for p in self.run("diff-tree", "-r", "--name-only", "-z", old, new).split("\0") if p]
+        if not paths or self.foreign_paths(paths, (old, new)):
+            raise GitError(["read-tree", "-m", "-u", old, new], proc.returncode, _text(proc.stderr))
+        self.run("--literal-pathspecs", "restore", f"--source={new}", "--staged", "--worktree", "--", *paths)
+
+    def foreign_paths(self, paths: Sequence[str], revs: Sequence[str]) -> list[str]:
+        """Those of ``paths`` whose worktree entry (absence included) is none of ``revs``'
+        versions: a person's edits, not what a checkout between them wrote before git died."""
+        blobs = self.read_blobs([f"{rev}:{p}" for rev in revs for p in paths])
+        foreign = []
+        for i, p in enumerate(paths):
+            full = self.path / p
+            now = (os.fsencode(os.readlink(full)) if full.is_symlink()
+                   else full.read_bytes() if full.is_file() else None)
+            if now not in blobs[i::len(paths)]:
+                foreign.append(p)
+        return foreign
 
     def config_bytes(self) -> bytes | None:
         """The repository's own config file, byte for byte (None: there is none)."""
