@@ -48,11 +48,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> crash
 KNOWN: dict[tuple[str, int], str] = {}  # (mode, slot) -> the finding, e.g. ("killgit", 4): "..."
 # Points that failed intermittently and could not be reproduced at will: they still run and count in
 # the sweep's summary line, but a pass is not required (xfail, not strict). Each is an open finding.
-INTERMITTENT: dict[tuple[str, int], str] = {
-    ("killgit", 2): "git killed as TensorFlow's `rebase --onto` starts: once in ~20 runs the flow ended "
-                    "exit 0 with b2.18.0 = b2.4.0 and Serving untouched (issue 10, open; the failure "
-                    "message lists every command's output)",
-}
+INTERMITTENT: dict[tuple[str, int], str] = {}  # (mode, slot) -> the finding
 
 
 def _params() -> list[object]:
