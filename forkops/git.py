@@ -495,11 +495,11 @@ class Repo:
     def requeue_pick(self, sha: str) -> None:
         """Put ``pick SHA`` back at the front of the running rebase's todo list (a pick git
         recorded as done whose changes never reached the index: a process killed mid-pick)."""
+        from forkops.fsutil import write_atomic
+
         todo = self.git_dir / "rebase-merge" / "git-rebase-todo"
         old = todo.read_text() if todo.is_file() else ""
-        tmp = todo.with_name("git-rebase-todo.forkops")
-        tmp.write_text(f"pick {sha}\n" + old)
-        os.replace(tmp, todo)
+        write_atomic(todo, f"pick {sha}\n" + old)
 
     def unmerged(self) -> dict[str, frozenset[int]]:
         """Unmerged path -> the index stages it has (``git ls-files -u``)."""

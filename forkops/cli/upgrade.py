@@ -123,8 +123,8 @@ def clone_missing(ws: Workspace, only: str | None) -> None:
     """Clone forks that are not there yet, with a progress bar (on stderr)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from forkops import upgrade as engine
     from forkops.git import Repo
+    from forkops.init import ensure_clone
 
     for rc in ws.select(only):
         if Repo(rc.path).is_repo():
@@ -136,7 +136,7 @@ def clone_missing(ws: Workspace, only: str | None) -> None:
             def progress(stage: str, fraction: float | None, task: Any = task, bar: Progress = bar) -> None:
                 bar.update(task, completed=fraction or 0.0, stage=stage)
 
-            engine.ensure_clone(rc, progress)
+            ensure_clone(rc, progress)
         err_console().print(f"{rc.name}: cloned {rc.origin} into {rc.path}")
 
 

@@ -20,7 +20,7 @@ Layout, in the order of the flow:
 from __future__ import annotations
 
 from forkops.upgrade.abort import abort
-from forkops.upgrade.machine import CRASH_ENV, Options, Outcome, ensure_clone, resume, start
+from forkops.upgrade.machine import CRASH_ENV, Options, Outcome, resume, start
 from forkops.upgrade.planning import Request
 from forkops.upgrade.preview import preview
 from forkops.upgrade.publish import push
@@ -28,5 +28,5 @@ from forkops.upgrade.state import Phase, active_run, load_run, load_state
 from forkops.upgrade.status import Status, status
 
 __all__ = ["CRASH_ENV", "Options", "Outcome", "Phase", "Request", "Status", "abort", "active_run",
-           "ensure_clone", "load_run", "load_state", "preview", "push", "resume", "start",
+           "load_run", "load_state", "preview", "push", "resume", "start",
            "status"]
