@@ -8,17 +8,24 @@ against the new one, what was dropped and why). Everything here only reads.
 ``state`` is ``idle``, ``conflict``, ``anchor-failed`` (an anchor or pin), ``commit-missing`` (a
 stack commit left without an accepted reason), ``key-found`` (a commit of the run holds the key)
 or ``done``; "done" is said only while the stack is fully accounted for.
+
+With no run recorded, :func:`status` reads two files per repository and starts no git process;
+what only a recorded run needs (accounting, rebase, conflict context) is imported then, so
+that ``forkops status`` stays within two ``git status`` plus interpreter start
+(benchmarks/bench_help.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from forkops.git import RangeDiffLine, RebaseState, Repo, conflict_kind
-from forkops.upgrade import accounting, rebase
+from forkops.git import Repo
 from forkops.upgrade.state import Failure, FailureKind, Phase, RepoState, RunState, load_run, load_state
-from forkops.workspace import Workspace
+
+if TYPE_CHECKING:
+    from forkops.git import RangeDiffLine, RebaseState
+    from forkops.workspace import Workspace
 
 State = Literal["idle", "conflict", "anchor-failed", "commit-missing", "key-found", "done"]
 NEEDS_PERSON: frozenset[str] = frozenset({"conflict", "anchor-failed", "commit-missing", "key-found"})
@@ -183,6 +190,9 @@ def _with_context(repo: Repo, st: RepoState, commit: str,
 def stop_report(repo: Repo, st: RepoState, rs: RebaseState) -> _Draft:
     """A rebase stopped on a commit: where, the unmerged files (rerere-resolved ones marked),
     and what the person does next."""
+    from forkops.git import conflict_kind
+    from forkops.upgrade import rebase
+
     commit, subject, index, total = rebase.position(repo, rs)
     stages = repo.unmerged()
     stop = st.stop_for(commit)
@@ -280,6 +290,8 @@ def _failure_next(st: RepoState, failure: Failure, repo: Repo) -> list[str]:
 
 
 def _draft(repo: Repo, st: RepoState, run: RunState | None) -> _Draft:
+    from forkops.upgrade import accounting, rebase
+
     locks = repo.stale_locks()
     lock_notes = [f"git lock {p} is left over (a killed git?): --continue or --abort removes it when no "
                   f"process holds it" for p in locks]
