@@ -1,19 +1,26 @@
 """What the command modules share: the typer options several commands take, the exit-code
-epilog, rich consoles, and (from ``forkops.cli.context``, which needs no typer) the directory
-forkops runs in, workspace loading, warnings and JSON output.
+epilog, and (from ``forkops.cli.context``, which imports neither typer nor rich) the directory
+forkops runs in, workspace loading, consoles, warnings and JSON output.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from forkops.cli.context import cwd, directory, in_cwd, load_workspace, print_json, set_directory, warn
-
-if TYPE_CHECKING:
-    from rich.console import Console
+from forkops.cli.context import (
+    console,
+    cwd,
+    directory,
+    err_console,
+    in_cwd,
+    load_workspace,
+    print_json,
+    set_directory,
+    warn,
+)
 
 __all__ = ["EXIT_CODES", "JsonOption", "KeysOption", "RepoOption", "console", "cwd", "directory", "err_console",
            "in_cwd", "load_workspace", "print_json", "set_directory", "warn"]
@@ -30,16 +37,3 @@ EXIT_CODES = (
     "3 an external tool failed, 130 interrupted."
 )
 
-
-def console() -> Console:
-    """Human output (stdout)."""
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True)
-
-
-def err_console() -> Console:
-    """Progress and warnings (stderr)."""
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)

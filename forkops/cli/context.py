@@ -1,5 +1,5 @@
-"""What a command needs besides typer and rich: the directory it runs in (``-C``), the workspace,
-warnings and JSON on the standard streams.
+"""What a command needs besides typer: the directory it runs in (``-C``), the workspace, rich
+consoles (rich imported when one is made), warnings and JSON on the standard streams.
 
 ``forkops status`` is answered from here without typer (``forkops.cli.status``); the command
 modules reach these through ``forkops.cli.common``. ``-C DIR`` never changes the process's
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from forkops.errors import BadInput
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from forkops.workspace import Workspace
 
 _directory: Path | None = None
@@ -48,6 +50,20 @@ def cwd() -> Path:
 def in_cwd(path: Path) -> Path:
     """``path`` as the user meant it: relative paths are relative to :func:`cwd` (like git -C)."""
     return path if path.is_absolute() or _directory is None else _directory / path
+
+
+def console() -> Console:
+    """Human output (stdout)."""
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def err_console() -> Console:
+    """Progress and warnings (stderr)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from forkops.cli.context import load_workspace, print_json
+from forkops.cli.context import console, load_workspace, print_json
 from forkops.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -50,10 +50,7 @@ def write(lines: Sequence[Line], out: Console | None = None) -> None:
         return
     from rich.text import Text
 
-    if out is None:
-        from forkops.cli.common import console
-
-        out = console()
+    out = out or console()
     for line in lines:
         out.print(Text.assemble(*line))
 
