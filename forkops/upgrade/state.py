@@ -60,6 +60,8 @@ class FailureKind(enum.StrEnum):
 
 @dataclass
 class MissingCommit:
+    """A commit named in a failure: its sha and subject."""
+
     sha: str
     subject: str
 

@@ -34,6 +34,8 @@ RECORDED_HINT = "resolved from a recorded resolution: review, then --continue"
 
 @dataclass(frozen=True)
 class ConflictEntry:
+    """One unmerged file of a stop."""
+
     path: str
     kind: str  # forkops.git.conflict_kind
     recorded: bool = False  # git's rerere resolved it from a recorded resolution
@@ -48,6 +50,8 @@ class ConflictEntry:
 
 @dataclass(frozen=True)
 class StoppedAt:
+    """The stack commit a rebase stopped on: ``index`` of ``total`` (git's msgnum and end)."""
+
     commit: str
     subject: str
     index: int
@@ -108,6 +112,8 @@ def _failure_json(failure: Failure | None) -> dict[str, object] | None:
 
 @dataclass(frozen=True)
 class RunRepo:
+    """One repository in a run's list: its status state (``pending`` before it starts) and phase."""
+
     repo: str
     state: str
     phase: str
@@ -115,6 +121,8 @@ class RunRepo:
 
 @dataclass(frozen=True)
 class RunInfo:
+    """The run as a whole (``.forkops/run.json``), repositories in upgrade order."""
+
     id: str
     version: str
     phase: str
@@ -187,14 +195,13 @@ def _with_context(repo: Repo, st: RepoState, commit: str,
                  for c, f in zip(conflicts, found, strict=True))
 
 
-def stop_report(repo: Repo, st: RepoState, rs: RebaseState) -> _Draft:
-    """A rebase stopped on a commit: where, the unmerged files (rerere-resolved ones marked),
-    and what the person does next."""
+def stop_report(repo: Repo, st: RepoState, rs: RebaseState, stages: dict[str, frozenset[int]]) -> _Draft:
+    """A rebase stopped on a commit: where, the unmerged files (``stages``, from
+    :meth:`Repo.unmerged`; rerere-resolved ones marked), and what the person does next."""
     from forkops.git import conflict_kind
     from forkops.upgrade import rebase
 
     commit, subject, index, total = rebase.position(repo, rs)
-    stages = repo.unmerged()
     stop = st.stop_for(commit)
     recorded = set(stop.recorded) if stop else set()
     conflicts = _with_context(repo, st, commit, tuple(
@@ -317,14 +324,15 @@ def _draft(repo: Repo, st: RepoState, run: RunState | None) -> _Draft:
                                                    f"was rebased", *lock_notes],
                           next=["forkops upgrade --continue  (starts the rebase again)",
                                 "(or: forkops upgrade --abort to undo the run)"])
-        if not locks:
+        stages = repo.unmerged()
+        if not locks and not stages:  # a pick with unmerged files did not die unseen
             lost = rebase.interrupted_pick(repo, st, rs)
             if lost is not None:
                 return _Draft(interrupted=True, notes=[
                     f"the pick of {lost.commit[:12]} was interrupted (a kill): its changes are not in the index"],
                     next=["forkops upgrade --continue  (picks it again)",
                           "(or: forkops upgrade --abort to undo the run)"])
-        draft = stop_report(repo, st, rs)
+        draft = stop_report(repo, st, rs, stages)
         draft.notes += lock_notes
         return draft
     if st.failure is not None:
