@@ -46,7 +46,8 @@ def show(*, as_json: bool) -> ExitCode:
 def write(lines: Sequence[Line], out: Console | None = None) -> None:
     """Print ``lines`` to ``out`` (default: stdout, through rich only when it would colour)."""
     if out is None and not _terminal() and not any("\t" in text for line in lines for text, _ in line):
-        sys.stdout.write("".join(plain(line) + "\n" for line in lines))
+        for line in lines:
+            sys.stdout.write(plain(line) + "\n")
         return
     from rich.text import Text
 
