@@ -162,7 +162,7 @@ def _grep_l(repo: Repo, tree: str, symbol: str) -> list[str]:
 
 
 def locate(repo: Repo, chain: list[tuple[str, str | None]], symbols: list[str], *,
-           trees: Mapping[str, str] | None = None) -> Located:
+           trees: Mapping[str, str] | None = None, parallel: bool = False) -> Located:
     """For each (tree, reference) of ``chain``, which files contain each symbol, exactly as
     ``git grep -l -F`` says, and their contents.
 
@@ -172,7 +172,8 @@ def locate(repo: Repo, chain: list[tuple[str, str | None]], symbols: list[str], 
     ``git diff-tree --stdin`` and one ``git cat-file --batch`` for the whole chain). So
     a chain of release tags, each the reference of the next and of its rebased result,
     costs one grep instead of one per tree. ``trees``: tree-ish -> tree, for those the caller
-    knows (the others are resolved with one rev-parse)."""
+    knows (the others are resolved with one rev-parse). ``parallel``: the greps run while the
+    changes are read (else one after the other: git calls in a fixed order)."""
     pairs = [(ref, tree) for tree, ref in chain if ref is not None]
     # diff-tree --stdin reads two commits on a line as "commit parent": give it trees.
     tree_of = dict(trees or {})
@@ -180,12 +181,16 @@ def locate(repo: Repo, chain: list[tuple[str, str | None]], symbols: list[str], 
     if names:
         tree_of.update(zip(names, repo.lines("rev-parse", *(f"{n}^{{tree}}" for n in names)), strict=True))
     roots = [tree for tree, ref in chain if ref is None]
-    with ThreadPoolExecutor(max_workers=max(1, len(roots) * len(symbols))) as background:
-        # the trees without a reference are grepped while the others' changes are read
-        grepped = {(tree, symbol): background.submit(_grep_l, repo, tree, symbol)
-                   for tree in roots for symbol in symbols}
+    jobs = [(tree, symbol) for tree in roots for symbol in symbols]
+    if parallel and jobs:
+        with ThreadPoolExecutor(max_workers=len(jobs)) as background:
+            # the trees without a reference are grepped while the others' changes are read
+            grepped = {key: background.submit(_grep_l, repo, *key) for key in jobs}
+            changes = tree_changes(repo, [(tree_of[a], tree_of[b]) for a, b in pairs])
+            early = {key: sorted(f.result()) for key, f in grepped.items()}
+    else:
+        early = {key: sorted(_grep_l(repo, *key)) for key in jobs}
         changes = tree_changes(repo, [(tree_of[a], tree_of[b]) for a, b in pairs])
-        early = {key: sorted(f.result()) for key, f in grepped.items()}
     changed_by_pair = dict(zip(pairs, changes, strict=True))
     derived: dict[str, dict[str, str | None]] = {}
     derived_from: dict[str, str] = {}

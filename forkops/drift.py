@@ -366,12 +366,14 @@ def _removed_by(repo: Repo, name: str, base: str, tags: Sequence[str],
 # The entry points
 # ---------------------------------------------------------------------------------------
 def find_many_in_scope(repo: Repo, spec: DriftSpec, base: str, targets: Sequence[tuple[str, str]], *,
-                       trees: Mapping[str, str] | None = None) -> list[list[Drift]]:
+                       trees: Mapping[str, str] | None = None, parallel: bool = False) -> list[list[Drift]]:
     """Drift for each (upstream tag commit or tree-ish, rebased tree), in order.
 
     ``repo`` must be able to read every tree (inside a prediction: the simulator's
     repository, whose temporary objects hold the predicted trees). ``trees``: tree-ish ->
-    tree, for those the caller knows (the others are resolved with one rev-parse)."""
+    tree, for those the caller knows (the others are resolved with one rev-parse).
+    ``parallel``: upstream's changes are read while the fork's lines are parsed (else one after
+    the other: git calls in a fixed order)."""
     if not spec.enabled or not targets:
         return [[] for _ in targets]
     # diff-tree --stdin reads two commits on a line as "commit parent": give it trees.
@@ -383,13 +385,14 @@ def find_many_in_scope(repo: Repo, spec: DriftSpec, base: str, targets: Sequence
     tip_trees = [tree_of[tip] for _, tip in targets]
     with ThreadPoolExecutor(max_workers=1) as background:
         # upstream's changes since base do not depend on the fork's lines: read side by side
-        changing = background.submit(tree_changes, repo, [(base_tree, tt) for tt in tag_trees])
+        pairs = [(base_tree, tt) for tt in tag_trees]
+        changing = background.submit(tree_changes, repo, pairs) if parallel else None
         per_tag = _fork_lines(repo, spec, list(zip(tag_trees, tip_trees, strict=True)))
         declared = set().union(*(d for _u, d in per_tag))
         candidates = {u.identifier for uses_, _d in per_tag for u in uses_} - declared
         at_base = ({n: paths for n, paths in _grep_names(repo, base_tree, candidates).items() if paths}
                    if candidates else {})
-        changes = changing.result()
+        changes = changing.result() if changing is not None else tree_changes(repo, pairs)
     if not candidates:
         return [[] for _ in targets]
     # A name is still upstream at a tag when one of its files at base is unchanged there;

@@ -497,7 +497,7 @@ class Simulator:
                     outcomes = self._merge_batch(ours, patch, pool=pool, workers=n)
                 else:
                     outcomes = list(pool.map(self._merge, [s.acc_commit for s in live], [patch] * len(live)))
-                recorded = self._recorded(outcomes)
+                recorded = self._recorded(outcomes, parallel=n > 1)
                 advanced = [s for s, (tree, conflicts, _e), rec in zip(live, outcomes, recorded, strict=True)
                             if self._step(s, patch, index, tree, conflicts, rec)]
                 if self.strategy == "merge-base" and advanced:
@@ -505,14 +505,16 @@ class Simulator:
                         s.acc_commit = sha
             results = [s.prediction(total, 0.0) for s in states]
             tree_of.update((r.tree, r.tree) for r in results if r.tree)
-            with ThreadPoolExecutor(max_workers=3) as phases:
+            # One worker (upgrade's preview): one after the other, git calls in a fixed order.
+            with ThreadPoolExecutor(max_workers=3 if n > 1 else 1) as phases:
                 # Each stop's files: the moves git followed and the upstream commits behind them.
                 stopped = [i for i, s in enumerate(states) if s.stopped_at is not None]
                 stops = [Stop(s.onto, s.stopped_at.sha, s.conflicts) for s in states if s.stopped_at]
                 contexts = (phases.submit(conflict_contexts, self.repo, base, stops, pool=pool)
                             if base is not None and stops else None)
-                on_anchors = phases.submit(self._anchor_results, results, anchors, tree_of) if anchors else None
-                drifting = (phases.submit(self._drift_results, results, base, drift, tree_of)
+                on_anchors = (phases.submit(self._anchor_results, results, anchors, tree_of, parallel=n > 1)
+                              if anchors else None)
+                drifting = (phases.submit(self._drift_results, results, base, drift, tree_of, parallel=n > 1)
                             if base is not None and drift is not None and drift.enabled else None)
                 if contexts is not None:
                     for i, conflicts in zip(stopped, contexts.result(), strict=True):
@@ -525,7 +527,7 @@ class Simulator:
         per_tag = (time.perf_counter() - began) / max(1, len(states))
         return [replace(r, seconds=per_tag) for r in results]
 
-    def _recorded(self, outcomes: Sequence[tuple[str, Sequence[Conflict], Sequence[str]]]
+    def _recorded(self, outcomes: Sequence[tuple[str, Sequence[Conflict], Sequence[str]]], *, parallel: bool
                   ) -> list[tuple[str, list[resolutions_mod.Applied]] | None]:
         """Per merge of a step: its tree with every conflicted file resolved from the recorded
         resolutions and what was applied, or None (clean, no records, or not fully covered).
@@ -535,7 +537,7 @@ class Simulator:
         conflicted = [i for i, (_tree, conflicts, _e) in enumerate(outcomes) if conflicts]
         found = self.resolutions.resolve_trees(
             self.repo, [(outcomes[i][0], resolutions_mod.parse_stage_entries(outcomes[i][2])) for i in conflicted],
-            write=self._write_objects)
+            write=self._write_objects, parallel=parallel)
         out: list[tuple[str, list[resolutions_mod.Applied]] | None] = [None] * len(outcomes)
         for i, done in zip(conflicted, found, strict=True):
             out[i] = done
@@ -565,22 +567,22 @@ class Simulator:
         return True
 
     def _drift_results(self, results: Sequence[Prediction], base: str, spec: DriftSpec,
-                       trees: Mapping[str, str]) -> list[tuple[drift_mod.Drift, ...]]:
+                       trees: Mapping[str, str], *, parallel: bool) -> list[tuple[drift_mod.Drift, ...]]:
         """Each result's drift (none without a tree)."""
         have = [r for r in results if r.tree]
         found = drift_mod.find_many_in_scope(self.repo, spec, base, [(r.onto, r.tree or "") for r in have],
-                                             trees=trees)
+                                             trees=trees, parallel=parallel)
         by_tag = {r.tag: tuple(d) for r, d in zip(have, found, strict=True)}
         return [by_tag.get(r.tag, ()) for r in results]
 
-    def _anchor_results(self, results: Sequence[Prediction], anchors: Sequence[Anchor], trees: Mapping[str, str]
-                        ) -> list[tuple[tuple[anchors_mod.AnchorResult, ...], tuple[anchors_mod.AnchorResult, ...]]]:
+    def _anchor_results(self, results: Sequence[Prediction], anchors: Sequence[Anchor], trees: Mapping[str, str],
+                        *, parallel: bool) -> list[tuple[_AnchorResults, _AnchorResults]]:
         """Each result's anchors: (on the predicted tree when the rebase finishes, on the tag)."""
         chain: list[tuple[str, str | None]] = []
         for r in results:
             chain.append((r.onto, chain[-1][0] if chain else None))
         chain += [(r.tree, r.onto) for r in results if r.rebase != "conflict" and r.tree]
-        cached = _Prefetched(self.repo, list(dict.fromkeys(chain)), anchors, trees)
+        cached = _Prefetched(self.repo, list(dict.fromkeys(chain)), anchors, trees, parallel=parallel)
         out = []
         for r in results:
             upstream = tuple(anchors_mod.check_all(cached, r.onto, tuple(anchors), r.version))
@@ -615,6 +617,9 @@ class _Replay:
                           tuple(self.dropped), self.acc_tree, seconds=seconds, resolved=tuple(self.resolved))
 
 
+_AnchorResults = tuple[anchors_mod.AnchorResult, ...]
+
+
 class _Prefetched(Repo):
     """The simulation's repository with the anchors' git reads answered in bulk.
 
@@ -626,9 +631,10 @@ class _Prefetched(Repo):
     """
 
     def __init__(self, repo: Repo, chain: list[tuple[str, str | None]], anchors: Sequence[Anchor],
-                 trees: Mapping[str, str]) -> None:
+                 trees: Mapping[str, str], *, parallel: bool) -> None:
         super().__init__(repo.path, env=repo.extra_env)
-        located = anchors_mod.locate(self, chain, list(dict.fromkeys(a.symbol for a in anchors)), trees=trees)
+        located = anchors_mod.locate(self, chain, list(dict.fromkeys(a.symbol for a in anchors)), trees=trees,
+                                     parallel=parallel)
         self._greps = located.files
         self._blobs = located.blobs
 

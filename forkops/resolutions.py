@@ -520,10 +520,12 @@ class Book:
         ``git merge-file`` process): a check meets many conflicts no record covers."""
         return any((a in ours and b in theirs) or (b in ours and a in theirs) for a, b in self._sides)
 
-    def _resolve_files(self, repo: Repo, many: Sequence[Stages], also: Sequence[str] = ()) -> list[bytes | None]:
+    def _resolve_files(self, repo: Repo, many: Sequence[Stages], also: Sequence[str] = (), *,
+                       parallel: bool = False) -> list[bytes | None]:
         """Fill the cache for every stages of ``many``: the blobs of all in one ``git cat-file
         --batch`` (which also reads the trees ``also`` names: their bodies are returned), then
-        one ``git merge-file`` per file some record may cover, two at a time."""
+        one ``git merge-file`` per file some record may cover (two at a time when ``parallel``;
+        else one after the other, git calls in a fixed order)."""
         todo: dict[tuple[tuple[int, str, str], ...], Stages] = {}
         for stages in many:
             key = _stage_key(stages)
@@ -543,7 +545,7 @@ class Book:
             self._files[key] = None
             if base is not None and ours is not None and theirs is not None and self._may_cover(ours, theirs):
                 merges[key] = (base, ours, theirs)
-        if len(merges) > 1:
+        if parallel and len(merges) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=2) as pool:
@@ -556,7 +558,7 @@ class Book:
         return [obj[1] if obj and obj[0] == b"tree" else None for obj in read[len(oids):]]
 
     def resolve_trees(self, repo: Repo, merges: Sequence[tuple[str, Mapping[str, Stages]]], *,
-                      write: ObjectWriter) -> list[tuple[str, list[Applied]] | None]:
+                      write: ObjectWriter, parallel: bool = False) -> list[tuple[str, list[Applied]] | None]:
         """Per (tree, conflicts) -- a merge result with conflicted files and their stages --
         that tree with every conflicted file resolved from the records, and what was applied;
         None unless every file is covered. For many merge results at once (one step of a
@@ -569,7 +571,8 @@ class Book:
         names = list(dict.fromkeys(_tree_name(tree, d) for tree, conflicts in merges if conflicts
                                    for d in _dirs_of(conflicts)))
         bodies = dict(zip(names, self._resolve_files(
-            repo, [st for _tree, conflicts in merges for st in conflicts.values()], names), strict=True))
+            repo, [st for _tree, conflicts in merges for st in conflicts.values()], names, parallel=parallel),
+            strict=True))
         jobs: list[tuple[int, str, dict[str, tuple[str, bytes]], list[Applied]]] = []
         for i, (tree, conflicts) in enumerate(merges):
             found = {path: self._files[_stage_key(st)] for path, st in sorted(conflicts.items())}
