@@ -369,8 +369,8 @@ def find_many_in_scope(repo: Repo, spec: DriftSpec, base: str,
     if not spec.enabled or not targets:
         return [[] for _ in targets]
     # diff-tree --stdin reads two commits on a line as "commit parent": give it trees.
-    *tag_trees, base_tree = repo.lines("rev-parse", *(f"{t}^{{tree}}" for t, _ in targets), f"{base}^{{tree}}")
-    tip_trees = repo.lines("rev-parse", *(f"{tip}^{{tree}}" for _, tip in targets))
+    trees = repo.lines("rev-parse", f"{base}^{{tree}}", *(f"{rev}^{{tree}}" for pair in targets for rev in pair))
+    base_tree, tag_trees, tip_trees = trees[0], trees[1::2], trees[2::2]
     per_tag = _fork_lines(repo, spec, list(zip(tag_trees, tip_trees, strict=True)))
     declared = set().union(*(d for _u, d in per_tag))
     candidates = {u.identifier for uses_, _d in per_tag for u in uses_} - declared

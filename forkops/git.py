@@ -81,6 +81,35 @@ class RefInfo:
     peeled: str  # the commit it peels to (same as sha for a lightweight tag or a branch)
 
 
+class Pending:
+    """A git command :meth:`Repo.spawn` started. :meth:`wait` collects it (traced like any
+    other); :meth:`cancel` ends one whose answer is no longer wanted (a refusal came first)."""
+
+    def __init__(self, args: Sequence[str], cwd: Path, proc: subprocess.Popen[bytes]) -> None:
+        self.args, self._cwd, self._proc = tuple(args), cwd, proc
+        self._started = time.perf_counter()
+        self._done: subprocess.CompletedProcess[bytes] | None = None
+
+    def wait(self) -> subprocess.CompletedProcess[bytes]:
+        if self._done is None:
+            out, err = self._proc.communicate()
+            _trace(self.args, self._cwd, self._proc.returncode, self._started)
+            self._done = subprocess.CompletedProcess(self.args, self._proc.returncode, out, err)
+        return self._done
+
+    def text(self) -> str:
+        """stdout as text; GitError when git failed."""
+        proc = self.wait()
+        if proc.returncode != 0:
+            raise GitError(self.args, proc.returncode, _text(proc.stderr))
+        return _text(proc.stdout)
+
+    def cancel(self) -> None:
+        if self._done is None:
+            self._proc.kill()
+            self.wait()
+
+
 class Repo:
     """A git repository (worktree or bare) addressed by path."""
 
@@ -125,6 +154,16 @@ class Repo:
         _trace(args, self.path, proc.returncode, started)
         return proc
 
+    def spawn(self, *args: str) -> Pending:
+        """Start ``git -C path ARGS`` in the background and return at once: independent
+        read-only queries (a remote's refs, the identity) overlap instead of queuing."""
+        try:
+            return Pending(args, self.path, subprocess.Popen(
+                ["git", "-C", str(self.path), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=git_env(self.extra_env)))
+        except OSError as exc:
+            raise ExternalError(f"cannot run git: {exc}") from None
+
     def ok(self, *args: str, env: Mapping[str, str] | None = None) -> bool:
         return self.run_raw(*args, env=env).returncode == 0
 
@@ -135,18 +174,24 @@ class Repo:
     @property
     def git_dir(self) -> Path:
         """The repository's git directory; asked of git once per path and process."""
-        key = str(self.path.resolve())
-        if key not in _GIT_DIRS:
-            _GIT_DIRS[key] = Path(self.run("rev-parse", "--absolute-git-dir").strip())
-        return _GIT_DIRS[key]
+        if not self.is_repo():
+            # git's own refusal ("not a git repository"), as a GitError
+            self.run("rev-parse", "--absolute-git-dir")
+        return _GIT_DIRS[str(self.path.resolve())]
 
     def is_repo(self) -> bool:
         """True when ``path`` is inside a git repository (asks git once per path and process:
-        the answer fills the git directory cache)."""
+        the answer fills the git directory cache). A worktree's top folder with a ``.git``
+        folder that git would accept (HEAD, objects/, refs/) needs no git process."""
         if not self.path.is_dir():
             return False
-        key = str(self.path.resolve())
+        resolved = self.path.resolve()
+        key = str(resolved)
         if key in _GIT_DIRS:
+            return True
+        dot_git = resolved / ".git"
+        if (dot_git / "HEAD").is_file() and (dot_git / "objects").is_dir() and (dot_git / "refs").is_dir():
+            _GIT_DIRS[key] = dot_git
             return True
         proc = self.run_raw("rev-parse", "--absolute-git-dir")
         if proc.returncode != 0:
@@ -159,6 +204,16 @@ class Repo:
         proc = self.run_raw("rev-parse", "--verify", "--quiet", "--end-of-options", rev)
         return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
 
+    def tip_containing(self, ref: str, commit: str) -> tuple[str | None, bool]:
+        """(the object ``ref`` points at, None when it does not exist; whether its history
+        contains ``commit``): one process when it does, two when not."""
+        out = self.run("for-each-ref", f"--contains={commit}", "--format=%(refname) %(objectname)", ref)
+        for line in out.splitlines():
+            name, sha = line.split(" ")
+            if name == ref:  # the pattern also matches refs under ref/ as a folder
+                return sha, True
+        return self.rev_parse(ref), False
+
     def commit_of(self, rev: str) -> str | None:
         return self.rev_parse(f"{rev}^{{commit}}")
 
@@ -170,6 +225,15 @@ class Repo:
     def head(self) -> str | None:
         return self.rev_parse("HEAD")
 
+    def head_info(self) -> tuple[str | None, str | None]:
+        """(HEAD's commit, None without commits; the full ref HEAD is on, None when detached),
+        from one process. Full names: a tag sharing the branch's name changes nothing."""
+        proc = self.run_raw("rev-parse", "HEAD", "--symbolic-full-name", "HEAD")
+        if proc.returncode != 0:
+            return None, None
+        sha, ref = _text(proc.stdout).split()
+        return sha, ref if ref.startswith("refs/") else None
+
     def refs(self, *patterns: str) -> list[RefInfo]:
         fmt = "%(refname)%00%(objectname)%00%(*objectname)"
         out = self.run("for-each-ref", f"--format={fmt}", *patterns)
@@ -179,10 +243,26 @@ class Repo:
             result.append(RefInfo(name, sha, peeled or sha))
         return result
 
-    def status_porcelain(self) -> list[str]:
-        # No optional locks: status would otherwise refresh the index under index.lock, which a
-        # kill leaves behind.
-        return self.run("--no-optional-locks", "status", "--porcelain=v1", "--untracked-files=no").splitlines()
+    def worktree_changes(self, *, untracked: bool = False) -> tuple[list[str], list[str]]:
+        """(paths with uncommitted changes, untracked files that are not ignored: listed only when
+        ``untracked``) from one ``git status``. No optional locks: status would otherwise
+        refresh the index under index.lock, which a kill leaves behind."""
+        out = self.run("--no-optional-locks", "status", "--porcelain=v1", "-z",
+                       f"--untracked-files={'all' if untracked else 'no'}")
+        changed: list[str] = []
+        new: list[str] = []
+        entries = iter(out.split("\0"))
+        for entry in entries:
+            if not entry:
+                continue
+            xy, path = entry[:2], entry[3:]
+            if xy == "??":
+                new.append(path)
+                continue
+            changed.append(path)
+            if "R" in xy or "C" in xy:
+                next(entries, None)  # the path it was renamed or copied from
+        return changed, new
 
     def operation_in_progress(self) -> str | None:
         """'rebase', 'merge', 'cherry-pick', 'revert', 'am', 'bisect' or None (git's own files)."""
@@ -214,10 +294,13 @@ class Repo:
     def set_remote(self, name: str, url: str) -> bool:
         """Add the remote, or update its URL; configured to fetch no tags implicitly. False when
         it already was exactly that (nothing written)."""
+        # Adding is what a fresh clone needs: one process; git refuses (exit 3) an existing name.
+        added = self.run_raw("remote", "add", "--no-tags", name, url)  # sets tagOpt itself
+        if added.returncode == 0:
+            return True
         current = self.remote_url(name)
         if current is None:
-            self.run("remote", "add", "--no-tags", name, url)  # sets tagOpt itself
-            return True
+            raise GitError(["remote", "add", "--no-tags", name, url], added.returncode, _text(added.stderr))
         if current == url and self.run_raw("config", f"remote.{name}.tagOpt").stdout.strip() == b"--no-tags":
             return False
         if current != url:
@@ -413,10 +496,6 @@ class Repo:
         """True when HEAD holds commits no branch, tag or remote-tracking ref has."""
         return bool(self.run("rev-list", "-1", "HEAD", "--not", "--branches", "--tags", "--remotes").strip())
 
-    def untracked(self) -> list[str]:
-        """Untracked files that are not ignored."""
-        return [p for p in self.run("ls-files", "--others", "--exclude-standard", "-z").split("\0") if p]
-
     def tree_paths(self, treeish: str) -> set[str]:
         return {p for p in self.run("ls-tree", "-r", "--name-only", "-z", treeish).split("\0") if p}
 
@@ -499,28 +578,30 @@ class Repo:
 
     def ls_remote(self, remote: str, *patterns: str, tags: bool = False) -> dict[str, RemoteRef]:
         """Refs of ``remote`` (a name or a URL): full name -> (object, commit it peels to)."""
-        out = self.run("ls-remote", *(["--tags"] if tags else []), remote, *patterns)
-        sha_of: dict[str, str] = {}
-        peeled: dict[str, str] = {}
-        for line in out.splitlines():
-            sha, ref = line.split("\t", 1)
-            if ref.endswith("^{}"):
-                peeled[ref[:-3]] = sha
-            else:
-                sha_of[ref] = sha
-        return {ref: RemoteRef(ref, sha, peeled.get(ref, sha)) for ref, sha in sha_of.items()}
+        return remote_refs(self.spawn_ls_remote(remote, *patterns, tags=tags))
+
+    def spawn_ls_remote(self, remote: str, *patterns: str, tags: bool = False) -> Pending:
+        """:meth:`ls_remote` started in the background; :func:`remote_refs` collects it."""
+        return self.spawn("ls-remote", *(["--tags"] if tags else []), remote, *patterns)
 
     def ls_remote_heads(self, remote: str, names: Iterable[str]) -> dict[str, str]:
         """``refs/heads/NAME`` on ``remote`` -> commit, for the branch names given."""
+        return self.remote_heads(self.spawn_ls_remote_heads(remote, names))
+
+    def spawn_ls_remote_heads(self, remote: str, names: Iterable[str]) -> Pending:
+        """:meth:`ls_remote_heads` started in the background; :meth:`remote_heads` collects it."""
         wanted = [n if n.startswith("refs/") else f"refs/heads/{n}" for n in names]
-        proc = self.run_raw("ls-remote", "--heads", remote, *wanted)
+        return self.spawn("ls-remote", "--heads", remote, *wanted)
+
+    def remote_heads(self, query: Pending) -> dict[str, str]:
+        remote, wanted = query.args[2], query.args[3:]
+        proc = query.wait()
         if proc.returncode != 0 and self.remote_url(remote) is None:
             return {}  # no such remote: nothing is published there
         if proc.returncode != 0:
             raise GitError(["ls-remote", "--heads", remote], proc.returncode, _text(proc.stderr))
-        out = _text(proc.stdout)
         found = {}
-        for line in out.splitlines():
+        for line in _text(proc.stdout).splitlines():
             sha, ref = line.split("\t", 1)
             if ref in wanted:  # ls-remote matches patterns by their tail; keep exact names only
                 found[ref] = sha
@@ -562,8 +643,9 @@ class Repo:
         return found
 
     def ident_missing(self) -> bool:
-        """True when git has no committer identity (a commit would fail)."""
-        return not self.ok("var", "GIT_COMMITTER_IDENT") or not self.ok("var", "GIT_AUTHOR_IDENT")
+        """True when git has no committer or author identity (a commit would fail)."""
+        queries = [self.spawn("var", "GIT_COMMITTER_IDENT"), self.spawn("var", "GIT_AUTHOR_IDENT")]
+        return any(q.wait().returncode != 0 for q in queries)
 
     def diff_check(self, *args: str) -> list[DiffProblem]:
         """``git diff --check ARGS``: whitespace errors and leftover conflict markers."""
@@ -580,15 +662,24 @@ class Repo:
                 problems[-1] = DiffProblem(last.path, last.line, last.problem, line[1:])
         return problems
 
-    def patch_ids(self, shas: Sequence[str]) -> dict[str, str]:
-        """commit -> its stable patch id (two git processes for any number of commits);
-        commits without changes have none."""
+    def commits_with_patch_ids(self, shas: Sequence[str]) -> tuple[list[CommitInfo], dict[str, str]]:
+        """(:meth:`commit_infos` of ``shas``, commit -> its stable patch id) from two git
+        processes for any number of commits: one ``diff-tree`` prints each commit's line and its
+        patch, ``patch-id`` reads the same output. ``shas`` are full names.
+        Commits without changes have no patch id."""
         if not shas:
-            return {}
-        diff = self.run_raw("diff-tree", "--stdin", "-p", "--no-color", "--no-renames",
-                            input="".join(f"{s}\n" for s in shas)).stdout
-        out = self.run("patch-id", "--stable", input=diff)
-        return {c: p for p, c in (line.split() for line in out.splitlines() if line)}
+            return [], {}
+        diff = self.run_raw("diff-tree", "--stdin", "-p", "--always", "--no-color", "--no-renames", "--date=raw",
+                            "--format=%H%x00%an <%ae> %ad%x00%s", input="".join(f"{s}\n" for s in shas))
+        if diff.returncode != 0:
+            raise GitError(["diff-tree", "--stdin", "-p"], diff.returncode, _text(diff.stderr))
+        # A commit's line starts with its sha and a NUL; a diff line starts with " ", "+", "-",
+        # "@", or a header word (a NUL deep in a file git took for text cannot pass for one).
+        wanted = set(shas)
+        infos = [CommitInfo(*line.split("\0", 2)) for line in _text(diff.stdout).splitlines()
+                 if line.split("\0", 1)[0] in wanted]
+        out = self.run("patch-id", "--stable", input=diff.stdout)
+        return infos, {c: p for p, c in (line.split() for line in out.splitlines() if line)}
 
     def upstream_patch_ids(self, base: str, tip: str, paths: Sequence[str]) -> set[str]:
         """Patch ids of the commits of ``base..tip`` that touch ``paths`` (whole commits)."""
@@ -619,6 +710,20 @@ class RangeDiffLine:
     mark: str
     new: str
     subject: str
+
+
+def remote_refs(query: Pending) -> dict[str, RemoteRef]:
+    """A remote's refs from its ``ls-remote`` (:meth:`Repo.spawn_ls_remote`): full name ->
+    (object, commit it peels to)."""
+    sha_of: dict[str, str] = {}
+    peeled: dict[str, str] = {}
+    for line in query.text().splitlines():
+        sha, ref = line.split("\t", 1)
+        if ref.endswith("^{}"):
+            peeled[ref[:-3]] = sha
+        else:
+            sha_of[ref] = sha
+    return {ref: RemoteRef(ref, sha, peeled.get(ref, sha)) for ref, sha in sha_of.items()}
 
 
 def _without_section(config: bytes, section: str) -> bytes:

@@ -92,11 +92,16 @@ def upgrade(
                               push=push or force_with_lease, force=force, force_with_lease=force_with_lease,
                               accept_recorded=accept_recorded)
         clone_missing(ws, opts.repo)
+        err = err_console()
+        if not err.is_terminal:
+            # Nobody would see a bar (CI logs, pipes): skip parsing git's progress, and the
+            # imports it costs (GitPython, rich.progress).
+            return _report(out, engine.start(ws, opts, log=log), final=True)
         from rich.progress import BarColumn, Progress, TextColumn
 
         # A TensorFlow tag fetch is hundreds of MiB: git's progress, parsed by GitPython, as a bar.
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
-                      console=err_console(), transient=True) as bar:
+                      console=err, transient=True) as bar:
             task = bar.add_task("fetching upstream", total=1.0, stage="", visible=False)
 
             def progress(stage: str, fraction: float | None) -> None:
