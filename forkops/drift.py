@@ -203,6 +203,11 @@ def names_in(text: str, wanted: set[str] | frozenset[str]) -> set[str]:
     """Which of ``wanted`` occur word-bounded in ``text`` (also inside a longer qualified
     name: ``a::Status::OK`` contains ``Status::OK``, ``Status`` and ``OK``)."""
     found: set[str] = set()
+    # A name that occurs as a token occurs as a substring: most files hold none of the names,
+    # and a substring search is far cheaper than tokenizing them.
+    wanted = {w for w in wanted if w in text}
+    if not wanted:
+        return found
     for m in _TEXT_TOKEN.finditer(text):
         parts = m.group(0).split("::")
         for i, part in enumerate(parts):

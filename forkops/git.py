@@ -81,35 +81,6 @@ class RefInfo:
     peeled: str  # the commit it peels to (same as sha for a lightweight tag or a branch)
 
 
-class Pending:
-    """A git command :meth:`Repo.spawn` started. :meth:`wait` collects it (traced like any
-    other); :meth:`cancel` ends one whose answer is no longer wanted (a refusal came first)."""
-
-    def __init__(self, args: Sequence[str], cwd: Path, proc: subprocess.Popen[bytes]) -> None:
-        self.args, self._cwd, self._proc = tuple(args), cwd, proc
-        self._started = time.perf_counter()
-        self._done: subprocess.CompletedProcess[bytes] | None = None
-
-    def wait(self) -> subprocess.CompletedProcess[bytes]:
-        if self._done is None:
-            out, err = self._proc.communicate()
-            _trace(self.args, self._cwd, self._proc.returncode, self._started)
-            self._done = subprocess.CompletedProcess(self.args, self._proc.returncode, out, err)
-        return self._done
-
-    def text(self) -> str:
-        """stdout as text; GitError when git failed."""
-        proc = self.wait()
-        if proc.returncode != 0:
-            raise GitError(self.args, proc.returncode, _text(proc.stderr))
-        return _text(proc.stdout)
-
-    def cancel(self) -> None:
-        if self._done is None:
-            self._proc.kill()
-            self.wait()
-
-
 class Repo:
     """A git repository (worktree or bare) addressed by path."""
 
@@ -154,16 +125,6 @@ class Repo:
         _trace(args, self.path, proc.returncode, started)
         return proc
 
-    def spawn(self, *args: str) -> Pending:
-        """Start ``git -C path ARGS`` in the background and return at once: independent
-        read-only queries (a remote's refs, the identity) overlap instead of queuing."""
-        try:
-            return Pending(args, self.path, subprocess.Popen(
-                ["git", "-C", str(self.path), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=git_env(self.extra_env)))
-        except OSError as exc:
-            raise ExternalError(f"cannot run git: {exc}") from None
-
     def ok(self, *args: str, env: Mapping[str, str] | None = None) -> bool:
         return self.run_raw(*args, env=env).returncode == 0
 
@@ -203,6 +164,16 @@ class Repo:
         """The full sha ``rev`` names, or None. Use ``refs/tags/X`` forms to avoid ambiguity."""
         proc = self.run_raw("rev-parse", "--verify", "--quiet", "--end-of-options", rev)
         return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
+
+    def loose_ref(self, ref: str) -> str | None:
+        """The object the full ref name ``ref`` points at when git keeps it as a loose file in
+        this git directory (read without a process; git replaces such a file atomically),
+        else None: packed, missing, symbolic or another ref storage: ask git."""
+        try:
+            text = (self.git_dir / ref).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if _FULL_SHA.fullmatch(text) else None
 
     def tip_containing(self, ref: str, commit: str) -> tuple[str | None, bool]:
         """(the object ``ref`` points at, None when it does not exist; whether its history
@@ -578,30 +549,28 @@ class Repo:
 
     def ls_remote(self, remote: str, *patterns: str, tags: bool = False) -> dict[str, RemoteRef]:
         """Refs of ``remote`` (a name or a URL): full name -> (object, commit it peels to)."""
-        return remote_refs(self.spawn_ls_remote(remote, *patterns, tags=tags))
-
-    def spawn_ls_remote(self, remote: str, *patterns: str, tags: bool = False) -> Pending:
-        """:meth:`ls_remote` started in the background; :func:`remote_refs` collects it."""
-        return self.spawn("ls-remote", *(["--tags"] if tags else []), remote, *patterns)
+        out = self.run("ls-remote", *(["--tags"] if tags else []), remote, *patterns)
+        sha_of: dict[str, str] = {}
+        peeled: dict[str, str] = {}
+        for line in out.splitlines():
+            sha, ref = line.split("\t", 1)
+            if ref.endswith("^{}"):
+                peeled[ref[:-3]] = sha
+            else:
+                sha_of[ref] = sha
+        return {ref: RemoteRef(ref, sha, peeled.get(ref, sha)) for ref, sha in sha_of.items()}
 
     def ls_remote_heads(self, remote: str, names: Iterable[str]) -> dict[str, str]:
         """``refs/heads/NAME`` on ``remote`` -> commit, for the branch names given."""
-        return self.remote_heads(self.spawn_ls_remote_heads(remote, names))
-
-    def spawn_ls_remote_heads(self, remote: str, names: Iterable[str]) -> Pending:
-        """:meth:`ls_remote_heads` started in the background; :meth:`remote_heads` collects it."""
         wanted = [n if n.startswith("refs/") else f"refs/heads/{n}" for n in names]
-        return self.spawn("ls-remote", "--heads", remote, *wanted)
-
-    def remote_heads(self, query: Pending) -> dict[str, str]:
-        remote, wanted = query.args[2], query.args[3:]
-        proc = query.wait()
+        proc = self.run_raw("ls-remote", "--heads", remote, *wanted)
         if proc.returncode != 0 and self.remote_url(remote) is None:
             return {}  # no such remote: nothing is published there
         if proc.returncode != 0:
             raise GitError(["ls-remote", "--heads", remote], proc.returncode, _text(proc.stderr))
+        out = _text(proc.stdout)
         found = {}
-        for line in _text(proc.stdout).splitlines():
+        for line in out.splitlines():
             sha, ref = line.split("\t", 1)
             if ref in wanted:  # ls-remote matches patterns by their tail; keep exact names only
                 found[ref] = sha
@@ -644,8 +613,7 @@ class Repo:
 
     def ident_missing(self) -> bool:
         """True when git has no committer or author identity (a commit would fail)."""
-        queries = [self.spawn("var", "GIT_COMMITTER_IDENT"), self.spawn("var", "GIT_AUTHOR_IDENT")]
-        return any(q.wait().returncode != 0 for q in queries)
+        return not self.ok("var", "GIT_COMMITTER_IDENT") or not self.ok("var", "GIT_AUTHOR_IDENT")
 
     def diff_check(self, *args: str) -> list[DiffProblem]:
         """``git diff --check ARGS``: whitespace errors and leftover conflict markers."""
@@ -710,20 +678,6 @@ class RangeDiffLine:
     mark: str
     new: str
     subject: str
-
-
-def remote_refs(query: Pending) -> dict[str, RemoteRef]:
-    """A remote's refs from its ``ls-remote`` (:meth:`Repo.spawn_ls_remote`): full name ->
-    (object, commit it peels to)."""
-    sha_of: dict[str, str] = {}
-    peeled: dict[str, str] = {}
-    for line in query.text().splitlines():
-        sha, ref = line.split("\t", 1)
-        if ref.endswith("^{}"):
-            peeled[ref[:-3]] = sha
-        else:
-            sha_of[ref] = sha
-    return {ref: RemoteRef(ref, sha, peeled.get(ref, sha)) for ref, sha in sha_of.items()}
 
 
 def _without_section(config: bytes, section: str) -> bytes:

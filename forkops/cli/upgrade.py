@@ -126,14 +126,14 @@ def status(
 
 def clone_missing(ws: Workspace, only: str | None) -> None:
     """Clone forks that are not there yet, with a progress bar (on stderr)."""
-    from rich.progress import BarColumn, Progress, TextColumn
-
     from forkops import upgrade as engine
     from forkops.git import Repo
 
     for rc in ws.select(only):
         if Repo(rc.path).is_repo():
             continue
+        from rich.progress import BarColumn, Progress, TextColumn  # only when there is a clone to show
+
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
                       console=err_console(), transient=True) as bar:
             task = bar.add_task(f"cloning {rc.name}", total=1.0, stage="")

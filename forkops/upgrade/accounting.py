@@ -68,12 +68,19 @@ def account(repo: Repo, st: RepoState) -> Accounting:
     """Where each commit of ``st.picked`` went on ``st.branch`` (four git processes; two more
     when a commit has no counterpart, to look for it upstream). The answer depends only on the
     branch tip and the recorded decisions: it is computed once per process for each."""
+    def key(tip: str | None) -> tuple[object, ...]:
+        return (str(repo.git_dir), tip, st.onto_sha, tuple(st.picked), tuple(st.skipped),
+                tuple((s.commit, s.resolved) for s in st.stops))
+
+    # The branch's loose ref file names the tip without a git process: the report at the end
+    # of a run repeats the accounting its last step made, at no cost.
+    known = _MEMO.get(key(loose)) if (loose := repo.loose_ref(st.branch_ref)) else None
+    if known is not None:
+        return known
     tip, contains_tag = repo.tip_containing(st.branch_ref, st.onto_sha)
-    key = (str(repo.git_dir), tip, st.onto_sha, tuple(st.picked), tuple(st.skipped),
-           tuple((s.commit, s.resolved) for s in st.stops))
-    if key not in _MEMO:
-        _MEMO[key] = _account(repo, st, tip, contains_tag=contains_tag)
-    return _MEMO[key]
+    if key(tip) not in _MEMO:
+        _MEMO[key(tip)] = _account(repo, st, tip, contains_tag=contains_tag)
+    return _MEMO[key(tip)]
 
 
 def _account(repo: Repo, st: RepoState, tip: str | None, *, contains_tag: bool) -> Accounting:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from forkops.errors import BadInput, NeedsPerson
 from forkops.git import Progress, Repo, clone
 from forkops.lock import workspace_lock
-from forkops.upgrade import gates, planning, rebase, steps
+from forkops.upgrade import accounting, gates, planning, rebase, steps
 from forkops.upgrade.preflight import check_startable, clear_stale_locks
 from forkops.upgrade.state import (
     FailureKind,
@@ -391,6 +391,9 @@ def drive(ws: Workspace, run: RunState, action: str | None, log: Log, *,
         repo = Repo(ws.repo(name).path)
         st = load_state(repo)
         assert st is not None
+        # The report below accounts for every branch of the run: do it before the run is marked
+        # done, so that no git runs after the mark (a kill there could not be undone by --abort).
+        accounting.account(repo, st)
         st.phase = Phase.DONE
         save_state(repo, st)
     run.phase = "done"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from forkops import plan
 from forkops.errors import BadInput
-from forkops.git import Pending, Progress, RefInfo, RemoteRef, Repo, remote_refs
+from forkops.git import Progress, RefInfo, RemoteRef, Repo
 from forkops.playbook import Playbook
 from forkops.upgrade.preflight import check_identity, check_startable, untracked_in_the_way
 from forkops.version import TagName, Version, nearest
@@ -74,26 +74,20 @@ def _remote_tag(pb: Playbook, tags: dict[str, RemoteRef], version: Version) -> t
 def _base(repo: Repo, pb: Playbook, req: Request, tags: dict[str, RemoteRef], start_sha: str
           ) -> tuple[TagName, str, RemoteRef | None]:
     """(base tag, its commit, the upstream ref when the tag must be created locally). Without
-    ``--base`` the tag found is an ancestor of ``start_sha`` (git checked it); a given one
-    is checked here."""
+    ``--base`` the tag found is an ancestor of ``start_sha`` (git checked it); the caller
+    checks a given one."""
     if req.base is not None:
         given = req.base
         version = Version.try_parse(given)
         candidates = [TagName(given)] + ([pb.tag(version)] if version is not None else [])
-        found: tuple[TagName, str, RemoteRef | None] | None = None
         for tag in candidates:
             sha = repo.commit_of(tag.ref)
             if sha is not None:
-                found = tag, sha, None
-                break
-        else:
-            for tag in candidates:
-                if tag.ref in tags:
-                    found = tag, tags[tag.ref].peeled, tags[tag.ref]
-                    break
-        if found is None:
-            raise BadInput(f"--base {given}: no such tag here or upstream")
-        return found
+                return tag, sha, None
+        for tag in candidates:
+            if tag.ref in tags:
+                return tag, tags[tag.ref].peeled, tags[tag.ref]
+        raise BadInput(f"--base {given}: no such tag here or upstream")
     local = [(v, TagName(info.name.removeprefix("refs/tags/")), info.peeled)
              for info in repo.refs("--merged", start_sha, "refs/tags")
              if (v := pb.version_of_tag(info.name.removeprefix("refs/tags/"))) is not None]
@@ -158,27 +152,9 @@ def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progres
               ) -> RepoPlan:
     """Check everything for one repository and fetch the upstream objects it needs; write
     nothing else. BadInput on any bad input."""
-    onto, default_branch = plan.branch_names(pb, req.version)
-    targets = (str(onto), req.branch or str(default_branch))
-    # The two remotes are asked at once, while the local checks run: on real remotes these
-    # round trips are most of the planning's time.
-    queries = [repo.spawn_ls_remote(rc.upstream, tags=True),
-               repo.spawn_ls_remote_heads("origin", [f"refs/heads/{name}" for name in targets])]
-    try:
-        return _plan(repo, rc, pb, req, targets, queries, progress)
-    finally:
-        for query in queries:
-            query.cancel()
-
-
-def _plan(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, targets: tuple[str, str],
-          queries: list[Pending], progress: Progress | None) -> RepoPlan:
-    upstream_query, origin_query = queries
-    onto, branch = targets
-    onto_ref, branch_ref = f"refs/heads/{onto}", f"refs/heads/{branch}"
     here = check_startable(repo, pb, rc.name, untracked=True)
     check_identity(repo, rc.name)
-    tags = remote_refs(upstream_query)
+    tags = repo.ls_remote(rc.upstream, tags=True)
     tag, tag_ref = _remote_tag(pb, tags, req.version)
     # One listing of the local refs answers every "what is X here" question below.
     local = {info.name: info for info in repo.refs("refs/heads", "refs/remotes/origin", "refs/tags")}
@@ -194,9 +170,12 @@ def _plan(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, targets: tuple
         repo.fetch_objects(rc.upstream, sorted(new_tags), progress=progress)
     if req.base is not None and not repo.is_ancestor(base_sha, start_sha):
         raise BadInput(f"base {base} is not an ancestor of {start}")
+    onto, default_branch = plan.branch_names(pb, req.version)
+    branch = req.branch or str(default_branch)
     if req.branch is not None and not repo.valid_branch_name(branch):
         raise BadInput(f"--branch {branch}: not a valid branch name")
-    remote_heads = repo.remote_heads(origin_query)
+    onto_ref, branch_ref = f"refs/heads/{onto}", f"refs/heads/{branch}"
+    remote_heads = repo.ls_remote_heads("origin", [onto_ref, branch_ref])
     hint = "pass --branch NAME to write the result elsewhere (e.g. --branch forkops/" + branch + ")"
     touched: dict[str, str | None] = {ref: local[ref].sha if ref in local else None for ref in sorted(new_tags)}
     touched[onto_ref] = _check_target(repo, local, onto_ref, tag_ref.peeled, f"tag {tag}",
@@ -210,7 +189,7 @@ def _plan(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, targets: tuple
         raise BadInput(f"{rc.name}: untracked files in {repo.path} would be overwritten by checking out "
                        f"{tag} ({shown}); move or remove them first")
     picked = tuple(repo.rev_list("--reverse", "--no-merges", f"{base_sha}..{start_sha}"))
-    return RepoPlan(rc.name, tag, tag_ref.peeled, base, base_sha, start, start_sha, onto, branch,
+    return RepoPlan(rc.name, tag, tag_ref.peeled, base, base_sha, start, start_sha, str(onto), branch,
                     picked, new_tags, touched, here.head, here.head_ref)
 
 
