@@ -231,11 +231,11 @@ def completion_notes(ctx: Ctx) -> list[str]:
     from forkops import drift
 
     st = ctx.st
-    for d in drift.find(ctx.repo, ctx.pb, st.base_sha, st.branch_ref, st.tag_ref):
-        note = f"{DRIFT_NOTE}{d.describe()}; {st.tag} no longer has it"
-        if note not in st.notes:
-            st.notes.append(note)
-    ctx.save()
+    found = [f"{DRIFT_NOTE}{d.describe()}; {st.tag} no longer has it"
+             for d in drift.find(ctx.repo, ctx.pb, st.base_sha, st.branch_ref, st.tag_ref)]
+    if new := [n for n in dict.fromkeys(found) if n not in st.notes]:
+        st.notes.extend(new)
+        ctx.save()  # nothing new: the state on disk already says all of it
     return [n for n in st.notes if n.startswith(DRIFT_NOTE) or DEAD_COPY_MARK in n]
 
 
