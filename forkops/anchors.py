@@ -105,8 +105,8 @@ def body_in(text: str, anchor: Anchor) -> str | None:
 def definitions(repo: Repo, treeish: str, anchor: Anchor) -> dict[str, str]:
     """path -> function body, for every file in ``treeish`` that defines the anchor's symbol."""
     found: dict[str, str] = {}
-    for path in repo.grep_files(treeish, anchor.symbol, fixed=True):
-        blob = repo.show_file(treeish, path)
+    paths = repo.grep_files(treeish, anchor.symbol, fixed=True)
+    for path, blob in zip(paths, repo.read_blobs([f"{treeish}:{p}" for p in paths]), strict=True):
         body = None if blob is None else body_in(blob.decode("utf-8", "replace"), anchor)
         if body is not None:
             found[path] = body

@@ -204,6 +204,11 @@ def names_in(text: str, wanted: set[str] | frozenset[str]) -> set[str]:
     """Which of ``wanted`` occur word-bounded in ``text`` (also inside a longer qualified
     name: ``a::Status::OK`` contains ``Status::OK``, ``Status`` and ``OK``)."""
     found: set[str] = set()
+    # A name that occurs as a token occurs as a substring: most files hold none of the names,
+    # and a substring search is far cheaper than tokenizing them.
+    wanted = {w for w in wanted if w in text}
+    if not wanted:
+        return found
     for m in _TEXT_TOKEN.finditer(text):
         parts = m.group(0).split("::")
         for i, part in enumerate(parts):
@@ -392,7 +397,10 @@ def find_many_in_scope(repo: Repo, spec: DriftSpec, base: str, targets: Sequence
         candidates = {u.identifier for uses_, _d in per_tag for u in uses_} - declared
         at_base = ({n: paths for n, paths in _grep_names(repo, base_tree, candidates).items() if paths}
                    if candidates else {})
-        changes = changing.result() if changing is not None else tree_changes(repo, pairs)
+        if changing is not None:
+            changes = changing.result()
+        elif candidates:
+            changes = tree_changes(repo, pairs)
     if not candidates:
         return [[] for _ in targets]
     # A name is still upstream at a tag when one of its files at base is unchanged there;

@@ -172,6 +172,26 @@ class Repo:
         proc = self.run_raw("rev-parse", "--verify", "--quiet", "--end-of-options", rev)
         return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
 
+    def loose_ref(self, ref: str) -> str | None:
+        """The object the full ref name ``ref`` points at when git keeps it as a loose file in
+        this git directory (read without a process; git replaces such a file atomically),
+        else None: packed, missing, symbolic or another ref storage: ask git."""
+        try:
+            text = (self.git_dir / ref).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if _FULL_SHA.fullmatch(text) else None
+
+    def tip_containing(self, ref: str, commit: str) -> tuple[str | None, bool]:
+        """(the object ``ref`` points at, None when it does not exist; whether its history
+        contains ``commit``): one process when it does, two when not."""
+        out = self.run("for-each-ref", f"--contains={commit}", "--format=%(refname) %(objectname)", ref)
+        for line in out.splitlines():
+            name, sha = line.split(" ")
+            if name == ref:  # the pattern also matches refs under ref/ as a folder
+                return sha, True
+        return self.rev_parse(ref), False
+
     def commit_of(self, rev: str) -> str | None:
         return self.rev_parse(f"{rev}^{{commit}}")
 
@@ -183,6 +203,15 @@ class Repo:
     def head(self) -> str | None:
         return self.rev_parse("HEAD")
 
+    def head_info(self) -> tuple[str | None, str | None]:
+        """(HEAD's commit, None without commits; the full ref HEAD is on, None when detached),
+        from one process. Full names: a tag sharing the branch's name changes nothing."""
+        proc = self.run_raw("rev-parse", "HEAD", "--symbolic-full-name", "HEAD")
+        if proc.returncode != 0:
+            return None, None
+        sha, ref = _text(proc.stdout).split()
+        return sha, ref if ref.startswith("refs/") else None
+
     def refs(self, *patterns: str) -> list[RefInfo]:
         fmt = "%(refname)%00%(objectname)%00%(*objectname)"
         out = self.run("for-each-ref", f"--format={fmt}", *patterns)
@@ -192,10 +221,26 @@ class Repo:
             result.append(RefInfo(name, sha, peeled or sha))
         return result
 
-    def status_porcelain(self) -> list[str]:
-        # No optional locks: status would otherwise refresh the index under index.lock, which a
-        # kill leaves behind.
-        return self.run("--no-optional-locks", "status", "--porcelain=v1", "--untracked-files=no").splitlines()
+    def worktree_changes(self, *, untracked: bool = False) -> tuple[list[str], list[str]]:
+        """(paths with uncommitted changes, both names of a rename; untracked files that are not
+        ignored, listed only when ``untracked``) from one ``git status``. No optional locks:
+        status would otherwise refresh the index under index.lock, which a kill leaves behind."""
+        out = self.run("--no-optional-locks", "status", "--porcelain=v1", "-z",
+                       f"--untracked-files={'all' if untracked else 'no'}")
+        changed: list[str] = []
+        new: list[str] = []
+        entries = iter(out.split("\0"))
+        for entry in entries:
+            if not entry:
+                continue
+            xy, path = entry[:2], entry[3:]
+            if xy == "??":
+                new.append(path)
+                continue
+            changed.append(path)
+            if "R" in xy or "C" in xy:
+                changed.append(next(entries, ""))  # the path it was renamed or copied from
+        return [p for p in changed if p], new
 
     def operation_in_progress(self) -> str | None:
         """'rebase', 'merge', 'cherry-pick', 'revert', 'am', 'bisect' or None (git's own files)."""
@@ -227,10 +272,13 @@ class Repo:
     def set_remote(self, name: str, url: str) -> bool:
         """Add the remote, or update its URL; configured to fetch no tags implicitly. False when
         it already was exactly that (nothing written)."""
+        # Adding is what a fresh clone needs: one process; git refuses (exit 3) an existing name.
+        added = self.run_raw("remote", "add", "--no-tags", name, url)  # sets tagOpt itself
+        if added.returncode == 0:
+            return True
         current = self.remote_url(name)
         if current is None:
-            self.run("remote", "add", "--no-tags", name, url)  # sets tagOpt itself
-            return True
+            raise GitError(["remote", "add", "--no-tags", name, url], added.returncode, _text(added.stderr))
         if current == url and self.run_raw("config", f"remote.{name}.tagOpt").stdout.strip() == b"--no-tags":
             return False
         if current != url:
@@ -448,10 +496,6 @@ class Repo:
         """True when HEAD holds commits no branch, tag or remote-tracking ref has."""
         return bool(self.run("rev-list", "-1", "HEAD", "--not", "--branches", "--tags", "--remotes").strip())
 
-    def untracked(self) -> list[str]:
-        """Untracked files that are not ignored."""
-        return [p for p in self.run("ls-files", "--others", "--exclude-standard", "-z").split("\0") if p]
-
     def tree_paths(self, treeish: str) -> set[str]:
         return {p for p in self.run("ls-tree", "-r", "--name-only", "-z", treeish).split("\0") if p}
 
@@ -597,7 +641,7 @@ class Repo:
         return found
 
     def ident_missing(self) -> bool:
-        """True when git has no committer identity (a commit would fail)."""
+        """True when git has no committer or author identity (a commit would fail)."""
         return not self.ok("var", "GIT_COMMITTER_IDENT") or not self.ok("var", "GIT_AUTHOR_IDENT")
 
     def diff_check(self, *args: str) -> list[DiffProblem]:
@@ -615,15 +659,24 @@ class Repo:
                 problems[-1] = DiffProblem(last.path, last.line, last.problem, line[1:])
         return problems
 
-    def patch_ids(self, shas: Sequence[str]) -> dict[str, str]:
-        """commit -> its stable patch id (two git processes for any number of commits);
-        commits without changes have none."""
+    def commits_with_patch_ids(self, shas: Sequence[str]) -> tuple[list[CommitInfo], dict[str, str]]:
+        """(:meth:`commit_infos` of ``shas``, commit -> its stable patch id) from two git
+        processes for any number of commits: one ``diff-tree`` prints each commit's line and its
+        patch, ``patch-id`` reads the same output. ``shas`` are full names.
+        Commits without changes have no patch id."""
         if not shas:
-            return {}
-        diff = self.run_raw("diff-tree", "--stdin", "-p", "--no-color", "--no-renames",
-                            input="".join(f"{s}\n" for s in shas)).stdout
-        out = self.run("patch-id", "--stable", input=diff)
-        return {c: p for p, c in (line.split() for line in out.splitlines() if line)}
+            return [], {}
+        diff = self.run_raw("diff-tree", "--stdin", "-p", "--always", "--no-color", "--no-renames", "--date=raw",
+                            "--format=%H%x00%an <%ae> %ad%x00%s", input="".join(f"{s}\n" for s in shas))
+        if diff.returncode != 0:
+            raise GitError(["diff-tree", "--stdin", "-p"], diff.returncode, _text(diff.stderr))
+        # A commit's line starts with its sha and a NUL; a diff line starts with " ", "+", "-",
+        # "@", or a header word (a NUL deep in a file git took for text cannot pass for one).
+        wanted = set(shas)
+        infos = [CommitInfo(*line.split("\0", 2)) for line in _text(diff.stdout).splitlines()
+                 if line.split("\0", 1)[0] in wanted]
+        out = self.run("patch-id", "--stable", input=diff.stdout)
+        return infos, {c: p for p, c in (line.split() for line in out.splitlines() if line)}
 
     def upstream_patch_ids(self, base: str, tip: str, paths: Sequence[str]) -> set[str]:
         """Patch ids of the commits of ``base..tip`` that touch ``paths`` (whole commits)."""

@@ -46,8 +46,6 @@ def upgrade(
 ) -> ExitCode:
     """Rebase the fork's patch stack onto an upstream release (TensorFlow, then Serving)."""
     from forkops import upgrade as engine
-    from forkops.upgrade.abort import abort as abort_run
-    from forkops.upgrade.preview import preview
     from forkops.version import Version
 
     modes = [name for name, on in (("--continue", cont), ("--skip", skip), ("--abort", abort)) if on]
@@ -72,6 +70,8 @@ def upgrade(
     ws = load_workspace()
     out = console()
     if plan:
+        from forkops.upgrade.preview import preview
+
         assert version is not None
         req = engine.Request(Version.parse(version), start=from_, base=base, branch=branch, force=force)
         previews = preview(ws, req, repo)
@@ -85,6 +85,8 @@ def upgrade(
         out.print(line, markup=False)
 
     if abort:
+        from forkops.upgrade.abort import abort as abort_run
+
         outcome = abort_run(ws, log=log)
     elif modes:
         outcome = engine.resume(ws, skip=skip, push=push, force_with_lease=force_with_lease, log=log)
@@ -94,11 +96,16 @@ def upgrade(
                               push=push or force_with_lease, force=force, force_with_lease=force_with_lease,
                               accept_recorded=accept_recorded)
         clone_missing(ws, opts.repo)
+        err = err_console()
+        if not err.is_terminal:
+            # Nobody would see a bar (CI logs, pipes): skip parsing git's progress, and the
+            # imports it costs (GitPython, rich.progress).
+            return _report(out, engine.start(ws, opts, log=log), final=True)
         from rich.progress import BarColumn, Progress, TextColumn
 
         # A TensorFlow tag fetch is hundreds of MiB: git's progress, parsed by GitPython, as a bar.
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
-                      console=err_console(), transient=True) as bar:
+                      console=err, transient=True) as bar:
             task = bar.add_task("fetching upstream", total=1.0, stage="", visible=False)
 
             def progress(stage: str, fraction: float | None) -> None:
@@ -119,14 +126,14 @@ def status(
 
 def clone_missing(ws: Workspace, only: str | None) -> None:
     """Clone forks that are not there yet, with a progress bar (on stderr)."""
-    from rich.progress import BarColumn, Progress, TextColumn
-
     from forkops.git import Repo
     from forkops.init import ensure_clone
 
     for rc in ws.select(only):
         if Repo(rc.path).is_repo():
             continue
+        from rich.progress import BarColumn, Progress, TextColumn  # only when there is a clone to show
+
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
                       console=err_console(), transient=True) as bar:
             task = bar.add_task(f"cloning {rc.name}", total=1.0, stage="")

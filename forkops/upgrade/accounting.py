@@ -65,25 +65,32 @@ _MEMO: dict[tuple[object, ...], Accounting] = {}
 
 
 def account(repo: Repo, st: RepoState) -> Accounting:
-    """Where each commit of ``st.picked`` went on ``st.branch`` (five git processes; one more
+    """Where each commit of ``st.picked`` went on ``st.branch`` (four git processes; two more
     when a commit has no counterpart, to look for it upstream). The answer depends only on the
     branch tip and the recorded decisions: it is computed once per process for each."""
-    tip = repo.rev_parse(st.branch_ref)
-    key = (str(repo.git_dir), tip, st.onto_sha, tuple(st.picked), tuple(st.skipped),
-           tuple((s.commit, s.resolved) for s in st.stops))
-    if key not in _MEMO:
-        _MEMO[key] = _account(repo, st, tip)
-    return _MEMO[key]
+    def key(tip: str | None) -> tuple[object, ...]:
+        return (str(repo.git_dir), tip, st.onto_sha, tuple(st.picked), tuple(st.skipped),
+                tuple((s.commit, s.resolved) for s in st.stops))
+
+    # The branch's loose ref file names the tip without a git process: the report at the end
+    # of a run repeats the accounting its last step made, at no cost.
+    known = _MEMO.get(key(loose)) if (loose := repo.loose_ref(st.branch_ref)) else None
+    if known is not None:
+        return known
+    tip, contains_tag = repo.tip_containing(st.branch_ref, st.onto_sha)
+    if key(tip) not in _MEMO:
+        _MEMO[key(tip)] = _account(repo, st, tip, contains_tag=contains_tag)
+    return _MEMO[key(tip)]
 
 
-def _account(repo: Repo, st: RepoState, tip: str | None) -> Accounting:
-    if tip is None or not repo.is_ancestor(st.onto_sha, tip):
+def _account(repo: Repo, st: RepoState, tip: str | None, *, contains_tag: bool) -> Accounting:
+    if tip is None or not contains_tag:
         infos = {i.sha: i for i in repo.commit_infos(st.picked)}
         return Accounting(tip, False, tuple(Entry(c, infos[c].subject if c in infos else "", Fate.MISSING, None)
                                             for c in st.picked))
     new = repo.rev_list("--no-merges", f"{st.onto_sha}..{tip}")
-    ids = repo.patch_ids([*st.picked, *new])
-    infos = {i.sha: i for i in repo.commit_infos([*st.picked, *new])}
+    found, ids = repo.commits_with_patch_ids([*st.picked, *new])
+    infos = {i.sha: i for i in found}
     new_by_id = {ids[n]: n for n in new if n in ids}
     new_by_ident = {(infos[n].ident, infos[n].subject): n for n in new if n in infos}
     entries: dict[str, Entry] = {}

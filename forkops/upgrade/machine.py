@@ -19,7 +19,7 @@ from forkops.errors import BadInput, ExternalError, NeedsPerson
 from forkops.git import Progress, Repo
 from forkops.init import ensure_clone
 from forkops.lock import workspace_lock
-from forkops.upgrade import gates, planning, rebase, steps
+from forkops.upgrade import accounting, gates, planning, rebase, steps
 from forkops.upgrade.preflight import check_startable, clear_stale_locks
 from forkops.upgrade.state import (
     FailureKind,
@@ -366,8 +366,6 @@ def drive(ws: Workspace, run: RunState, action: str | None, log: Log, *,
           fresh: dict[str, RepoState] | None = None) -> Outcome:
     """Advance the run's repositories in order; stop at the first that needs a person.
     ``fresh``: the states this process planned and recorded just now."""
-    from forkops.upgrade import publish
-
     fresh = dict(fresh or {})
     for name in run.repos:
         rc = ws.repo(name)
@@ -391,12 +389,17 @@ def drive(ws: Workspace, run: RunState, action: str | None, log: Log, *,
         for line in [*report.lines(), *steps.completion_notes(ctx)]:
             log(f"{st.repo}: {line}")
     if run.push:
+        from forkops.upgrade import publish  # only a run asked to push needs it
+
         crash_point("before-push")
         publish.push(ws, force_with_lease=run.force_with_lease, log=log, run=run)
     for name in run.repos:
         repo = Repo(ws.repo(name).path)
         st = load_state(repo)
         assert st is not None
+        # The report below accounts for every branch of the run: do it before the run is marked
+        # done, so that no git runs after the mark (a kill there could not be undone by --abort).
+        accounting.account(repo, st)
         st.phase = Phase.DONE
         save_state(repo, st)
     run.phase = "done"

@@ -73,7 +73,9 @@ def _remote_tag(pb: Playbook, tags: dict[str, RemoteRef], version: Version) -> t
 
 def _base(repo: Repo, pb: Playbook, req: Request, tags: dict[str, RemoteRef], start_sha: str
           ) -> tuple[TagName, str, RemoteRef | None]:
-    """(base tag, its commit, the upstream ref when the tag must be created locally)."""
+    """(base tag, its commit, the upstream ref when the tag must be created locally). Without
+    ``--base`` the tag found is an ancestor of ``start_sha`` (git checked it); the caller
+    checks a given one."""
     if req.base is not None:
         given = req.base
         version = Version.try_parse(given)
@@ -150,7 +152,7 @@ def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progres
               ) -> RepoPlan:
     """Check everything for one repository and fetch the upstream objects it needs; write
     nothing else. BadInput on any bad input."""
-    head_sha, head_ref = check_startable(repo, pb, rc.name)
+    here = check_startable(repo, pb, rc.name, untracked=True)
     check_identity(repo, rc.name)
     tags = repo.ls_remote(rc.upstream, tags=True)
     tag, tag_ref = _remote_tag(pb, tags, req.version)
@@ -166,7 +168,7 @@ def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progres
         new_tags[base_ref.name] = base_ref.sha
     if new_tags:
         repo.fetch_objects(rc.upstream, sorted(new_tags), progress=progress)
-    if not repo.is_ancestor(base_sha, start_sha):
+    if req.base is not None and not repo.is_ancestor(base_sha, start_sha):
         raise BadInput(f"base {base} is not an ancestor of {start}")
     onto, default_branch = plan.branch_names(pb, req.version)
     branch = req.branch or str(default_branch)
@@ -181,14 +183,14 @@ def plan_repo(repo: Repo, rc: RepoConfig, pb: Playbook, req: Request, *, progres
                                       published_hint="delete it on origin, or upgrade to another version")
     touched[branch_ref] = _check_target(repo, local, branch_ref, start_sha, f"the start branch {start}",
                                         remote_heads.get(branch_ref), force=req.force, published_hint=hint)
-    in_the_way = untracked_in_the_way(repo, tag_ref.peeled)
+    in_the_way = untracked_in_the_way(repo, tag_ref.peeled, here.untracked)
     if in_the_way:
         shown = ", ".join(in_the_way[:5]) + (" ..." if len(in_the_way) > 5 else "")
         raise BadInput(f"{rc.name}: untracked files in {repo.path} would be overwritten by checking out "
                        f"{tag} ({shown}); move or remove them first")
     picked = tuple(repo.rev_list("--reverse", "--no-merges", f"{base_sha}..{start_sha}"))
     return RepoPlan(rc.name, tag, tag_ref.peeled, base, base_sha, start, start_sha, str(onto), branch,
-                    picked, new_tags, touched, head_sha, head_ref)
+                    picked, new_tags, touched, here.head, here.head_ref)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from forkops.errors import BadInput
@@ -20,6 +21,16 @@ IDENTITY_HELP = ('git config --global user.name "Your Name"',
                  'git config --global user.email "you@example.com"')
 
 
+@dataclass(frozen=True)
+class Startable:
+    """A repository forkops may start in: HEAD's commit, the full ref HEAD is on (None when
+    detached), and the untracked files (listed only when asked for)."""
+
+    head: str
+    head_ref: str | None
+    untracked: tuple[str, ...] = ()
+
+
 def check_identity(repo: Repo, name: str) -> None:
     """Rebase commits need a committer identity; without one git fails mid-run."""
     if repo.ident_missing():
@@ -28,27 +39,26 @@ def check_identity(repo: Repo, name: str) -> None:
 
 
 def dirty_paths(repo: Repo) -> list[str]:
-    return [line[3:].split(" -> ")[-1] for line in repo.status_porcelain()]
+    return repo.worktree_changes()[0]
 
 
-def check_startable(repo: Repo, pb: Playbook, name: str) -> tuple[str, str | None]:
+def check_startable(repo: Repo, pb: Playbook, name: str, *, untracked: bool = False) -> Startable:
     """Refuse a repository forkops must not touch: an operation in progress (bisect, merge, am,
     cherry-pick, revert, rebase), no commits, a detached HEAD with commits no ref holds,
-    uncommitted changes (key sites called out), git locks. Returns (HEAD's commit, the full
-    ref HEAD is on or None)."""
+    uncommitted changes (key sites called out), git locks. ``untracked``: also list the
+    untracked files (the same ``git status``)."""
     op = repo.operation_in_progress()
     if op is not None:
         raise BadInput(f"{name}: a {op} is in progress in {repo.path} that forkops did not start; "
                        f"finish or abort it first (git {op} --abort{' / git bisect reset' if op == 'bisect' else ''})")
     refuse_locks(repo, name)
-    head = repo.head()
+    head, head_ref = repo.head_info()
     if head is None:
         raise BadInput(f"{name}: {repo.path} has no commits")
-    head_ref = repo.full_head_ref()
     if head_ref is None and repo.head_unreachable():
         raise BadInput(f"{name}: detached HEAD at {head[:12]} holds commits no branch has "
                        f"(create a branch for them first: git branch NAME)")
-    dirty = dirty_paths(repo)
+    dirty, new = repo.worktree_changes(untracked=untracked)
     if dirty:
         keys = sorted(set(dirty) & {p for site in pb.key_sites for p in site.paths})
         if keys:
@@ -56,14 +66,13 @@ def check_startable(repo: Repo, pb: Playbook, name: str) -> tuple[str, str | Non
                            f"run `forkops set-key --clear` first")
         shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
         raise BadInput(f"{name}: uncommitted changes in {repo.path} ({shown}); commit or stash them first")
-    return head, head_ref
+    return Startable(head, head_ref, tuple(new))
 
 
-def untracked_in_the_way(repo: Repo, treeish: str) -> list[str]:
-    """Untracked (not ignored) files that checking out ``treeish`` would overwrite: the same
-    path, a file where the tree has a folder, or a file inside a folder the tree has as a file.
-    git refuses the whole rebase for them; ignored files it overwrites silently."""
-    untracked = repo.untracked()
+def untracked_in_the_way(repo: Repo, treeish: str, untracked: tuple[str, ...]) -> list[str]:
+    """The ``untracked`` (not ignored) files that checking out ``treeish`` would overwrite: the
+    same path, a file where the tree has a folder, or a file inside a folder the tree has as a
+    file. git refuses the whole rebase for them; ignored files it overwrites silently."""
     if not untracked:
         return []
     files = repo.tree_paths(treeish)

@@ -69,12 +69,12 @@ def undo_begun_checkout(repo: Repo, st: RepoState) -> None:
     HEAD's content or onto's (git's own writes; preflight saw a clean worktree), put HEAD's
     index and files back and remove onto's new files. Anything else (the person's edits) is
     left alone, for the start's refusal to name."""
-    tracked = {p for line in repo.status_porcelain() for p in line[3:].split(" -> ")}
-    changed = sorted(tracked | set(repo.untracked()))
+    tracked, untracked = repo.worktree_changes(untracked=True)
+    changed = sorted(set(tracked) | set(untracked))
     if not changed or repo.head() != st.head_sha or repo.foreign_paths(changed, ("HEAD", st.onto_sha)):
         return
     repo.reset_hard()
-    for p in sorted(set(repo.untracked()) & set(changed)):  # onto's new files, never in the index
+    for p in sorted(set(repo.worktree_changes(untracked=True)[1]) & set(changed)):  # onto's new files
         path = repo.path / p
         path.unlink()
         for parent in path.parents:  # and the folders git made for them

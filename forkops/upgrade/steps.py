@@ -39,6 +39,9 @@ class Ctx:
     action: str | None = None  # "continue" | "skip" until a step consumes it
     accept_recorded: bool = False  # RunState.accept_recorded
     fresh: bool = False  # planned (all checked) by this very process: no need to check again
+    # The branch tip this process verified (every stack commit accounted for, no key), until
+    # forkops commits on the branch again: finish need not verify the same commits twice.
+    verified: str | None = None
 
     def save(self) -> None:
         save_state(self.repo, self.st)
@@ -73,6 +76,7 @@ def finish_pending_checkout(ctx: Ctx) -> None:
     for note in pending:
         old, new = note.removeprefix(PENDING_NOTE).split("..")
         ctx.repo.move_checked_out(st.branch_ref, old, new)
+        ctx.verified = None
         st.notes.remove(note)
         ctx.save()
 
@@ -100,6 +104,7 @@ def commit_file(ctx: Ctx, path: str, data: bytes, message: str) -> str:
     ctx.save()
     crash_point("before-own-commit")
     repo.move_checked_out(st.branch_ref, parent, new)
+    ctx.verified = None
     st.notes.remove(f"{PENDING_NOTE}{parent}..{new}")
     ctx.save()
     return new
@@ -138,6 +143,7 @@ def verify(ctx: Ctx) -> Phase | None:
     if hits:
         st.failure = Failure(FailureKind.KEY, f"a commit of this run holds the key: {hits[0]}", lines=hits)
         return None
+    ctx.verified = acc.tip
     return Phase.ANCHORS
 
 
@@ -225,11 +231,11 @@ def completion_notes(ctx: Ctx) -> list[str]:
     from forkops import drift
 
     st = ctx.st
-    for d in drift.find(ctx.repo, ctx.pb, st.base_sha, st.branch_ref, st.tag_ref):
-        note = f"{DRIFT_NOTE}{d.describe()}; {st.tag} no longer has it"
-        if note not in st.notes:
-            st.notes.append(note)
-    ctx.save()
+    found = [f"{DRIFT_NOTE}{d.describe()}; {st.tag} no longer has it"
+             for d in drift.find(ctx.repo, ctx.pb, st.base_sha, st.branch_ref, st.tag_ref)]
+    if new := [n for n in dict.fromkeys(found) if n not in st.notes]:
+        st.notes.extend(new)
+        ctx.save()  # nothing new: the state on disk already says all of it
     return [n for n in st.notes if n.startswith(DRIFT_NOTE) or DEAD_COPY_MARK in n]
 
 
@@ -307,8 +313,9 @@ def apply_pins(ctx: Ctx) -> Phase | None:
 # ---------------------------------------------------------------------------------------
 def finish(ctx: Ctx) -> Phase | None:
     st, repo, pb = ctx.st, ctx.repo, ctx.pb
-    again = verify(ctx)  # the anchor and pin commits are the run's too: the invariant once more
-    if again is None:
+    # The anchor and pin commits are the run's too: the invariant once more, unless this process
+    # verified the branch and has not committed on it since.
+    if ctx.verified is None and verify(ctx) is None:
         return None
     if pb.key_sites:
         material = gates.key_material(ctx.ws)
