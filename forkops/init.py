@@ -79,8 +79,8 @@ def create(root: Path, repos: Sequence[workspace.RepoConfig], *, clone: bool,
         _check(root, repos)
         if clone:
             for rc in repos:
-                if not Repo(rc.path).is_repo():
-                    cloned.append(rc)
+                if not Repo(rc.path).is_repo() and not _in_the_way(rc.path):
+                    cloned.append(rc)  # (a folder in the way is the person's: ensure_clone refuses it)
                 _clone(rc, progress)
         detections = [_detect(rc, cloned=clone) for rc in repos if rc.playbook == "tensorflow"]
         final = [next((replace(rc, playbook=d.playbook) for d in detections if d.repo == rc.name), rc) for rc in repos]
@@ -114,9 +114,14 @@ def ensure_clone(rc: workspace.RepoConfig, progress: Progress | None = None) -> 
     repo = Repo(rc.path)
     if repo.is_repo():
         return repo
-    if rc.path.exists() and any(rc.path.iterdir()):
+    if _in_the_way(rc.path):
         raise BadInput(f"{rc.path} exists and is not a git repository")
     return clone(rc.origin, rc.path, progress=progress)
+
+
+def _in_the_way(path: Path) -> bool:
+    """A non-empty folder (or a file) where a clone should go."""
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
 def _clone(rc: workspace.RepoConfig, progress: CloneProgress | None) -> None:

@@ -163,9 +163,9 @@ class Plan:
 
     def apply(self, *, secret: bool = True) -> None:
         """Replace each file atomically: mode 0600 while it holds the key (``secret``), else
-        the mode git checks it out with. The temp files are removed on any exit this process
-        sees (SIGTERM and SIGHUP included); a SIGKILL leaves one for
-        :func:`remove_stale_temp_files`."""
+        the mode git checks it out with (:func:`forkops.fsutil.atomic_writer`). The temp files
+        are removed on any exit this process sees (SIGTERM and SIGHUP included); a SIGKILL can
+        leave one only where the file system lacks ``O_TMPFILE``, for :func:`remove_stale_temp_files`."""
         repo = Repo(self.repo_path)
         remove_stale_temp_files(self.repo_path, self.playbook)
         with _signals_exit():

@@ -194,18 +194,21 @@ def test_full_status_renders_every_part_verbatim(capsys: pytest.CaptureFixture[s
     from forkops.cli.status import status_lines, write
 
     monkeypatch.delenv("FORCE_COLOR", raising=False)
-    data = {
-        "repo": "tensorflow", "state": "anchor-failed", "branch": "b2.11.0", "start": "b2.4.0", "base": "v2.4.0",
-        "onto": "tf2.11.0", "stopped_at": {"commit": "0123456789abcdef", "subject": "Fix [red]x[/red] :smile:",
-                                           "index": 2, "total": 5},
-        "conflicts": [{"path": "new/env.cc", "kind": "content", "recorded": True, "moved_from": "old/env.cc",
-                       "context": [{"sha": "fedcba9876543210", "subject": "Move [it]"}]}],
-        "failure": {"message": "anchor [a] failed", "kind": "anchor", "path": "new/env.cc", "lines": ["f.cc:3: x"],
-                    "change": "+key[16] = <masked>;\r\n-old\n"},
-        "notes": ["note \\[1]"], "next": ["forkops upgrade --continue"],
-        "run": {"id": "r1", "version": "2.11.0", "repos": [{"repo": "tensorflow", "state": "anchor-failed",
-                                                            "phase": "anchors"}]},
-    }
+    from forkops.upgrade.state import Failure, FailureKind
+    from forkops.upgrade.status import ConflictEntry, RepoStatus, RunInfo, RunRepo, Status, StoppedAt
+
+    current = RepoStatus(
+        repo="tensorflow", version="2.11.0", state="anchor-failed", branch="b2.11.0", onto="tf2.11.0",
+        base="v2.4.0", start="b2.4.0", phase="anchors", path="tensorflow", tag="v2.11.0", patches=5,
+        stopped_at=StoppedAt("0123456789abcdef", "Fix [red]x[/red] :smile:", 2, 5),
+        conflicts=(ConflictEntry("new/env.cc", "content", recorded=True, moved_from="old/env.cc",
+                                 context=(("fedcba9876543210", "Move [it]"),)),),
+        failure=Failure(FailureKind.ANCHOR, "anchor [a] failed", path="new/env.cc", lines=["f.cc:3: x"],
+                        change="+key[16] = <masked>;\r\n-old\n"),
+        notes=("note \\[1]",), next=("forkops upgrade --continue",))
+    run = RunInfo("r1", "2.11.0", "anchors", push=False, branch=None,
+                  repos=(RunRepo("tensorflow", "anchor-failed", "anchors"),))
+    data = Status(current, run)
     write(status_lines(data))
     assert capsys.readouterr().out == (
         "upgrade to 2.11.0 (run r1): tensorflow anchor-failed\n"

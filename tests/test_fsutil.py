@@ -64,21 +64,31 @@ KILLED_WRITER = textwrap.dedent("""
     from pathlib import Path
     from forkops import fsutil
 
-    with fsutil.atomic_writer(Path(sys.argv[1]), mode=0o600) as fh:
+    if sys.argv[2] == "named":  # a file system without O_TMPFILE
+        fsutil._unnamed_file = lambda folder: None
+    with fsutil.atomic_writer(Path(sys.argv[1]), mode=0o600, infix=".forkops-key.") as fh:
         fh.write(b"half of a key")
         fh.flush()
         os.kill(os.getpid(), signal.SIGKILL)  # mid-write, no handler can run
 """)
 
 
-def test_sigkill_mid_write_leaves_the_old_file_and_no_temporary_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["unnamed", "named"])
+def test_sigkill_mid_write_leaves_the_old_file_and_at_most_a_findable_temp_file(tmp_path: Path, how: str) -> None:
+    """Unnamed (O_TMPFILE): nothing is left. Named: what is left has the name the key-site cleanup
+    (keys.remove_stale_temp_files) looks for, and is private."""
     path = tmp_path / "keys.toml"
     path.write_text("old")
-    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path)], capture_output=True, text=True,
+    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), how], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(CODE)}, timeout=60, check=False)
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["keys.toml"]  # the half-written key had no name
+    left = [p for p in tmp_path.iterdir() if p != path]
+    if how == "unnamed":
+        assert left == []  # the half-written key had no name
+    else:
+        assert left == list(tmp_path.glob(".keys.toml.forkops-key.*.tmp")) and len(left) == 1
+        assert stat.S_IMODE(left[0].stat().st_mode) == 0o600
 
 
 def ignored(repo: Path, rel: str) -> bool:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from forkops.cli.context import console, load_workspace, print_json
 from forkops.errors import ExitCode
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from forkops.upgrade.status import Status
 
 Span = tuple[str, str]  # (text, rich style; "" for none)
 Line = tuple[Span, ...]
@@ -35,11 +37,11 @@ def show(*, as_json: bool) -> ExitCode:
     the status was read (``forkops upgrade`` exits 1 when it stops)."""
     from forkops.upgrade.status import status
 
-    data = status(load_workspace()).as_json()
+    report = status(load_workspace())
     if as_json:
-        print_json(data)
+        print_json(report.as_json())
     else:
-        write(status_lines(data))
+        write(status_lines(report))
     return ExitCode.OK
 
 
@@ -71,44 +73,51 @@ def _line(*spans: str | Span) -> Line:
     return tuple((s, "") if isinstance(s, str) else s for s in spans)
 
 
-def status_lines(data: dict[str, Any]) -> list[Line]:
-    """Human form of ``forkops status`` (also shown when an upgrade stops), from its JSON."""
-    run = data.get("run")
-    if run is None and data.get("repo") is None:
+def status_lines(report: Status) -> list[Line]:
+    """Human form of ``forkops status`` (also shown when an upgrade stops)."""
+    from forkops.upgrade.state import FailureKind
+    from forkops.upgrade.status import RECORDED_HINT
+
+    run, cur = report.run, report.current
+    if run is None and cur is None and report.pending_repo is None:
         return [_line("no upgrade in progress")]
     lines: list[Line] = []
     if run is not None:
-        steps = ", ".join(f"{r['repo']} {r['state'] if r['state'] != 'idle' else r['phase']}" for r in run["repos"])
-        lines.append(_line((f"upgrade to {run['version']}", "bold"), f" (run {run['id']}): {steps}"))
-    state = data["state"]
+        steps = ", ".join(f"{r.repo} {r.state if r.state != 'idle' else r.phase}" for r in run.repos)
+        lines.append(_line((f"upgrade to {run.version}", "bold"), f" (run {run.id}): {steps}"))
+    if cur is None:  # a run none of whose repositories started yet
+        lines.append(_line((str(report.pending_repo), "bold"), ": ", ("idle", "cyan"),
+                           " — None = None rebased from None onto None"))
+        if run is not None:
+            lines += [_line("  next:"), _line("    1. forkops upgrade --continue"),
+                      _line("    2. (or: forkops upgrade --abort)")]
+        return lines
     colour = {"conflict": "yellow", "anchor-failed": "red", "commit-missing": "red", "key-found": "red",
-              "done": "green"}.get(state, "cyan")
-    lines.append(_line((str(data["repo"]), "bold"), ": ", (state, colour),
-                       f" — {data.get('branch')} = {data.get('start')} rebased from {data.get('base')} "
-                       f"onto {data.get('onto')}"))
-    stop = data.get("stopped_at")
+              "done": "green"}.get(cur.state, "cyan")
+    lines.append(_line((cur.repo, "bold"), ": ", (cur.state, colour),
+                       f" — {cur.branch} = {cur.start} rebased from {cur.base} onto {cur.onto}"))
+    stop = cur.stopped_at
     if stop:
-        lines.append(_line(f"  stopped at commit {stop['index']}/{stop['total']}: {str(stop['commit'])[:12]} "
-                           f"{stop['subject']!r}"))
-    if data.get("conflicts"):
+        lines.append(_line(f"  stopped at commit {stop.index}/{stop.total}: {stop.commit[:12]} {stop.subject!r}"))
+    if cur.conflicts:
         lines.append(_line("  unmerged files:"))
-        for c in data["conflicts"]:
-            mark = "  (resolved from a recorded resolution: review, then --continue)" if c.get("recorded") else ""
-            where = f"{c['moved_from']} → {c['path']}" if c.get("moved_from") else c["path"]
-            lines.append(_line(f"    {c['kind']:<14} {where}{mark}"))
-            lines += [_line(f"{'':<20}upstream: {str(x['sha'])[:10]} {x['subject']}") for x in c.get("context") or []]
-    failure = data.get("failure")
-    if failure and state != "done":
-        lines.append(_line("  ", (failure["message"], "red")))
-        if state != "commit-missing":
-            lines += [_line(f"    {line}") for line in failure.get("lines") or []]
-        if failure.get("path") and failure.get("kind") == "anchor":
-            lines.append(_line(f"  the symbol lives now in: {failure['path']}"))
-        if failure.get("change"):
+        for c in cur.conflicts:
+            mark = f"  ({RECORDED_HINT})" if c.recorded else ""
+            where = f"{c.moved_from} → {c.path}" if c.moved_from else c.path
+            lines.append(_line(f"    {c.kind:<14} {where}{mark}"))
+            lines += [_line(f"{'':<20}upstream: {sha[:10]} {subject}") for sha, subject in c.context]
+    failure = cur.failure
+    if failure and cur.state != "done":
+        lines.append(_line("  ", (failure.message, "red")))
+        if cur.state != "commit-missing":
+            lines += [_line(f"    {line}") for line in failure.lines]
+        if failure.path and failure.kind == FailureKind.ANCHOR:
+            lines.append(_line(f"  the symbol lives now in: {failure.path}"))
+        if failure.change:
             lines.append(_line("  the fork's change that must be carried there:"))
-            lines += [_line(line) for line in str(failure["change"]).split("\n")]
-    lines += [_line(f"  {note}") for note in data.get("notes") or []]
-    if data.get("next"):
+            lines += [_line(line) for line in failure.change.split("\n")]
+    lines += [_line(f"  {note}") for note in cur.notes]
+    if cur.next:
         lines.append(_line("  next:"))
-        lines += [_line(f"    {i}. {step}") for i, step in enumerate(data["next"], 1)]
+        lines += [_line(f"    {i}. {step}") for i, step in enumerate(cur.next, 1)]
     return lines

@@ -143,7 +143,7 @@ def _report(out: Console, outcome: Outcome, *, final: bool) -> ExitCode:
         from forkops.cli.status import status_lines, write
 
         out.print()
-        write(status_lines(outcome.status), out)
+        write(status_lines(outcome.report), out)
         return ExitCode.NEEDS_PERSON
     run = outcome.report.run
     if final and outcome.state == "done" and run is not None:
