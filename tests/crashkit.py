@@ -774,10 +774,14 @@ def judge(ref: Reference, sb: Sandbox, runs: Sequence[Run], tmp: Path) -> tuple[
     problem, said = check_status(sb, ref)
     if problem:
         findings.append(list(problem.split(": ", 1)))
-    if runs[-1].code == 0:  # a killed git did not stop forkops: the result must still be right
+    # A killed git did not stop forkops (exit 0), or the kill came after the run was recorded
+    # done (its last, read-only report; --abort then rightly refuses a finished run): the result
+    # must still be right.
+    finished = runs[-1].code == 0 or ((said or {}).get("run") or {}).get("phase") == "done"
+    if finished:
         result = {name: normalise(result_of(sb.clone(name)), sb.root) for name in REPOS}
         if result != ref.result:
-            findings.append([_difference(ref, result), "finished (exit 0) but " + "; ".join(
+            findings.append([_difference(ref, result), "finished but " + "; ".join(
                 f"{n}: {_result_diff(ref.result[n], result[n])}" for n in REPOS if result[n] != ref.result[n])
                 + "\nthe runs:\n" + "\n".join(map(str, runs))])
         return "done", findings
