@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from forkops import guard, keyfile
+from forkops import guard, guard_hook, keyfile
 from forkops.git import Repo
 from forkops.sandbox import TF_CORE, Sandbox
 from forkops.secrets import Matcher
@@ -177,11 +177,10 @@ def test_new_fork_branch_on_an_upstream_tag_skips_upstream_history(ws: Path, san
     # Outside a workspace nothing confirms the tag: the same push would read upstream's history.
     repo = Repo(tf)
     line = f"refs/heads/b2.11.0 {repo.rev_parse('HEAD')} refs/heads/b2.11.0 {'0' * 40}"
-    safe = guard.outgoing(repo, [line], remote="origin", upstream=None)
     matcher = Matcher(keyfile.load(ws / "keys.toml"))
+    safe = guard_hook.scan_push(str(tf), "origin", [line], matcher, upstream=False)
     unpublished = count(tf, "HEAD", "--not", "--remotes=origin")
-    assert guard.scan_commits(repo, safe.revs, matcher)[0] == unpublished > fork_commits
-    assert safe.trusted_tags == ()
+    assert safe.commits == unpublished > fork_commits and safe.trusted_tags == () and safe.findings == []
 
     proc = git(tf, "push", "origin", "b2.11.0")
     assert checked(proc) == fork_commits and "upstream tag(s) v2.11.0 skipped" in proc.stderr
@@ -340,18 +339,19 @@ def test_hook_fails_closed_in_one_line_when_its_python_is_gone(ws: Path, tmp_pat
     assert proc.stderr.strip().count("\n") == 0 and "forkops guard install" in proc.stderr
 
 
-def test_hooks_do_not_import_typer_rich_or_gitpython(ws: Path) -> None:
+def test_hooks_do_not_import_typer_rich_or_gitpython(ws: Path, tmp_path: Path) -> None:
     import sys
 
     tf = ws / "tensorflow"
     assert cli("guard", "install").code == 0
     clean_change(tf)
-    probe = ("import sys; sys.argv=['x', 'pre-commit', '--keys', %r];"
-             "import forkops.guard as g; code = g.main(sys.argv[1:]);"
-             "print(sorted(m for m in ('typer', 'rich', 'git') if m in sys.modules)); sys.exit(code)")
-    proc = subprocess.run([sys.executable, "-S", "-P", "-c", probe % str(ws / "keys.toml")], cwd=tf,
-                          capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(CHECKOUT)})
+    (tmp_path / "msg").write_text("a clean message\n")
+    heavy = ("typer", "rich", "git", "dataclasses", "pathlib", "forkops.git", "forkops.playbook", "forkops.guard")
+    probe = ("import sys; from forkops.guard_hook import main;"
+             f"code = main(['commit-msg', '--keys', {str(ws / 'keys.toml')!r}, '--', {str(tmp_path / 'msg')!r}]);"
+             f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)")
+    entry = f"import sys; sys.path.insert(0, {str(CHECKOUT)!r}); {probe}"  # as the hook script starts it
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", entry], cwd=tf, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
