@@ -351,7 +351,8 @@ def test_hooks_do_not_import_typer_rich_or_gitpython(ws: Path, tmp_path: Path) -
              f"code = main(['commit-msg', '--keys', {str(ws / 'keys.toml')!r}, '--', {str(tmp_path / 'msg')!r}]);"
              f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)")
     entry = f"import sys; sys.path.insert(0, {str(CHECKOUT)!r}); {probe}"  # as the hook script starts it
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", entry], cwd=tf, capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", entry], cwd=tf, capture_output=True, text=True,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
