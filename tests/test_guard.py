@@ -451,3 +451,76 @@ def test_a_ref_straight_to_a_blob_and_a_large_file_are_scanned(ws: Path, sandbox
     matcher = Matcher(keyfile.load(ws / "keys.toml"))
     found = guard.scan_objects(Repo(tf), ["HEAD~1..HEAD"], matcher).findings
     assert [(f.path, f.form) for f in found] == [("weights.bin", "C byte array")]
+
+
+def _git_processes(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """The git subcommands a hook ran, from its FORKOPS_DEBUG=1 trace."""
+    return re.findall(r"^forkops: git (\S+)", proc.stderr, re.M)
+
+
+def test_a_key_brought_in_by_a_merge_is_refused(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    base = Repo(tf).rev_parse("HEAD")
+    # Through the second parent (a side branch never pushed)...
+    git(tf, "checkout", "-q", "-b", "side")
+    (tf / "side.h").write_text(f'const char k[] = "{KEY.decode()}";\n')
+    git(tf, "add", "side.h")
+    git(tf, "commit", "-q", "--no-verify", "-m", "side")
+    git(tf, "checkout", "-q", "-b", "merged", base)
+    clean_change(tf)
+    git(tf, "commit", "-q", "-m", "clean")
+    git(tf, "merge", "-q", "--no-verify", "--no-edit", "side")
+    proc = git(tf, "push", "origin", "merged", ok=False)
+    assert "side.h: the key" in proc.stderr
+    # ...and in a merge's own resolution, both parents clean.
+    git(tf, "checkout", "-q", "-b", "resolved", base)
+    clean_change(tf, "a.md")
+    git(tf, "commit", "-q", "-m", "a")
+    git(tf, "checkout", "-q", "-b", "other", base)
+    clean_change(tf, "b.md")
+    git(tf, "commit", "-q", "-m", "b")
+    git(tf, "push", "-q", "origin", "other")
+    git(tf, "checkout", "-q", "resolved")
+    git(tf, "merge", "-q", "--no-commit", "other")
+    (tf / "b.md").write_text(KEY.hex() + "\n")
+    git(tf, "add", "b.md")
+    git(tf, "commit", "-q", "--no-verify", "-m", "merge with an evil resolution")
+    proc = git(tf, "push", "origin", "resolved", ok=False)
+    assert "b.md: the key" in proc.stderr and "as hex" in proc.stderr
+
+
+def test_a_replacement_ref_does_not_hide_a_key_commit(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    (tf / "leak.h").write_text(f'const char k[] = "{KEY.decode()}";\n')
+    git(tf, "add", "leak.h")
+    git(tf, "commit", "-q", "--no-verify", "-m", "leak")
+    bad = Repo(tf).rev_parse("HEAD")
+    assert bad is not None
+    git(tf, "reset", "-q", "--hard", "HEAD~1")
+    clean_change(tf)
+    git(tf, "commit", "-q", "-m", "clean")
+    git(tf, "replace", bad, "HEAD")  # git log now shows the clean commit where the leak is
+    git(tf, "reset", "-q", "--hard", bad)
+    proc = git(tf, "push", "origin", "HEAD:refs/heads/replaced", ok=False)  # push sends the real one
+    assert "leak.h: the key" in proc.stderr
+
+
+def test_pre_push_runs_few_git_processes(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    monkeypatch.setenv("FORKOPS_DEBUG", "1")
+    clean_change(tf)
+    git(tf, "commit", "-q", "-m", "one")
+    # A new branch: the remote is asked what it has, once.
+    proc = git(tf, "push", "origin", "HEAD:refs/heads/fresh")
+    assert checked(proc) == 1 and _git_processes(proc) == ["ls-remote", "log", "cat-file"]
+    # An update of a branch whose old value git knows here: no need to ask.
+    clean_change(tf, "two.md")
+    git(tf, "commit", "-q", "-m", "two")
+    proc = git(tf, "push", "origin", "HEAD:refs/heads/fresh")
+    assert checked(proc) == 1 and _git_processes(proc) == ["log", "cat-file"]
+    clean_change(tf, "three.md")
+    proc = git(tf, "commit", "-q", "-m", "three")
+    assert _git_processes(proc) == ["diff-index", "cat-file"]
