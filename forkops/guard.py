@@ -94,6 +94,8 @@ def scan_objects(repo: Repo, revs: list[str], matcher: Matcher, *,
     not read (their names are scanned as the paths ``rev-list`` prints). ``progress(objects,
     commits)`` is called every few thousand objects."""
     opts, lines = _rev_args(revs)
+    # The objects themselves, not what replacement refs (`git replace`) would show instead.
+    repo = Repo(repo.path, env={**repo.extra_env, "GIT_NO_REPLACE_OBJECTS": "1"})
     check = repo.run_raw("rev-list", "--max-count=1", *opts, "--stdin", input=lines)
     if check.returncode != 0:
         err = check.stderr.decode("utf-8", "replace").strip()

@@ -505,6 +505,8 @@ def test_a_replacement_ref_does_not_hide_a_key_commit(ws: Path) -> None:
     git(tf, "reset", "-q", "--hard", bad)
     proc = git(tf, "push", "origin", "HEAD:refs/heads/replaced", ok=False)  # push sends the real one
     assert "leak.h: the key" in proc.stderr
+    r = cli("guard", "scan", "--repo", "tensorflow", "HEAD~1..HEAD")
+    assert r.code == 1 and "leak.h: the key" in r.out
 
 
 def test_pre_push_runs_few_git_processes(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
