@@ -325,11 +325,12 @@ def _tracked_hooks_dir(repo: Repo, directory: Path) -> bool:
     return bool(repo.run("ls-files", "-z", "--", rel.as_posix() or ".").strip("\0"))
 
 
-# The hook's Python program: forkops' folder goes first on sys.path (with -I, PYTHONPATH and
-# user site-packages are ignored, so no other copy of forkops, nor a module shadowing the
-# standard library, can stand in); a forkops that is gone is one line, not a traceback.
+# The hook's Python program. With -I, PYTHONPATH and user site-packages are ignored, so no other
+# copy of forkops can stand in; forkops' folder (maybe a whole site-packages) goes after the
+# standard library, so nothing in it can shadow a standard module either. A forkops that is gone
+# is one line, not a traceback.
 _ENTRY = """import sys
-sys.path.insert(0, sys.argv.pop(1))
+sys.path.append(sys.argv.pop(1))
 try:
     from forkops.guard_hook import main
 except ImportError as e:

@@ -350,7 +350,7 @@ def test_hooks_do_not_import_typer_rich_or_gitpython(ws: Path, tmp_path: Path) -
     probe = ("import sys; from forkops.guard_hook import main;"
              f"code = main(['commit-msg', '--keys', {str(ws / 'keys.toml')!r}, '--', {str(tmp_path / 'msg')!r}]);"
              f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)")
-    entry = f"import sys; sys.path.insert(0, {str(CHECKOUT)!r}); {probe}"  # as the hook script starts it
+    entry = f"import sys; sys.path.append({str(CHECKOUT)!r}); {probe}"  # as the hook script starts it
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", entry], cwd=tf, capture_output=True, text=True,
                           check=False)
     assert proc.returncode == 0, proc.stderr
@@ -526,3 +526,16 @@ def test_pre_push_runs_few_git_processes(ws: Path, monkeypatch: pytest.MonkeyPat
     clean_change(tf, "three.md")
     proc = git(tf, "commit", "-q", "-m", "three")
     assert _git_processes(proc) == ["diff-index", "cat-file"]
+
+
+def test_hook_fails_closed_in_one_line_when_forkops_is_gone(ws: Path, tmp_path: Path) -> None:
+    import sys
+
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    hook = guard.hooks_dir(Repo(tf)) / "commit-msg"
+    hook.write_text(guard.hook_script("commit-msg", ws / "keys.toml", sys.executable, tmp_path / "removed"))
+    clean_change(tf)
+    proc = git(tf, "commit", "-m", "x", ok=False)
+    assert proc.stderr.strip().count("\n") == 0 and "cannot import forkops" in proc.stderr
+    assert "forkops guard install" in proc.stderr
