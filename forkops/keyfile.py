@@ -4,15 +4,14 @@ The key never leaves this module in printable form except as a fingerprint (firs
 digits of its SHA-256). Error messages name the file and the field, never the value.
 
 The git hooks load keys on every commit, so the module imports little: no dataclasses or
-pathlib at import time; tomlcheck (the full checker), hashlib, ``secrets`` and fsutil only
-where they are needed.
+pathlib at import time; tomllib and tomlcheck (the full checker), hashlib, ``secrets`` and
+fsutil only where they are needed.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import tomllib
 from typing import TYPE_CHECKING, NamedTuple
 
 from forkops.errors import BadInput, ConfigError
@@ -99,17 +98,41 @@ def check_permissions(path: Path | str) -> None:
 def load(path: Path | str) -> KeyMaterial:
     """The keys file at ``path``: private (see :func:`check_permissions`), valid TOML, a
     ``[model]`` table with a key of the cipher's length. A file as :func:`render` writes it
-    is read with tomllib alone (the hooks' case); anything else goes through the full
-    checker, which names every field at fault and warns about unknown keys."""
+    is read without tomllib (the hooks' case: :func:`_plain_toml`); anything else goes through
+    tomllib and the full checker, which names every field at fault and warns about unknown keys."""
     if not os.path.isfile(path):
         raise BadInput(f"{path}: keys file not found (create one with `forkops set-key --generate`)")
     check_permissions(path)
     try:
         with open(path, "rb") as fh:
-            quick = _quick(tomllib.load(fh), path)
-    except (OSError, ValueError, RecursionError):
+            quick = _quick(_plain_toml(fh.read()), path)
+    except (OSError, ValueError):
         quick = None
     return quick if quick is not None else _load_checked(path)
+
+
+def _plain_toml(raw: bytes) -> dict[str, object]:
+    """The tables of a keys file in the plain form :func:`render` writes: comment and blank
+    lines, ``[model]``, ``name = "value"`` lines (a known name once, a basic string without
+    escapes). ValueError for anything else, which tomllib then reads. Every file this accepts
+    means the same to tomllib (tested); importing tomllib would cost each hook ~8 ms."""
+    tables: dict[str, object] = {}
+    current: dict[str, str] | None = None
+    for line in raw.decode("utf-8").split("\n"):
+        line = line.removesuffix("\r")
+        if any((c < " " and c != "\t") or c == "\x7f" for c in line):
+            raise ValueError("a control character")
+        if not line.strip(" \t") or line.startswith("#"):
+            continue
+        if line == "[model]" and "model" not in tables:
+            tables["model"] = current = {}
+            continue
+        name, sep, value = line.partition(" = ")
+        if (current is None or not sep or name not in _FIELDS or name in current or len(value) < 2
+                or value[0] != '"' or value[-1] != '"' or '"' in value[1:-1] or "\\" in value):
+            raise ValueError("not a plain keys file")
+        current[name] = value[1:-1]
+    return tables
 
 
 def _quick(data: dict[str, object], path: Path | str) -> KeyMaterial | None:

@@ -346,7 +346,8 @@ def test_hooks_do_not_import_typer_rich_or_gitpython(ws: Path, tmp_path: Path) -
     assert cli("guard", "install").code == 0
     clean_change(tf)
     (tmp_path / "msg").write_text("a clean message\n")
-    heavy = ("typer", "rich", "git", "dataclasses", "pathlib", "forkops.git", "forkops.playbook", "forkops.guard")
+    heavy = ("typer", "rich", "git", "dataclasses", "pathlib", "tomllib", "forkops.git", "forkops.playbook",
+             "forkops.guard")
     probe = ("import sys; from forkops.guard_hook import main;"
              f"code = main(['commit-msg', '--keys', {str(ws / 'keys.toml')!r}, '--', {str(tmp_path / 'msg')!r}]);"
              f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)")

@@ -7,6 +7,7 @@ import os
 import re
 import stat
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -400,6 +401,22 @@ KEYS_BODIES = [
     '[other]\nkey = "Tk9fQ2xxZmEzNXR1"\n',
     '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n[other]\n',
     'not toml at all = = \n',
+    '\ufeff[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n',  # a byte-order mark
+    '[model]\r\nkey = "Tk9fQ2xxZmEzNXR1"\r\n',
+    '[model]\n\u00a0\nkey = "Tk9fQ2xxZmEzNXR1"\n',  # a no-break space is not TOML whitespace
+    '[model]\n \t \nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey="Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey  = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey = "Tk9fQ2xx\tmEzNXR1"\n',  # a tab inside a basic string
+    '[model]\nkey = "Tk9fQ2xx\x01mEzNXR1"\n',
+    '# a comment \x01\n[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1" # a trailing comment\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzN\u00e9"\n',  # 15 characters, 16 bytes
+    'key = "Tk9fQ2xxZmEzNXR1"\n[model]\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n[model]\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[ model ]\nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n[model.sub]\n',
 ]
 
 
@@ -416,6 +433,17 @@ def test_the_quick_keys_reader_agrees_with_the_checker(tmp_path: Path, body: str
             return type(exc), str(exc)
 
     assert outcome(keyfile.load) == outcome(keyfile._load_checked)
+    try:  # what the quick reader accepts, tomllib reads the same
+        plain = keyfile._plain_toml(body.encode())
+    except ValueError:
+        return
+    assert plain == tomllib.loads(body)
+
+
+def test_the_quick_keys_reader_reads_what_set_key_writes(tmp_path: Path) -> None:
+    for material in (keyfile.generate(), keyfile.generate("aes-256-cbc", hex_key=True, random_iv=True)):
+        text = keyfile.render(material)
+        assert keyfile._plain_toml(text.encode()) == tomllib.loads(text)
 
 
 def test_every_command_finds_the_keys_file_the_same_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
