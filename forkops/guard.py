@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forkops.errors import BadInput, ForkopsError, GitError
+from forkops.fsutil import write_atomic
 from forkops.git import Repo
 from forkops.gitenv import git_env
 from forkops.guard_hook import Batcher, CatFile, Finding, path_findings
@@ -385,11 +386,6 @@ def is_ours(path: Path) -> bool:
         return False
 
 
-def _write_hook(path: Path, script: str) -> None:
-    tmp = path.with_name(f".{path.name}.forkops.tmp")
-    tmp.write_text(script)
-    tmp.chmod(0o755)
-    os.replace(tmp, path)
 
 
 def check_installable(repo_path: Path) -> None:
@@ -450,7 +446,7 @@ def install_hooks(repo_path: Path, keys_path: Path, *, python: str | None = None
         else:
             action = "installed"
         if action != "unchanged":
-            _write_hook(path, script)
+            write_atomic(path, script, mode=0o755)
         results.append(HookInstall(hook, path, action,
                                    chained if chained.exists() or chained.is_symlink() else None))
     return results

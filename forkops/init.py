@@ -17,8 +17,8 @@ from pathlib import Path
 
 from forkops import workspace
 from forkops.errors import BadInput
-from forkops.fsutil import write_atomic
-from forkops.git import Repo
+from forkops.fsutil import ensure_ignored, write_atomic
+from forkops.git import Progress, Repo, clone
 from forkops.playbook import Role
 
 REPOS: tuple[Role, ...] = ("tensorflow", "serving")
@@ -79,16 +79,13 @@ def create(root: Path, repos: Sequence[workspace.RepoConfig], *, clone: bool,
         _check(root, repos)
         if clone:
             for rc in repos:
-                if not Repo(rc.path).is_repo():
-                    cloned.append(rc)
+                if not Repo(rc.path).is_repo() and not _in_the_way(rc.path):
+                    cloned.append(rc)  # (a folder in the way is the person's: ensure_clone refuses it)
                 _clone(rc, progress)
         detections = [_detect(rc, cloned=clone) for rc in repos if rc.playbook == "tensorflow"]
         final = [next((replace(rc, playbook=d.playbook) for d in detections if d.repo == rc.name), rc) for rc in repos]
         text = workspace.render(list(final), root)
-        ignore = root / ".gitignore"
-        lines = ignore.read_text().splitlines() if ignore.exists() else []
-        if workspace.KEYS_FILENAME not in lines:
-            write_atomic(ignore, "\n".join([*lines, workspace.KEYS_FILENAME]) + "\n")
+        ensure_ignored(root, workspace.KEYS_FILENAME)
         write_atomic(target, text)  # last: its presence means the workspace is complete
     except BaseException:
         for rc in cloned:
@@ -110,14 +107,29 @@ def _check(root: Path, repos: Sequence[workspace.RepoConfig]) -> None:
         check.unlink(missing_ok=True)
 
 
-def _clone(rc: workspace.RepoConfig, progress: CloneProgress | None) -> None:
-    from forkops import upgrade  # the engine's clone-if-missing (rerere enabled)
+def ensure_clone(rc: workspace.RepoConfig, progress: Progress | None = None) -> Repo:
+    """The fork clone at ``rc.path``, cloned from ``rc.origin`` when missing (the one
+    clone-if-missing: ``init``, ``upgrade`` and ``check`` use it). BadInput, nothing cloned, when
+    the folder exists, is not empty and is not a git repository."""
+    repo = Repo(rc.path)
+    if repo.is_repo():
+        return repo
+    if _in_the_way(rc.path):
+        raise BadInput(f"{rc.path} exists and is not a git repository")
+    return clone(rc.origin, rc.path, progress=progress)
 
+
+def _in_the_way(path: Path) -> bool:
+    """A non-empty folder (or a file) where a clone should go."""
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+def _clone(rc: workspace.RepoConfig, progress: CloneProgress | None) -> None:
     def report(stage: str, fraction: float | None) -> None:
         if progress is not None:
             progress(rc.name, stage, fraction)
 
-    upgrade.ensure_clone(rc, report)
+    ensure_clone(rc, report)
 
 
 def _detect(rc: workspace.RepoConfig, *, cloned: bool) -> Detection:

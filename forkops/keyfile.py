@@ -286,7 +286,7 @@ def _secret_line(name: str, value: bytes, *, as_hex: bool) -> str:
 def write(path: Path, material: KeyMaterial, *, force: bool = False) -> None:
     """Create the keys file atomically with mode 0600; refuse to replace one unless ``force``.
 
-    The temporary file is created 0600 (mkstemp) before any byte of the key is written, so the
+    The temporary file is created 0600 (fsutil.atomic_writer) before any byte of the key is written, so the
     key is never readable by others, not even for a moment.
     """
     check_can_write(path, force=force)

@@ -11,7 +11,9 @@ and, at call ``N``, either
   with its output pipe's reader gone (it dies of SIGPIPE on its next write, as in issue 10);
 * ``killgit``: starts the real git, waits until it is executing, then SIGKILLs git itself;
 * ``rename``:  runs the real git under ``strace -f -e inject=rename:signal=KILL:when=K``, so git
-  dies at its K-th rename (a lock file about to be committed: index, HEAD, a ref, a state file).
+  dies at its K-th rename (a lock file about to be committed: index, HEAD, a ref, a state file);
+  with ``syscall``/``path``, at its K-th call of that syscall on that path (``strace -P``: the
+  path as git passes it, absolute for files in .git, relative to the worktree for its files).
 
 forkops runs under a small reaper process (a child subreaper): a command returns only once every
 process it started is gone, orphaned git included, so no test ever looks at a repository that a
@@ -39,6 +41,7 @@ from typing import Any, TypeVar
 
 from forkops import sandbox as sandbox_mod
 from forkops.sandbox import Sandbox
+from tests.gitutil import resolve_all, unmerged
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = Path(os.environ.get("CRASHKIT_CODE") or ROOT).resolve()  # read before conftest clears env
@@ -128,8 +131,9 @@ pause)
     exec "$REAL_GIT" "$@" ;;
 rename)
     echo "rename $n $CRASHKIT_K" > "$d/killed"
-    exec strace -f -qq -o "$d/strace.out" -e trace=rename \
-        -e inject=rename:signal=KILL:when="$CRASHKIT_K" "$REAL_GIT" "$@" ;;
+    sc=${CRASHKIT_SYSCALL:-rename}
+    exec strace -f -qq -o "$d/strace.out" ${CRASHKIT_PATH:+-P "$CRASHKIT_PATH"} -e trace="$sc" \
+        -e inject="$sc":signal=KILL:when="$CRASHKIT_K" "$REAL_GIT" "$@" ;;
 esac
 exec "$REAL_GIT" "$@"
 """
@@ -225,10 +229,12 @@ class Killer:
     """The git wrapper and its counter folder for one flow. ``mode`` ``count`` only counts."""
 
     def __init__(self, folder: Path, *, mode: str = "count", at: int = 0, k: int = 0, start: int = 0,
-                 match: str = "", file: Path | None = None, needle: str = "") -> None:
+                 match: str = "", file: Path | None = None, needle: str = "", syscall: str = "rename",
+                 path: str = "") -> None:
         """Kill (``mode``) at git call ``at``; with ``match`` at the ``at``-th call whose argv
         matches that sh glob; with ``file`` at the first call once ``file`` holds ``needle``.
-        ``pause`` holds that call until :meth:`release`."""
+        ``pause`` holds that call until :meth:`release`; ``rename`` kills git at its ``k``-th
+        ``syscall`` (on ``path`` only, when given)."""
         self.folder = folder
         self.bin = folder / "bin"
         self.bin.mkdir(parents=True, exist_ok=True)
@@ -242,6 +248,7 @@ class Killer:
         (folder / "matches").write_text("0\n")
         self.mode, self.at, self.k = mode, at, k
         self.match, self.file, self.needle = match, file, needle
+        self.syscall, self.path = syscall, path
 
     def env(self, workspace: Path) -> dict[str, str]:
         return {"CRASHKIT_WS": str(workspace), "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -249,7 +256,7 @@ class Killer:
                 "CRASHKIT_K": str(self.k), "REAL_GIT": REAL_GIT,
                 "CRASHKIT_STRACE": "1" if self.mode == "trace" and strace_works() else "",
                 "CRASHKIT_MATCH": self.match, "CRASHKIT_FILE": str(self.file or ""),
-                "CRASHKIT_NEEDLE": self.needle}
+                "CRASHKIT_NEEDLE": self.needle, "CRASHKIT_SYSCALL": self.syscall, "CRASHKIT_PATH": self.path}
 
     def spawn(self, cwd: Path, *args: str) -> subprocess.Popen[str]:
         """Start forkops without waiting (e.g. to hold it at a ``pause``)."""
@@ -462,25 +469,6 @@ def fork_stack(repo: Path, start: str = "b2.4.0", base: str = "") -> list[tuple[
 # ---------------------------------------------------------------------------------------------
 # The flow: what a maintainer does for a two-fork upgrade that stops on conflicts
 # ---------------------------------------------------------------------------------------------
-def unmerged(repo: Path) -> list[str]:
-    return sorted({line.split("\t", 1)[1] for line in git(repo, "ls-files", "-u").splitlines()})
-
-
-def resolve_all(repo: Path) -> list[str]:
-    """Resolve every unmerged file as the sandbox defines (sandbox.resolve) and stage it."""
-    paths = unmerged(repo)
-    for path in paths:
-        ours = git(repo, "show", f":2:{path}", check=False) or None
-        theirs = git(repo, "show", f":3:{path}", check=False) or None
-        content = sandbox_mod.resolve(repo.name, path, ours=ours, theirs=theirs)
-        if content is None:
-            git(repo, "rm", "--quiet", "--", path)
-        else:
-            (repo / path).write_text(content)
-            git(repo, "add", "--", path)
-    return paths
-
-
 def resolve_workspace(sb: Sandbox) -> list[str]:
     return [f"{name}:{p}" for name in REPOS if (sb.clone(name) / ".git").is_dir()
             for p in resolve_all(sb.clone(name))]
@@ -687,7 +675,7 @@ class Outcome:
         return not self.findings
 
 
-def _checkpoint(ref: Reference, step: int) -> Sandbox:
+def checkpoint(ref: Reference, step: int) -> Sandbox:
     root = Path(ref.checkpoints[step])
     sb = Sandbox(root=root, workspace=root / "workspace")
     for name in REPOS:
@@ -743,24 +731,15 @@ def _result_diff(want: object, got: object) -> str:
 
 
 def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Outcome:
-    """Kill at (mode, call, rename), then run every check: (a) status, (b) --abort on the killed
-    sandbox, (c) resolve-and-continue on a copy of it."""
+    """Kill at (mode, call, rename), then run every check (:func:`judge`)."""
     step = ref.step_of(call)
     phase = "step {} {} {}".format(*ref.phase(call))
-    findings: list[list[str]] = []
-    sb = copy_sandbox(_checkpoint(ref, step), tmp / "killed")
+    sb = copy_sandbox(checkpoint(ref, step), tmp / "killed")
     killer = Killer(tmp / "kit", mode=mode, at=call, k=rename, start=ref.step_start[step])
-    args = ref.steps[step]
-    runs = []
-    while True:
-        res = killer.forkops(sb.workspace, *args)
-        runs.append(res)
-        if res.code != 1 or len(runs) > 8:
-            break
-        resolve_workspace(sb)
-        args = ["upgrade", "--continue"]
+    runs = run_flow(killer, sb, ref.steps[step])
     if not killer.fired:
         return Outcome(mode, call, rename, phase, False, "", [])
+    findings: list[list[str]] = []
     # The kill must land where the reference says: same git subcommands up to it.
     want = [subcommand(a) for a in ref.calls[ref.step_start[step]:call]]
     got = [subcommand(a) for a in killer.calls()][:len(want)]
@@ -768,6 +747,28 @@ def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Ou
         i = next(i for i, (w, g) in enumerate(zip([*want, ""], [*got, ""], strict=False)) if w != g)
         findings.append(["diverged", f"git call {ref.step_start[step] + i + 1} is {got[i:i + 1]}, the reference "
                                      f"had {want[i:i + 1]} (is the code under test changing under the run?)"])
+    how, found = judge(ref, sb, runs, tmp)
+    return Outcome(mode, call, rename, phase, True, how, findings + found)
+
+
+def run_flow(killer: Killer, sb: Sandbox, args: Sequence[str], runs: Sequence[Run] = ()) -> list[Run]:
+    """Run ``args`` (after ``runs``, the commands already run) with the killer armed, then, while
+    forkops stops for a person (exit 1), resolve and ``--continue``: the flow up to the first
+    command that does not exit 1 (the one that met the kill, or the end)."""
+    out = list(runs)
+    while not out or (out[-1].code == 1 and len(out) <= 8):
+        if out:
+            resolve_workspace(sb)
+            args = ["upgrade", "--continue"]
+        out.append(killer.forkops(sb.workspace, *args))
+    return out
+
+
+def judge(ref: Reference, sb: Sandbox, runs: Sequence[Run], tmp: Path) -> tuple[str, list[list[str]]]:
+    """The checks after a kill (``runs``: the flow up to the command that met it): (a) status,
+    (b) --abort on the killed sandbox, (c) resolve-and-continue on a copy of it. Returns how (c)
+    ended and the findings."""
+    findings: list[list[str]] = []
     if traceback_in(runs[-1].err) and runs[-1].code != -signal.SIGKILL:
         findings.append(["status-traceback", f"the command that met the kill: {runs[-1]}"])
     problem, said = check_status(sb, ref)
@@ -779,13 +780,13 @@ def evaluate(ref: Reference, mode: str, call: int, rename: int, tmp: Path) -> Ou
             findings.append([_difference(ref, result), "finished (exit 0) but " + "; ".join(
                 f"{n}: {_result_diff(ref.result[n], result[n])}" for n in REPOS if result[n] != ref.result[n])
                 + "\nthe runs:\n" + "\n".join(map(str, runs))])
-        return Outcome(mode, call, rename, phase, True, "done", findings)
+        return "done", findings
     resumed = copy_sandbox(sb, tmp / "resumed")
     findings += _check_abort(sb, ref)
     how, detail = _check_resume(resumed, ref, said)
     if how not in ("done", "named-stop"):
         findings.append([how, detail])
-    return Outcome(mode, call, rename, phase, True, how, findings)
+    return how, findings
 
 
 def _difference(ref: Reference, got: dict[str, object]) -> str:

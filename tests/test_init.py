@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from forkops import workspace
 from forkops.sandbox import Sandbox
 from tests.clihelp import run_cli
+from tests.gitutil import git
 
 
 def test_init_writes_config_and_clones(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -198,3 +201,35 @@ def test_init_result_as_json(sandbox: Sandbox, tmp_path: Path) -> None:
     assert data["detections"] == [{"repo": "tensorflow", "playbook": "tensorflow",
                                    "reason": result.detections[0].reason}]
     assert "decrypts in place" in result.detections[0].reason
+
+
+@pytest.mark.parametrize("command", ["init", "check", "upgrade"])
+def test_every_clone_if_missing_refuses_a_folder_in_the_way_alike(sandbox: Sandbox, tmp_path: Path,
+                                                                  command: str) -> None:
+    """init, check and upgrade clone a missing fork through one function: a non-empty folder that
+    is not a repository stops each the same way (exit 2, nothing cloned into it, left as it was)."""
+    ws = tmp_path / "ws" if command == "init" else sandbox.workspace
+    in_the_way = ws / "serving"
+    shutil.rmtree(in_the_way, ignore_errors=True)
+    in_the_way.mkdir(parents=True)
+    (in_the_way / "notes.txt").write_text("mine\n")
+    args = {"init": init_args(sandbox, ws), "check": ["-C", str(ws), "check", "--repo", "serving"],
+            "upgrade": ["-C", str(ws), "upgrade", "2.4.1", "--repo", "serving"]}[command]
+    res = run_cli(*args)
+    assert res.code == 2, res.out + res.err
+    assert f"{in_the_way} exists and is not a git repository" in res.err
+    assert sorted(p.name for p in in_the_way.iterdir()) == ["notes.txt"]
+
+
+def test_ensure_clone_clones_into_an_empty_folder_and_keeps_an_existing_clone(sandbox: Sandbox,
+                                                                             tmp_path: Path) -> None:
+    from forkops.init import ensure_clone
+
+    rc = workspace.RepoConfig("serving", tmp_path / "serving", str(sandbox.origin["serving"]),
+                              sandbox.upstream_url("serving"), "serving")
+    rc.path.mkdir()
+    repo = ensure_clone(rc)
+    assert repo.rev_parse("HEAD") == git(sandbox.origin["serving"], "rev-parse", "b2.4.0").strip()
+    (rc.path / "work.txt").write_text("uncommitted\n")
+    assert ensure_clone(replace(rc, origin=str(tmp_path / "missing"))).path == rc.path  # not cloned again
+    assert (rc.path / "work.txt").read_text() == "uncommitted\n"

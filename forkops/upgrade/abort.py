@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from forkops.git import Repo
 from forkops.lock import workspace_lock
+from forkops.upgrade import rebase
 from forkops.upgrade.machine import Outcome, crash_point
 from forkops.upgrade.preflight import clear_stale_locks
 from forkops.upgrade.state import (
@@ -70,6 +71,8 @@ def abort_repo(repo: Repo, st: RepoState, log: Log) -> None:
         # --quit, not --abort: --abort checks out orig-head, a worktree rewrite the reset below
         # makes anyway (once).
         repo.rebase_quit()
+        if rebase.half_started(rs):
+            rebase.undo_begun_checkout(repo, st)  # the new files of onto a killed start wrote
     crash_point("abort-after-rebase")
     changes: dict[str, str | None] = {}
     for ref, sha in st.refs.items():

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from forkops.errors import BadInput, NeedsPerson
-from forkops.git import Progress, Repo, clone
+from forkops.errors import BadInput, ExternalError, NeedsPerson
+from forkops.git import Progress, Repo
+from forkops.init import ensure_clone
 from forkops.lock import workspace_lock
 from forkops.upgrade import gates, planning, rebase, steps
 from forkops.upgrade.preflight import check_startable, clear_stale_locks
@@ -88,16 +89,6 @@ class Outcome:
 
 def _outcome(ws: Workspace) -> Outcome:
     return Outcome(status(ws))
-
-
-def ensure_clone(rc: RepoConfig, progress: Progress | None = None) -> Repo:
-    """The fork clone at ``rc.path``, cloned from ``origin`` when missing."""
-    repo = Repo(rc.path)
-    if not repo.is_repo():
-        if rc.path.exists() and any(rc.path.iterdir()):
-            raise BadInput(f"{rc.path} exists and is not a git repository")
-        repo = clone(rc.origin, rc.path, progress=progress)
-    return repo
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,6 +171,7 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
     if rs is not None and rebase.half_started(rs):
         # git died after making its folder, before it detached HEAD: nothing was rebased.
         repo.rebase_quit()
+        rebase.undo_begun_checkout(repo, st)
         ctx.log(f"{st.repo}: git was killed as the rebase began (nothing was rebased); starting it again")
         rs = None
     if rs is not None:
@@ -359,6 +351,17 @@ def advance(ctx: steps.Ctx) -> bool:
     return st.phase in (Phase.FINISHED, Phase.DONE)
 
 
+def _died_under_us(outcome: Outcome) -> ExternalError:
+    """A step waits, yet status has nothing for a person to do: git died under forkops (killed
+    as a rebase began, or mid-pick). That is an external tool failing (exit 3), never success:
+    exit 0 here once left a run with b2.18.0 still at b2.4.0 and Serving not started."""
+    cur = outcome.report.current
+    if cur is None:
+        return ExternalError("git stopped without a conflict", hint="see `forkops status`")
+    what = "; ".join(cur.notes) or f"git stopped the rebase of {cur.branch} without a conflict"
+    return ExternalError(f"{cur.repo}: {what}", hint="; ".join(cur.next) or None)
+
+
 def drive(ws: Workspace, run: RunState, action: str | None, log: Log, *,
           fresh: dict[str, RepoState] | None = None) -> Outcome:
     """Advance the run's repositories in order; stop at the first that needs a person.
@@ -379,7 +382,10 @@ def drive(ws: Workspace, run: RunState, action: str | None, log: Log, *,
         ctx = steps.Ctx(ws, rc, repo, ws.playbook(rc), st, log, action, fresh=name in fresh,
                         accept_recorded=run.accept_recorded)
         if not advance(ctx):
-            return _outcome(ws)
+            outcome = _outcome(ws)
+            if not outcome.stopped:
+                raise _died_under_us(outcome)
+            return outcome
         action = None
         report = completion_report(repo, st)
         for line in [*report.lines(), *steps.completion_notes(ctx)]:

@@ -61,6 +61,28 @@ def half_started(rs: RebaseState) -> bool:
     return not rs.head_detached or not rs.head_name
 
 
+def undo_begun_checkout(repo: Repo, st: RepoState) -> None:
+    """After a rebase git was killed starting (:func:`half_started`, its folder already quit):
+    git may have begun checking out ``onto`` -- files written, new files untracked, the index
+    moved -- without moving HEAD, so the worktree looks modified and the rebase cannot start
+    again. When HEAD is where the run found it and every file that differs from HEAD holds
+    HEAD's content or onto's (git's own writes; preflight saw a clean worktree), put HEAD's
+    index and files back and remove onto's new files. Anything else (the person's edits) is
+    left alone, for the start's refusal to name."""
+    tracked = {p for line in repo.status_porcelain() for p in line[3:].split(" -> ")}
+    changed = sorted(tracked | set(repo.untracked()))
+    if not changed or repo.head() != st.head_sha or repo.foreign_paths(changed, ("HEAD", st.onto_sha)):
+        return
+    repo.reset_hard()
+    for p in sorted(set(repo.untracked()) & set(changed)):  # onto's new files, never in the index
+        path = repo.path / p
+        path.unlink()
+        for parent in path.parents:  # and the folders git made for them
+            if parent == repo.path or any(parent.iterdir()):
+                break
+            parent.rmdir()
+
+
 def run(repo: Repo, st: RepoState, args: list[str]) -> bool:
     """Run one ``git rebase`` command; True when the rebase finished, False when it stopped
     (the stop is recorded). Raises RebaseRefused when a starting rebase failed before it began."""
@@ -75,7 +97,10 @@ def run(repo: Repo, st: RepoState, args: list[str]) -> bool:
         return False
     if proc.returncode != 0:
         starting = args[0] not in ("--continue", "--skip")
-        if starting and repo.rev_parse(st.branch_ref) == st.start_sha:
+        # git refuses with 1 or 128 (die); a signal (-N, or 128+N through a shell) killed it:
+        # that is no refusal to report as bad input, and the branches stay for --continue.
+        refused = 0 < proc.returncode <= 128
+        if starting and refused and repo.rev_parse(st.branch_ref) == st.start_sha:
             raise RebaseRefused(git_complaint(proc.stderr.decode("utf-8", "replace")))
         raise GitError(["rebase", *args], proc.returncode, output)
     return True
