@@ -10,12 +10,13 @@ TensorFlow-sized history (``tests/bighistory.py``: FILES files, COMMITS commits,
    ``git log -p --all -S KEY`` (only the raw key), the key planted in one commit
    (target: ratio <= 2).
 
-    python benchmarks/bench_guard.py [--files 35000] [--commits 100000] [--runs 3]
+    python benchmarks/bench_guard.py [--files 35000] [--commits 100000] [--runs 3] [--dir DIR] [--skip-scan]
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import resource
 import statistics
@@ -56,24 +57,51 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
 
+def _prepare(root: Path, files: int, commits: int) -> Path:
+    """The fork clone at ``root/fork`` (remote ``origin`` = ``root/remote.git``) at its generated
+    state: made once, then reused (``--dir``) with what an earlier run added removed."""
+    repo, remote = root / "fork", root / "remote.git"
+    ready = root / f"ready-{files}-{commits}"
+    if not ready.exists():
+        t0 = time.perf_counter()
+        subprocess.run(["rm", "-rf", str(repo), str(remote)], check=True)
+        generate(repo, files=files, commits=commits)
+        subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
+        git(repo, "remote", "add", "origin", str(remote))
+        git(repo, "fetch", "-q", "origin")
+        git(repo, "update-ref", "refs/bench/base", "master")
+        ready.touch()
+        print(f"history generated and cloned in {time.perf_counter() - t0:.0f} s")
+    # Back to the generated state: what an earlier run committed, pushed or deleted is undone.
+    git(repo, "checkout", "-q", "-f", "master")
+    git(repo, "reset", "-q", "--hard", "refs/bench/base")
+    git(repo, "clean", "-q", "-fdx")
+    for ref in git(remote, "for-each-ref", "--format=%(refname)", "refs/heads/").split():
+        if ref != "refs/heads/master":
+            git(remote, "update-ref", "-d", ref)
+    git(repo, "fetch", "-q", "--prune", "origin")
+    return repo
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=35_000)
     ap.add_argument("--commits", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--dir", type=Path, help="keep the generated history here and reuse it (default: a temp dir)")
+    ap.add_argument("--skip-scan", action="store_true", help="only the hooks (the scan takes minutes)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.environ.update({"HOME": str(root), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": str(root / "gitconfig")})
         (root / "gitconfig").write_text("[user]\n\tname = Bench\n\temail = bench@example.com\n")
-        t0 = time.perf_counter()
-        repo = root / "fork"
-        generate(repo, files=args.files, commits=args.commits)
-        subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(root / "remote.git")], check=True)
-        git(repo, "remote", "add", "origin", str(root / "remote.git"))
-        git(repo, "fetch", "-q", "origin")
-        print(f"history: {args.files} files, {args.commits + 1} commits "
-              f"(generated and cloned in {time.perf_counter() - t0:.0f} s)")
+        data = args.dir.resolve() if args.dir else root
+        data.mkdir(parents=True, exist_ok=True)
+        repo = _prepare(data, args.files, args.commits)
+        print(f"history: {args.files} files, {args.commits + 1} commits in {data}")
+        # As pip installs it: compiled. (With PYTHONDONTWRITEBYTECODE set, every hook run would
+        # compile forkops' modules again and the bench would measure that.)
+        compileall.compile_dir(Path(guard.__file__).parent, quiet=1)
         keys_file = root / "keys.toml"
         keys_file.write_text(f'[model]\nkey = "{KEY.decode()}"\n')
         keys_file.chmod(0o600)
@@ -112,6 +140,8 @@ def main() -> None:
             print(f"pre-push, 50 new commits, {label}: {h.wall:.3f} s vs --no-verify {p.wall:.3f} s: ratio "
                   f"{h.wall / p.wall:.2f} wall, {h.cpu / p.cpu:.2f} CPU (target <= 2)")
 
+        if args.skip_scan:
+            return
         # 3. guard scan -- --all vs git log -p -S
         (repo / "leak.cc").write_text(f'static const char kKey[] = "{KEY.decode()}";\n')
         git(repo, "add", "leak.cc")

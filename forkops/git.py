@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,36 +20,10 @@ from functools import cache
 from pathlib import Path
 
 from forkops.errors import BadInput, ExternalError, GitError
-
-# Variables that point git at a different repository, index or object store. Inherited from
-# a hook or a wrapper they would make forkops act on the wrong repository.
-_LOCATION_VARS = frozenset({
-    "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_PREFIX", "GIT_NAMESPACE",
-    "GIT_CEILING_DIRECTORIES", "GIT_DISCOVERY_ACROSS_FILESYSTEM", "GIT_QUARANTINE_PATH",
-})
-
-
-def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LOCATION_VARS}
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    env["LC_ALL"] = "C"
-    env.setdefault("GIT_EDITOR", "true")  # never open an editor under forkops
-    if extra:
-        env.update(extra)
-    return env
-
+from forkops.gitenv import git_env as git_env  # re-exported: callers build git's environment with it
+from forkops.gitenv import trace as _trace
 
 Progress = Callable[[str, float | None], None]
-
-
-def _trace(argv: Sequence[str], cwd: Path | None, code: int, started: float) -> None:
-    """One stderr line per git command when FORKOPS_DEBUG=1 (the overhead of forkops is its
-    git processes: this is how they are counted)."""
-    if os.environ.get("FORKOPS_DEBUG") == "1":
-        where = f" (in {cwd})" if cwd is not None else ""
-        ms = (time.perf_counter() - started) * 1000
-        print(f"forkops: git {' '.join(argv)}{where} -> {code} [{ms:.0f} ms]", file=sys.stderr)
 
 
 @cache

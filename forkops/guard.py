@@ -37,26 +37,25 @@ upstream does not have at that commit, not the tracking refs of other remotes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
 import stat
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from forkops.errors import BadInput, ForkopsError, GitError
 from forkops.fsutil import write_atomic
-from forkops.git import Repo, git_env
+from forkops.git import Repo
+from forkops.gitenv import git_env
+from forkops.guard_hook import Batcher, CatFile, Finding, path_findings
 from forkops.secrets import Hit, Matcher
 
 if TYPE_CHECKING:
-    from forkops.keyfile import KeyMaterial
     from forkops.playbook import Playbook
 
 # commit-msg scans the staged files and the message in one process: a second Python start-up
@@ -69,47 +68,7 @@ PRIVATE_HOOKS = "forkops-hooks"  # under the git dir, when core.hooksPath is a t
 _ZERO = re.compile(r"0+")
 # rev-list options `guard scan` accepts besides revisions: they only select refs.
 SCAN_OPTIONS = ("--all", "--branches", "--tags", "--remotes", "--glob")
-_BATCH_BYTES = 1 << 20  # objects are matched in batches this large, then singly on a hit
 _PROGRESS_EVERY = 5000  # objects
-
-
-# -- findings ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Finding:
-    """A secret found in an object: where, which secret (by fingerprint), in what form.
-
-    ``kind`` is ``file`` (a blob: ``path`` names it, ``commit`` the first commit of the scanned
-    range that has it, None for a staged file or a blob only a tag reaches), ``commit`` (the
-    commit's text: message, author) or ``tag`` (an annotated tag's text; ``path`` is its name)
-    or ``message`` (a commit message being written)."""
-
-    commit: str | None
-    path: str
-    what: str  # "key" | "iv"
-    fingerprint: str
-    form: str
-    kind: str = "file"
-    object: str | None = None
-
-    def describe(self) -> str:
-        secret = f"the {self.what} ({self.fingerprint}) as {self.form}"
-        if self.kind == "commit":
-            return f"commit {(self.commit or '')[:12]} message: {secret}"
-        if self.kind == "tag":
-            return f"tag {self.path} ({(self.object or '')[:12]}) message: {secret}"
-        if self.kind == "path":
-            return f"a path name (object {(self.object or '')[:12]}): {secret}"
-        if self.kind == "message":
-            return f"commit message: {secret}"
-        if self.commit:
-            return f"commit {self.commit[:12]} {self.path}: {secret}"
-        if self.object:
-            return f"blob {self.object[:12]} {self.path or '(reached only from a tag)'}: {secret}"
-        return f"staged {self.path}: {secret}"
-
-    def as_json(self) -> dict[str, str | None]:
-        return {"commit": self.commit, "path": self.path, "what": self.what, "fingerprint": self.fingerprint,
-                "form": self.form, "kind": self.kind, "object": self.object}
 
 
 @dataclass(frozen=True)
@@ -120,78 +79,6 @@ class ScanResult:
 
 
 # -- reading objects ----------------------------------------------------------------------------------
-def _cat_file(repo: Repo, names: Iterable[str]) -> Iterator[tuple[str, str, bytes]]:
-    """(sha, type, content) of every object in ``names`` that exists, from ONE
-    ``git cat-file --batch``; ``names`` is consumed by a feeder thread as the output is read,
-    so neither side waits on a full pipe and memory stays bounded."""
-    proc = subprocess.Popen(["git", "-C", str(repo.path), "cat-file", "--batch"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env=git_env(repo.extra_env))
-    assert proc.stdin is not None and proc.stdout is not None
-    stdin, out = proc.stdin, proc.stdout
-    failed: list[BaseException] = []
-
-    def feed() -> None:
-        try:
-            for name in names:
-                stdin.write(name.encode() + b"\n")
-        except BaseException as exc:
-            failed.append(exc)
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                stdin.close()
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    try:
-        while header := out.readline():
-            parts = header.split()
-            if len(parts) != 3:
-                continue  # "<name> missing"
-            size = int(parts[2])
-            data = out.read(size)
-            out.read(1)
-            yield parts[0].decode(), parts[1].decode(), data
-    finally:
-        out.close()
-        feeder.join()
-        code = proc.wait()
-    if failed:
-        raise failed[0]
-    if code != 0:
-        raise GitError(["cat-file", "--batch"], code, "")
-
-
-class _Batcher:
-    """Matches many small objects at once: their contents joined into one buffer, matched
-    together, and only when that finds something, matched one by one. A hit that a join
-    would create across two objects is only a (harmless, rechecked) extra look."""
-
-    def __init__(self, matcher: Matcher, report: Callable[[str, str, Hit], None]) -> None:
-        self.matcher, self.report = matcher, report
-        self.items: list[tuple[str, str, bytes]] = []
-        self.size = 0
-
-    def add(self, sha: str, kind: str, data: bytes) -> None:
-        if len(data) >= _BATCH_BYTES:
-            hit = self.matcher.first(data)
-            if hit is not None:
-                self.report(sha, kind, hit)
-            return
-        self.items.append((sha, kind, data))
-        self.size += len(data)
-        if self.size >= _BATCH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        items, self.items, self.size = self.items, [], 0
-        if items and self.matcher.first(b"\0\n".join(d for _, _, d in items)) is not None:
-            for sha, kind, data in items:
-                hit = self.matcher.first(data)
-                if hit is not None:
-                    self.report(sha, kind, hit)
-
-
 def _rev_args(revs: list[str]) -> tuple[list[str], str]:
     opts = [r for r in revs if r.startswith("--")]
     bad = [o for o in opts if o.split("=", 1)[0] not in SCAN_OPTIONS]
@@ -208,6 +95,8 @@ def scan_objects(repo: Repo, revs: list[str], matcher: Matcher, *,
     not read (their names are scanned as the paths ``rev-list`` prints). ``progress(objects,
     commits)`` is called every few thousand objects."""
     opts, lines = _rev_args(revs)
+    # The objects themselves, not what replacement refs (`git replace`) would show instead.
+    repo = Repo(repo.path, env={**repo.extra_env, "GIT_NO_REPLACE_OBJECTS": "1"})
     check = repo.run_raw("rev-list", "--max-count=1", *opts, "--stdin", input=lines)
     if check.returncode != 0:
         err = check.stderr.decode("utf-8", "replace").strip()
@@ -251,23 +140,16 @@ def scan_objects(repo: Repo, revs: list[str], matcher: Matcher, *,
             found.append(Finding(sha if kind == "commit" else None, paths.get(sha, "") if kind == "tag" else "",
                                  hit.what, hit.fingerprint, hit.form, kind, sha))
 
-    batch = _Batcher(matcher, report)
-    for sha, kind, data in _cat_file(repo, names()):
-        counts[0] += 1
-        if kind in ("blob", "commit", "tag"):
-            batch.add(sha, kind, data)
-        if progress is not None and counts[0] % _PROGRESS_EVERY == 0:
-            progress(counts[0], counts[1])
+    batch = Batcher(matcher, report)
+    with CatFile(str(repo.path), repo.extra_env) as objects:
+        for sha, kind, data in objects.stream(names()):
+            counts[0] += 1
+            if kind in ("blob", "commit", "tag"):
+                batch.add(sha, kind, data)
+            if progress is not None and counts[0] % _PROGRESS_EVERY == 0:
+                progress(counts[0], counts[1])
     batch.flush()
-    # Path names are content too (a file named after the key).
-    names_blob = "\n".join(paths.values()).encode("utf-8", "surrogateescape")
-    for hit in matcher.spans(names_blob):
-        line_start = names_blob.rfind(b"\n", 0, hit.start) + 1
-        line_end = names_blob.find(b"\n", hit.start)
-        line_end = len(names_blob) if line_end < 0 else line_end
-        path = names_blob[line_start:line_end].decode("utf-8", "surrogateescape")
-        found.append(Finding(None, "", hit.what, hit.fingerprint, hit.form, "path",
-                             next((sha for sha, p in paths.items() if p == path), None)))
+    found += path_findings(paths, matcher)
     found += [_attribute(repo, opts, lines, sha, paths.get(sha, ""), hit) for sha, hit in hit_blobs.items()]
     if progress is not None and counts[0] >= _PROGRESS_EVERY:
         progress(counts[0], counts[1])
@@ -288,54 +170,14 @@ def scan_commits(repo: Repo, revs: list[str], matcher: Matcher) -> tuple[int, li
     return result.commits, list(result.findings)
 
 
-def _raw_entries(tokens: list[str]) -> Iterator[tuple[str, str]]:
-    """(path, new blob sha) from ``-z`` raw diff output; skips deletions and submodules."""
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if tok.startswith(":"):
-            _, new_mode, _, new_sha, status = tok[1:].split(" ")
-            path = tokens[i + 1]
-            i += 2
-            if status.startswith("D") or new_mode == "160000" or _ZERO.fullmatch(new_sha):
-                continue
-            yield path, new_sha
-        else:
-            i += 1
-
-
 def scan_staged(repo: Repo, matcher: Matcher, *, index_file: str | None = None) -> list[Finding]:
-    """Staged blobs of added/modified paths (against HEAD, or everything in a first commit)."""
-    env = {"GIT_INDEX_FILE": os.path.abspath(index_file)} if index_file else None
-    head = repo.run_raw("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    # 4b825dc... is git's empty tree: a first commit is compared with nothing.
-    base = head.stdout.decode().strip() if head.returncode == 0 else "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
-    out = repo.run("diff-index", "--cached", "-z", "--no-renames", "--diff-filter=d", base, env=env)
-    where: dict[str, str] = {}
-    for path, sha in _raw_entries(out.split("\0")):
-        where.setdefault(sha, path)
-    findings: list[Finding] = []
-    if not where:
-        return findings
-    for sha, _kind, data in _cat_file(repo, list(where)):
-        for what, form in matcher.find(data):
-            fp = next(s.fingerprint for s in matcher.secrets if s.what == what)
-            findings.append(Finding(None, where[sha], what, fp, form))
-    return findings
+    """Staged blobs of added/modified paths (:func:`forkops.guard_hook.scan_staged`)."""
+    from forkops import guard_hook
+
+    return guard_hook.scan_staged(str(repo.path), matcher, index_file=index_file)
 
 
-SCISSORS = b"# ------------------------ >8 ------------------------"
-
-
-def scan_message(path: Path, matcher: Matcher) -> list[Finding]:
-    """The commit message git is about to use (what ``commit -v`` appends below the scissors
-    line is git's own diff, not part of the message)."""
-    data = path.read_bytes().split(SCISSORS, 1)[0]
-    return [Finding(None, "", what, next(s.fingerprint for s in matcher.secrets if s.what == what), form, "message")
-            for what, form in matcher.find(data)]
-
-
-# -- what a push sends ------------------------------------------------------------------------------
+# -- what a push may skip (the pre-push hook asks only when it needs to) ------------------------------
 @dataclass(frozen=True)
 class Upstream:
     """A fork clone's upstream as its workspace describes it: the playbook (its upstream remote
@@ -359,16 +201,6 @@ def upstream_of(repo_path: Path) -> Upstream | None:
     except (ForkopsError, OSError):
         return None
     return None
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """What a push sends: ``revs`` as ``rev-list --stdin`` lines (empty: nothing to scan), the
-    upstream release tags whose history was skipped, and notes for the person pushing."""
-
-    revs: list[str]
-    trusted_tags: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
 
 
 def _remote_names(repo: Repo, remote: str | None) -> tuple[list[str], list[str]]:
@@ -396,58 +228,31 @@ def _tracking_refs(repo: Repo, remote: str, names: list[str]) -> list[str]:
             if not any(r.name.startswith(p) for p in nested)]
 
 
-def _listed_remote(repo: Repo, remote: str) -> list[str] | None:
-    """The objects the remote's refs point at that exist here, from one ``git ls-remote``;
-    None when the remote cannot be listed."""
-    proc = repo.run_raw("ls-remote", "--", remote)
-    if proc.returncode != 0:
-        return None
-    shas = sorted({line.split("\t", 1)[0] for line in proc.stdout.decode("utf-8", "replace").splitlines()
-                   if "\t" in line})
-    if not shas:
-        return []
-    check = repo.run_raw("cat-file", "--batch-check=%(objectname)", input="".join(f"{s}\n" for s in shas))
-    return [line for line in check.stdout.decode().split("\n") if line and " " not in line]
-
-
-def outgoing(repo: Repo, push_lines: Iterable[str], *, remote: str | None,
-             upstream: Upstream | None) -> Outgoing:
-    """What a push to ``remote`` (the hook's first argument, a name or a URL) sends, from git's
-    pre-push stdin lines ``<local ref> <local sha> <remote ref> <remote sha>``. See the module
-    docstring for which history counts as published; everything else a pushed object reaches
-    is sent."""
-    include: list[str] = []
-    exclude: set[str] = set()
-    pushed: set[str] = set()
-    for line in push_lines:
-        parts = line.split()
-        if len(parts) != 4:
-            continue
-        local_ref, local_sha, _remote_ref, remote_sha = parts
-        if _ZERO.fullmatch(local_sha):
-            continue  # deleting a remote ref sends nothing
-        include.append(local_sha)
-        pushed.add(local_ref)
-        if not _ZERO.fullmatch(remote_sha) and repo.ok("cat-file", "-e", remote_sha):
-            exclude.add(remote_sha)
-    if not include:
-        return Outgoing([])
-    notes: list[str] = []
+def tracking_refs_of(cwd: str, remote: str | None) -> list[str]:
+    """What stands in for a remote that cannot be listed: the commits of its remote-tracking
+    refs (for a push to a bare URL, of the configured remotes with that URL)."""
+    repo = Repo(Path(cwd))
     names, targets = _remote_names(repo, remote)
-    listed = _listed_remote(repo, remote) if remote is not None else None
-    if listed is not None:
-        exclude.update(listed)
-    else:
-        if remote is not None:
-            notes.append("could not list the remote's refs; its remote-tracking refs stand in for them")
-        for name in targets:
-            exclude.update(_tracking_refs(repo, name, names))
-    if upstream is not None and upstream.playbook.upstream_remote in names:
-        exclude.update(_tracking_refs(repo, upstream.playbook.upstream_remote, names))
-    trusted, tag_notes = _trusted_tags(repo, include, exclude, pushed, upstream)
-    exclude.update(trusted.values())
-    return Outgoing(include + [f"^{sha}" for sha in sorted(exclude)], tuple(sorted(trusted)),
-                    tuple(notes) + tag_notes)
+    return [sha for name in targets for sha in _tracking_refs(repo, name, names)]
+
+
+def upstream_exclusions(cwd: str, include: list[str], exclude: set[str],
+                        pushed: set[str]) -> tuple[set[str], tuple[str, ...], tuple[str, ...]]:
+    """(more commits a push may skip, the upstream tags trusted, notes) for a push of
+    ``include`` minus ``exclude`` from the clone at ``cwd``: upstream's history, as the
+    upstream remote's tracking refs (``refs/remotes/tf/*``) and *confirmed* upstream release
+    tags reach it. Nothing outside a forkops workspace whose playbook loads."""
+    repo = Repo(Path(cwd))
+    upstream = upstream_of(repo.path)
+    if upstream is None:
+        return set(), (), ()
+    names = repo.lines("remote")
+    more: set[str] = set()
+    if upstream.playbook.upstream_remote in names:
+        more.update(_tracking_refs(repo, upstream.playbook.upstream_remote, names))
+    trusted, notes = _trusted_tags(repo, include, exclude | more, pushed, upstream)
+    more.update(trusted.values())
+    return more - exclude, tuple(sorted(trusted)), notes
 
 
 def _trusted_tags(repo: Repo, include: list[str], exclude: set[str], pushed: set[str],
@@ -521,10 +326,27 @@ def _tracked_hooks_dir(repo: Repo, directory: Path) -> bool:
     return bool(repo.run("ls-files", "-z", "--", rel.as_posix() or ".").strip("\0"))
 
 
+# The hook's Python program. With -I, PYTHONPATH and user site-packages are ignored, so no other
+# copy of forkops can stand in; forkops' folder (maybe a whole site-packages) goes after the
+# standard library, so nothing in it can shadow a standard module either. A forkops that is gone
+# is one line, not a traceback.
+_ENTRY = """import sys
+sys.path.append(sys.argv.pop(1))
+try:
+    from forkops.guard_hook import main
+except ImportError as e:
+    sys.exit("forkops guard: refusing: cannot import forkops (%s); reinstall the hook with "
+             "forkops guard install (or bypass once with --no-verify)" % e)
+sys.exit(main(sys.argv[1:]))"""
+
+
 def hook_script(hook: str, keys_path: Path, python: str, package_root: Path) -> str:
-    """The hook: fails closed when ``python`` is gone; ``-S`` skips site-packages (forkops'
-    hook path needs the standard library only), so ``package_root`` goes on PYTHONPATH."""
-    run = f'"$python" -S -P -m forkops.guard {hook} --keys {shlex.quote(str(keys_path))} -- "$@"'
+    """The hook: fails closed when ``python`` is gone. Python runs isolated (``-I``: no
+    environment variables, no user site) and without site-packages (``-S``): the hook path
+    needs the standard library and forkops only. No helper process but Python itself (and
+    ``cat`` when a chained pre-push hook needs git's input too)."""
+    run = (f'"$python" -I -S -c "$entry" {shlex.quote(str(package_root))} {hook} '
+           f'--keys {shlex.quote(str(keys_path))} -- "$@"')
     lines = [
         "#!/bin/sh",
         f"{MARKER} installed by `forkops guard install`; re-run it to update this file.",
@@ -537,23 +359,23 @@ def hook_script(hook: str, keys_path: Path, python: str, package_root: Path) -> 
         "'forkops guard install' (or bypass once with --no-verify)\" >&2",
         "  exit 1",
         "fi",
-        f'PYTHONPATH={shlex.quote(str(package_root))}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH',
-        'hooks_dir=$(dirname "$0")',
-        f'chained="$hooks_dir/{hook}{CHAINED_SUFFIX}"',
+        f'chained="${{0%/*}}/{hook}{CHAINED_SUFFIX}"',
+        f"entry={shlex.quote(_ENTRY)}",
     ]
     if hook == "pre-push":
-        # git feeds the pushed refs on stdin; both hooks need them.
+        # git feeds the pushed refs on stdin; a chained hook needs them too.
         lines += [
-            "input=$(cat)",
-            "feed() { if [ -n \"$input\" ]; then printf '%s\\n' \"$input\"; fi; }",
-            'if [ -x "$chained" ]; then feed | "$chained" "$@" || exit $?; fi',
-            f"feed | {run}",
+            'if [ -x "$chained" ]; then',
+            "  input=$(cat)",
+            "  feed() { if [ -n \"$input\" ]; then printf '%s\\n' \"$input\"; fi; }",
+            '  feed | "$chained" "$@" || exit $?',
+            f"  feed | {run}",
+            "  exit $?",
+            "fi",
         ]
     else:
-        lines += [
-            'if [ -x "$chained" ]; then "$chained" "$@" || exit $?; fi',
-            f"exec {run}",
-        ]
+        lines += ['if [ -x "$chained" ]; then "$chained" "$@" || exit $?; fi']
+    lines.append(f"exec {run}")
     return "\n".join(lines) + "\n"
 
 
@@ -652,79 +474,7 @@ def installed(repo_path: Path) -> dict[str, bool]:
             for h in HOOKS}
 
 
-# -- the hook entry point (run by the installed scripts; no typer, rich or GitPython) ------------------
-def _say(line: str) -> None:
-    print(f"forkops guard: {line}", file=sys.stderr)
+if __name__ == "__main__":  # hooks installed before forkops.guard_hook existed run `-m forkops.guard`
+    from forkops.guard_hook import main
 
-
-def _refuse(action: str, findings: list[Finding], hint: str) -> int:
-    for f in findings:
-        _say(f.describe())
-    _say(f"refusing the {action}: it contains the model key or IV ({len(findings)} object(s)); {hint}")
-    return 1
-
-
-def run_hook(hook: str, keys_path: Path, args: list[str], stdin: IO[str]) -> int:
-    """Run one hook in the current repository; the exit code git sees (0 allows)."""
-    from forkops import keyfile
-
-    try:
-        material: KeyMaterial = keyfile.load(keys_path)
-    except ForkopsError as exc:
-        # Fail closed: without the key the guard cannot tell, so it refuses.
-        _say(f"cannot read the keys file, so it refuses: {exc.message}"
-             + (f" ({exc.hint})" if exc.hint else " (fix it, or bypass once with --no-verify)"))
-        return 2
-    matcher = Matcher(material)
-    repo = Repo(Path.cwd())
-    if hook == "pre-commit":
-        findings = scan_staged(repo, matcher, index_file=os.environ.get("GIT_INDEX_FILE"))
-        return _refuse("commit", findings, "unstage it (`git restore --staged PATH`) or put the committed "
-                       "values back (`forkops set-key --clear`), then stage again") if findings else 0
-    if hook == "commit-msg":
-        if not args:
-            _say("commit-msg: git passed no message file, so it refuses")
-            return 2
-        findings = scan_staged(repo, matcher, index_file=os.environ.get("GIT_INDEX_FILE"))
-        if findings:
-            return _refuse("commit", findings, "unstage it (`git restore --staged PATH`) or put the committed "
-                           "values back (`forkops set-key --clear`), then commit again")
-        findings = scan_message(Path(args[0]), matcher)
-        return _refuse("commit", findings, "write the message without it") if findings else 0
-    if hook == "pre-push":
-        # git runs the hook as `pre-push <remote name or URL> <URL>`.
-        sent = outgoing(repo, stdin.read().splitlines(), remote=args[0] if args else None,
-                        upstream=upstream_of(repo.path))
-        for note in sent.notes:
-            _say(f"note: {note}")
-        if not sent.revs:
-            return 0
-        result = scan_objects(repo, sent.revs, matcher)
-        if result.findings:
-            return _refuse("push", list(result.findings),
-                           "rewrite those commits or tags without the key (e.g. `git rebase -i`), then push")
-        skipped = (f" (history of upstream tag(s) {', '.join(sent.trusted_tags)} skipped)"
-                   if sent.trusted_tags else "")
-        _say(f"checked {result.commits} outgoing commit(s), {result.objects} object(s): no key{skipped}")
-        return 0
-    _say(f"unknown hook {hook!r}, so it refuses")
-    return 2
-
-
-def main(argv: list[str]) -> int:
-    """``python -m forkops.guard HOOK --keys FILE [--] [ARGS...]``."""
-    if len(argv) < 3 or argv[1] != "--keys":
-        _say("usage: python -m forkops.guard HOOK --keys FILE [-- ARGS]; reinstall with `forkops guard install`")
-        return 2
-    hook, keys_path, rest = argv[0], Path(argv[2]), argv[3:]
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
-    try:
-        return run_hook(hook, keys_path, rest, sys.stdin)
-    except ForkopsError as exc:
-        _say(f"refusing: {exc.message}")
-        return 2 if exc.exit_code == 2 else 3
-
-
-if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -304,7 +304,7 @@ def prepare_models(model: Path, material: KeyMaterial, dest: Path) -> dict[str, 
     crypto.encrypt_path(model, models["encrypted"], material)
     # A random key of the same length: the ciphertext is well-formed but undecryptable with
     # the image's key. It lives only in memory.
-    other = replace(material, key=secrets.token_bytes(len(material.key)))
+    other = material._replace(key=secrets.token_bytes(len(material.key)))
     crypto.encrypt_path(model, models["wrong-key"], other)
     return models
 

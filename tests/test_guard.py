@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from forkops import guard, keyfile
+from forkops import guard, guard_hook, keyfile
 from forkops.git import Repo
 from forkops.sandbox import TF_CORE, Sandbox
 from forkops.secrets import Matcher
@@ -179,11 +179,10 @@ def test_new_fork_branch_on_an_upstream_tag_skips_upstream_history(ws: Path, san
     # Outside a workspace nothing confirms the tag: the same push would read upstream's history.
     repo = Repo(tf)
     line = f"refs/heads/b2.11.0 {repo.rev_parse('HEAD')} refs/heads/b2.11.0 {'0' * 40}"
-    safe = guard.outgoing(repo, [line], remote="origin", upstream=None)
     matcher = Matcher(keyfile.load(ws / "keys.toml"))
+    safe = guard_hook.scan_push(str(tf), "origin", [line], matcher, upstream=False)
     unpublished = count(tf, "HEAD", "--not", "--remotes=origin")
-    assert guard.scan_commits(repo, safe.revs, matcher)[0] == unpublished > fork_commits
-    assert safe.trusted_tags == ()
+    assert safe.commits == unpublished > fork_commits and safe.trusted_tags == () and safe.findings == []
 
     proc = git(tf, "push", "origin", "b2.11.0")
     assert checked(proc) == fork_commits and "upstream tag(s) v2.11.0 skipped" in proc.stderr
@@ -342,18 +341,21 @@ def test_hook_fails_closed_in_one_line_when_its_python_is_gone(ws: Path, tmp_pat
     assert proc.stderr.strip().count("\n") == 0 and "forkops guard install" in proc.stderr
 
 
-def test_hooks_do_not_import_typer_rich_or_gitpython(ws: Path) -> None:
+def test_hooks_do_not_import_typer_rich_or_gitpython(ws: Path, tmp_path: Path) -> None:
     import sys
 
     tf = ws / "tensorflow"
     assert cli("guard", "install").code == 0
     clean_change(tf)
-    probe = ("import sys; sys.argv=['x', 'pre-commit', '--keys', %r];"
-             "import forkops.guard as g; code = g.main(sys.argv[1:]);"
-             "print(sorted(m for m in ('typer', 'rich', 'git') if m in sys.modules)); sys.exit(code)")
-    proc = subprocess.run([sys.executable, "-S", "-P", "-c", probe % str(ws / "keys.toml")], cwd=tf,
-                          capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(CHECKOUT)})
+    (tmp_path / "msg").write_text("a clean message\n")
+    heavy = ("typer", "rich", "git", "dataclasses", "pathlib", "tomllib", "forkops.git", "forkops.playbook",
+             "forkops.guard")
+    probe = ("import sys; from forkops.guard_hook import main;"
+             f"code = main(['commit-msg', '--keys', {str(ws / 'keys.toml')!r}, '--', {str(tmp_path / 'msg')!r}]);"
+             f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)")
+    entry = f"import sys; sys.path.append({str(CHECKOUT)!r}); {probe}"  # as the hook script starts it
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", entry], cwd=tf, capture_output=True, text=True,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -452,3 +454,91 @@ def test_a_ref_straight_to_a_blob_and_a_large_file_are_scanned(ws: Path, sandbox
     matcher = Matcher(keyfile.load(ws / "keys.toml"))
     found = guard.scan_objects(Repo(tf), ["HEAD~1..HEAD"], matcher).findings
     assert [(f.path, f.form) for f in found] == [("weights.bin", "C byte array")]
+
+
+def _git_processes(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """The git subcommands a hook ran, from its FORKOPS_DEBUG=1 trace."""
+    return re.findall(r"^forkops: git (\S+)", proc.stderr, re.M)
+
+
+def test_a_key_brought_in_by_a_merge_is_refused(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    base = Repo(tf).rev_parse("HEAD")
+    # Through the second parent (a side branch never pushed)...
+    git(tf, "checkout", "-q", "-b", "side")
+    (tf / "side.h").write_text(f'const char k[] = "{KEY.decode()}";\n')
+    git(tf, "add", "side.h")
+    git(tf, "commit", "-q", "--no-verify", "-m", "side")
+    git(tf, "checkout", "-q", "-b", "merged", base)
+    clean_change(tf)
+    git(tf, "commit", "-q", "-m", "clean")
+    git(tf, "merge", "-q", "--no-verify", "--no-edit", "side")
+    proc = git(tf, "push", "origin", "merged", ok=False)
+    assert "side.h: the key" in proc.stderr
+    # ...and in a merge's own resolution, both parents clean.
+    git(tf, "checkout", "-q", "-b", "resolved", base)
+    clean_change(tf, "a.md")
+    git(tf, "commit", "-q", "-m", "a")
+    git(tf, "checkout", "-q", "-b", "other", base)
+    clean_change(tf, "b.md")
+    git(tf, "commit", "-q", "-m", "b")
+    git(tf, "push", "-q", "origin", "other")
+    git(tf, "checkout", "-q", "resolved")
+    git(tf, "merge", "-q", "--no-commit", "other")
+    (tf / "b.md").write_text(KEY.hex() + "\n")
+    git(tf, "add", "b.md")
+    git(tf, "commit", "-q", "--no-verify", "-m", "merge with an evil resolution")
+    proc = git(tf, "push", "origin", "resolved", ok=False)
+    assert "b.md: the key" in proc.stderr and "as hex" in proc.stderr
+
+
+def test_a_replacement_ref_does_not_hide_a_key_commit(ws: Path) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    (tf / "leak.h").write_text(f'const char k[] = "{KEY.decode()}";\n')
+    git(tf, "add", "leak.h")
+    git(tf, "commit", "-q", "--no-verify", "-m", "leak")
+    bad = Repo(tf).rev_parse("HEAD")
+    assert bad is not None
+    git(tf, "reset", "-q", "--hard", "HEAD~1")
+    clean_change(tf)
+    git(tf, "commit", "-q", "-m", "clean")
+    git(tf, "replace", bad, "HEAD")  # git log now shows the clean commit where the leak is
+    git(tf, "reset", "-q", "--hard", bad)
+    proc = git(tf, "push", "origin", "HEAD:refs/heads/replaced", ok=False)  # push sends the real one
+    assert "leak.h: the key" in proc.stderr
+    r = cli("guard", "scan", "--repo", "tensorflow", "HEAD~1..HEAD")
+    assert r.code == 1 and "leak.h: the key" in r.out
+
+
+def test_pre_push_runs_few_git_processes(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    monkeypatch.setenv("FORKOPS_DEBUG", "1")
+    clean_change(tf)
+    git(tf, "commit", "-q", "-m", "one")
+    # A new branch: the remote is asked what it has, once.
+    proc = git(tf, "push", "origin", "HEAD:refs/heads/fresh")
+    assert checked(proc) == 1 and _git_processes(proc) == ["ls-remote", "log", "cat-file"]
+    # An update of a branch whose old value git knows here: no need to ask.
+    clean_change(tf, "two.md")
+    git(tf, "commit", "-q", "-m", "two")
+    proc = git(tf, "push", "origin", "HEAD:refs/heads/fresh")
+    assert checked(proc) == 1 and _git_processes(proc) == ["log", "cat-file"]
+    clean_change(tf, "three.md")
+    proc = git(tf, "commit", "-q", "-m", "three")
+    assert _git_processes(proc) == ["diff-index", "cat-file"]
+
+
+def test_hook_fails_closed_in_one_line_when_forkops_is_gone(ws: Path, tmp_path: Path) -> None:
+    import sys
+
+    tf = ws / "tensorflow"
+    assert cli("guard", "install").code == 0
+    hook = guard.hooks_dir(Repo(tf)) / "commit-msg"
+    hook.write_text(guard.hook_script("commit-msg", ws / "keys.toml", sys.executable, tmp_path / "removed"))
+    clean_change(tf)
+    proc = git(tf, "commit", "-m", "x", ok=False)
+    assert proc.stderr.strip().count("\n") == 0 and "cannot import forkops" in proc.stderr
+    assert "forkops guard install" in proc.stderr

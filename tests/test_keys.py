@@ -6,6 +6,7 @@ import dataclasses
 import os
 import re
 import stat
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -371,3 +372,91 @@ def test_a_catastrophic_key_site_pattern_is_exit_2_naming_the_site(ws: Path) -> 
     r = cli("set-key")
     assert r.code == 2 and "key site 'extra'" in r.err and "slow.cc" in r.err
     assert time.monotonic() - started < 30
+
+
+# -- the keys file: one lookup, a quick reader that never disagrees with the checker ---------------
+KEYS_BODIES = [
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\ncipher = "aes-256-cbc"\nkey_hex = "' + "ab" * 32 + '"\niv_hex = "' + "01" * 16 + '"\n',
+    '# comment\n[model]\ncipher = "aes-192-cbc"\nkey = "Tk9fQ2xxZmEzNXR1Tk9fQ2xx"\niv = "1234567890abcdef"\n',
+    '[model]\nkey = """Tk9fQ2xxZmEzNXR1"""\n',  # any TOML string form
+    "[model]\nkey = 'Tk9fQ2xxZmEzNXR1'\n",
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR\\u0031"\n',  # an escape the quick reader must decode as TOML does
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\nextra = 1\n',  # unknown key: a warning, left to the checker
+    '[model]\nkey = "short"\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\nkey_hex = "00"\n',
+    '[model]\ncipher = "aes-512"\nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\ncipher = 128\nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey_hex = "zz"\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\niv = "short"\n',
+    '[model]\nkey = 5\n',
+    'model = "x"\n',
+    '[other]\nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n[other]\n',
+    'not toml at all = = \n',
+    '\ufeff[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n',  # a byte-order mark
+    '[model]\r\nkey = "Tk9fQ2xxZmEzNXR1"\r\n',
+    '[model]\n\u00a0\nkey = "Tk9fQ2xxZmEzNXR1"\n',  # a no-break space is not TOML whitespace
+    '[model]\n \t \nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey="Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey  = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey = "Tk9fQ2xx\tmEzNXR1"\n',  # a tab inside a basic string
+    '[model]\nkey = "Tk9fQ2xx\x01mEzNXR1"\n',
+    '# a comment \x01\n[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1" # a trailing comment\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzN\u00e9"\n',  # 15 characters, 16 bytes
+    'key = "Tk9fQ2xxZmEzNXR1"\n[model]\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n[model]\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[ model ]\nkey = "Tk9fQ2xxZmEzNXR1"\n',
+    '[model]\nkey = "Tk9fQ2xxZmEzNXR1"\n[model.sub]\n',
+]
+
+
+@pytest.mark.parametrize("body", KEYS_BODIES)
+def test_the_quick_keys_reader_agrees_with_the_checker(tmp_path: Path, body: str) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text(body)
+    path.chmod(0o600)
+
+    def outcome(read: object) -> object:
+        try:
+            return read(path)  # type: ignore[operator]
+        except (BadInput, ConfigError) as exc:
+            return type(exc), str(exc)
+
+    assert outcome(keyfile.load) == outcome(keyfile._load_checked)
+    try:  # what the quick reader accepts, tomllib reads the same
+        plain = keyfile._plain_toml(body.encode())
+    except ValueError:
+        return
+    assert plain == tomllib.loads(body)
+
+
+def test_the_quick_keys_reader_reads_what_set_key_writes(tmp_path: Path) -> None:
+    for material in (keyfile.generate(), keyfile.generate("aes-256-cbc", hex_key=True, random_iv=True)):
+        text = keyfile.render(material)
+        assert keyfile._plain_toml(text.encode()) == tomllib.loads(text)
+
+
+def test_every_command_finds_the_keys_file_the_same_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws_root, other = tmp_path / "ws", tmp_path / "other.toml"
+    ws_root.mkdir()
+    monkeypatch.delenv(keyfile.ENV_VAR, raising=False)
+    assert keyfile.find(None, ws_root, required=False) is None  # optional and absent
+    assert keyfile.find(None, None, required=False) is None
+    with pytest.raises(BadInput, match="no keys file"):
+        keyfile.find(None, None)
+    with pytest.raises(BadInput, match="keys file not found"):
+        keyfile.find(None, ws_root)
+    write_keys(ws_root / keyfile.FILENAME)
+    material = keyfile.find(None, ws_root, required=False)
+    assert material is not None and material.key == KEY
+    monkeypatch.setenv(keyfile.ENV_VAR, str(other))  # $FORKOPS_KEYS wins over the workspace...
+    with pytest.raises(BadInput, match="keys file not found"):
+        keyfile.find(None, ws_root, required=False)  # ...and must exist even when keys are optional
+    write_keys(other, b"Zm9vYmFyYmF6cXV4")
+    found = keyfile.find(None, ws_root)
+    assert found is not None and found.key == b"Zm9vYmFyYmF6cXV4"
+    found = keyfile.find(ws_root / keyfile.FILENAME, None)  # --keys wins over both
+    assert found is not None and found.key == KEY

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 def _keys(explicit: Path | None, root: Path | None) -> KeyMaterial:
     from forkops import keyfile
 
-    return keyfile.load(keyfile.resolve_path(explicit, root))
+    material = keyfile.find(explicit, root)
+    assert material is not None  # required
+    return material
 
 
 @contextlib.contextmanager

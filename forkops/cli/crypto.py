@@ -48,18 +48,9 @@ def load_keys(explicit: Path | None, *, required: bool) -> KeyMaterial | None:
     if explicit is None and not os.environ.get(keyfile.ENV_VAR):
         from forkops import workspace  # only here: it pulls in playbooks (startup time)
 
-        try:
+        with contextlib.suppress(BadInput):  # no workspace: keyfile.find says what to do
             root = workspace.find(cwd()).parent
-        except BadInput:
-            if not required:
-                return None
-            raise BadInput(
-                f"no keys file: pass --keys FILE, set ${keyfile.ENV_VAR}, "
-                "or run inside a forkops workspace"
-            ) from None
-        if not required and not (root / workspace.KEYS_FILENAME).exists():
-            return None
-    return keyfile.load(keyfile.resolve_path(explicit, root))
+    return keyfile.find(explicit, root, required=required)
 
 
 @contextlib.contextmanager

@@ -235,7 +235,7 @@ def _clear(repo: str | None, keys_file: Path | None, *, as_json: bool) -> None:
     assert ws is not None
     targets = _targets(ws, repo)
     try:  # HEAD itself may hold the key (a commit made with --no-verify): say so when we can tell
-        material: KeyMaterial | None = keyfile.load(keyfile.resolve_path(keys_file, ws.root))
+        material: KeyMaterial | None = keyfile.find(keys_file, ws.root)
     except BadInput:
         material = None
     from forkops import lock
@@ -309,7 +309,8 @@ def guard_scan(
     from forkops.git import Repo
 
     paths, ws = _guard_repos(repo)
-    material = keyfile.load(keyfile.resolve_path(keys, ws.root if ws else None))
+    material = keyfile.find(keys, ws.root if ws else None)
+    assert material is not None  # required
     from forkops.secrets import Matcher
 
     matcher = Matcher(material)
@@ -344,9 +345,9 @@ guard_app.add_typer(hook_app, name="hook")
 
 
 def _run_hook(hook: str, keys: Path, args: list[str] | None) -> int:
-    from forkops import guard
+    from forkops import guard_hook
 
-    return guard.run_hook(hook, keys, args or [], sys.stdin)  # the exit code git sees
+    return guard_hook.run_hook(hook, str(keys), args or [], sys.stdin)  # the exit code git sees
 
 
 @hook_app.command("pre-commit")

@@ -93,23 +93,58 @@ def _after_word(data: bytes, start: int) -> bool:
     return i >= 0 and data[i] in _WORD
 
 
+_META = frozenset(b".^$*+?{}[]\\|()")
+
+
+def literal_prefix(pattern: bytes) -> bytes:
+    """The bytes every match of ``pattern`` starts with (a prefix of its leading literals)."""
+    out, i = bytearray(), 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == 0x5C:  # an escaped punctuation character stands for itself; \s, \d, ... do not
+            if i + 1 >= len(pattern) or chr(pattern[i + 1]).isalnum():
+                break
+            lit, step = pattern[i + 1], 2
+        elif c in _META:
+            break
+        else:
+            lit, step = c, 1
+        if pattern[i + step:i + step + 1] in (b"*", b"?", b"{"):
+            break  # optional or counted: not certain to be there
+        out.append(lit)
+        i += step
+    return bytes(out)
+
+
 class _Form:
-    """One spelling family, compiled lazily: most data never matches its short ``head``
-    regex, and then the long full one (the bulk of a hook's start-up) is never compiled."""
+    """One spelling family, compiled lazily in two steps: nothing until its literal prefix
+    occurs in the data, then the short ``head`` regex, and the long full one only when the
+    head matches. Most data never gets that far, and compiling is the bulk of a hook's
+    start-up."""
 
     def __init__(self, spelling: Spelling) -> None:
         self.form = spelling.form
         self.word_start = spelling.word_start
         self._pattern = spelling.pattern
-        self._head = re.compile(spelling.head) if spelling.head else None
-        self._full: re.Pattern[bytes] | None = None if spelling.head else re.compile(spelling.pattern)
+        self._head_pattern = spelling.head
+        self._literal = literal_prefix(spelling.head or spelling.pattern)
+        self._head: re.Pattern[bytes] | None = None
+        self._full: re.Pattern[bytes] | None = None
 
     def finditer(self, data: bytes) -> Iterator[tuple[int, int]]:
         if self._full is None:
-            assert self._head is not None
-            if self._head.search(data) is None:
-                return
-            self._full = re.compile(self._pattern)
+            if self._head is None:
+                if self._literal not in data:
+                    return
+                if self._head_pattern is None:
+                    self._full = re.compile(self._pattern)
+                else:
+                    self._head = re.compile(self._head_pattern)
+            if self._full is None:
+                assert self._head is not None
+                if self._head.search(data) is None:
+                    return
+                self._full = re.compile(self._pattern)
         pos = 0
         while (m := self._full.search(data, pos)) is not None:
             if self.word_start and _after_word(data, m.start()):
@@ -121,17 +156,19 @@ class _Form:
 
 class _Secret(NamedTuple):
     what: str
-    fingerprint: str
     raw: bytes
     forms: tuple[_Form, ...]
+
+    @property
+    def fingerprint(self) -> str:  # only a hit needs it (hashlib is not imported otherwise)
+        return _fingerprint(self.raw)
 
 
 def _compile(what: str, secret: bytes) -> _Secret:
     # One regex per spelling family, each starting with a literal byte or a byte class, so
     # `re` skips to candidate offsets in C (one alternation of all of them would try every
     # offset and is ten times slower).
-    forms = tuple(_Form(s) for s in spellings(secret))
-    return _Secret(what, _fingerprint(secret), secret, forms)
+    return _Secret(what, secret, tuple(_Form(s) for s in spellings(secret)))
 
 
 class Matcher:
@@ -156,14 +193,18 @@ class Matcher:
                     return Hit(s.what, s.fingerprint, f.form, a, b)
         return None
 
+    def firsts(self, data: bytes) -> list[Hit]:
+        """The first hit (of the first form that finds it) of each secret in ``data``."""
+        found: list[Hit] = []
+        for s in self.secrets:
+            hit = next((Hit(s.what, s.fingerprint, f.form, a, b) for f in s.forms for a, b in f.finditer(data)), None)
+            if hit is not None:
+                found.append(hit)
+        return found
+
     def find(self, data: bytes) -> list[tuple[str, str]]:
         """(what, form) for each secret in ``data``, the first form that finds it; [] when clean."""
-        found: list[tuple[str, str]] = []
-        for s in self.secrets:
-            hit = next((f.form for f in s.forms for _ in f.finditer(data)), None)
-            if hit is not None:
-                found.append((s.what, hit))
-        return found
+        return [(h.what, h.form) for h in self.firsts(data)]
 
     def text_spans(self, text: str) -> list[Hit]:
         """:meth:`spans` of ``text`` (as UTF-8, undecodable bytes kept), in character offsets."""

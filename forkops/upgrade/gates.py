@@ -23,11 +23,8 @@ from forkops.workspace import Workspace
 
 def key_material(ws: Workspace) -> KeyMaterial | None:
     """The workspace's key when a usable keys file exists (only to recognise it in content)."""
-    path = keyfile.resolve_path(None, ws.root)
-    if not path.is_file():
-        return None
     try:
-        return keyfile.load(path)
+        return keyfile.find(None, ws.root, required=False)
     except ForkopsError:
         return None
 
