@@ -30,7 +30,6 @@ import importlib.resources
 import io
 import os
 import queue
-import secrets
 import shutil
 import stat
 import tempfile
@@ -360,61 +359,6 @@ def _open_input(path: Path, *, stream: bool = False) -> Iterator[io.BufferedRead
         yield fh
 
 
-def _anonymous_tmp_supported(folder: Path) -> int | None:
-    """An unnamed file in ``folder`` (``O_TMPFILE``), or None where the system lacks it.
-
-    An unnamed file vanishes by itself if the process dies, even by SIGKILL: there is no
-    temporary name to leave behind.
-    """
-    flag = getattr(os, "O_TMPFILE", None)
-    if flag is None or not os.path.isdir("/proc/self/fd"):
-        return None
-    try:
-        return os.open(folder, flag | os.O_WRONLY | os.O_CLOEXEC, 0o644)
-    except OSError:
-        return None  # e.g. a file system without O_TMPFILE support
-
-
-@contextlib.contextmanager
-def output_file(path: Path) -> Iterator[IO[bytes]]:
-    """Yield a binary file that replaces ``path`` atomically when the block succeeds.
-
-    On any exception the partial output is discarded and ``path`` is left as it was.
-    """
-    folder = path.parent
-    fd = _anonymous_tmp_supported(folder)
-    if fd is None:
-        with fsutil.atomic_writer(path) as fh:
-            yield fh
-        return
-    with os.fdopen(fd, "wb") as fh:
-        yield fh
-        fh.flush()
-        os.fsync(fh.fileno())
-        # Name the finished file (a hidden name, for an instant) and move it over the target.
-        tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        _link_fd(fh.fileno(), tmp)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-
-def _link_fd(fd: int, name: Path) -> None:
-    """Give the unnamed file behind ``fd`` a name: ``linkat`` of /proc/self/fd/N, following it.
-
-    The explicit ``src_dir_fd`` matters: without one, Python calls plain ``link()``, which does
-    not follow the /proc symlink (EXDEV).
-    """
-    proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.link(str(fd), name, src_dir_fd=proc, follow_symlinks=True)
-    finally:
-        os.close(proc)
-
-
 def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
@@ -547,7 +491,7 @@ def _run(
         if src.is_dir():
             copied = _build_directory(src, dst, set(targets), transform)
             return Done(dst, tuple(p.relative_to(src) for p in targets), copied, recovered)
-        with output_file(dst) as out:
+        with fsutil.atomic_writer(dst) as out:  # unnamed until complete: a kill leaves nothing
             transform(src, out)
         return Done(dst, (dst,), 0, recovered)
     except OSError as exc:

@@ -74,6 +74,15 @@ def has_merge_base_option() -> bool:
 _GIT_DIRS: dict[str, Path] = {}  # a path's git directory does not change while forkops runs
 
 
+def _dot_git(top: Path) -> Path | None:
+    """``top/.git`` when it is a git directory, as git itself would find it first from ``top``
+    (HEAD, objects and refs present); None for a ``.git`` file, a bare repository or no repository."""
+    dot = top / ".git"
+    if (dot / "HEAD").is_file() and (dot / "objects").is_dir() and (dot / "refs").is_dir():
+        return dot.resolve()
+    return None
+
+
 @dataclass(frozen=True)
 class RefInfo:
     name: str  # full ref name
@@ -134,10 +143,11 @@ class Repo:
     # -- facts ---------------------------------------------------------------------------
     @property
     def git_dir(self) -> Path:
-        """The repository's git directory; asked of git once per path and process."""
+        """The repository's git directory, found once per path and process: ``path/.git`` when
+        that is a repository (a clone's worktree; no process), else asked of git."""
         key = str(self.path.resolve())
         if key not in _GIT_DIRS:
-            _GIT_DIRS[key] = Path(self.run("rev-parse", "--absolute-git-dir").strip())
+            _GIT_DIRS[key] = _dot_git(Path(key)) or Path(self.run("rev-parse", "--absolute-git-dir").strip())
         return _GIT_DIRS[key]
 
     def is_repo(self) -> bool:
@@ -147,6 +157,9 @@ class Repo:
             return False
         key = str(self.path.resolve())
         if key in _GIT_DIRS:
+            return True
+        if (found := _dot_git(Path(key))) is not None:
+            _GIT_DIRS[key] = found
             return True
         proc = self.run_raw("rev-parse", "--absolute-git-dir")
         if proc.returncode != 0:
@@ -506,11 +519,11 @@ class Repo:
     def requeue_pick(self, sha: str) -> None:
         """Put ``pick SHA`` back at the front of the running rebase's todo list (a pick git
         recorded as done whose changes never reached the index: a process killed mid-pick)."""
+        from forkops.fsutil import write_atomic
+
         todo = self.git_dir / "rebase-merge" / "git-rebase-todo"
         old = todo.read_text() if todo.is_file() else ""
-        tmp = todo.with_name("git-rebase-todo.forkops")
-        tmp.write_text(f"pick {sha}\n" + old)
-        os.replace(tmp, todo)
+        write_atomic(todo, f"pick {sha}\n" + old)
 
     def unmerged(self) -> dict[str, frozenset[int]]:
         """Unmerged path -> the index stages it has (``git ls-files -u``)."""

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from forkops.errors import BadInput, ForkopsError, GitError
+from forkops.fsutil import write_atomic
 from forkops.git import Repo, git_env
 from forkops.secrets import Hit, Matcher
 
@@ -563,11 +564,6 @@ def is_ours(path: Path) -> bool:
         return False
 
 
-def _write_hook(path: Path, script: str) -> None:
-    tmp = path.with_name(f".{path.name}.forkops.tmp")
-    tmp.write_text(script)
-    tmp.chmod(0o755)
-    os.replace(tmp, path)
 
 
 def check_installable(repo_path: Path) -> None:
@@ -628,7 +624,7 @@ def install_hooks(repo_path: Path, keys_path: Path, *, python: str | None = None
         else:
             action = "installed"
         if action != "unchanged":
-            _write_hook(path, script)
+            write_atomic(path, script, mode=0o755)
         results.append(HookInstall(hook, path, action,
                                    chained if chained.exists() or chained.is_symlink() else None))
     return results

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from forkops import workspace
 from forkops.errors import BadInput
-from forkops.fsutil import write_atomic
-from forkops.git import Repo
+from forkops.fsutil import ensure_ignored, write_atomic
+from forkops.git import Progress, Repo, clone
 from forkops.playbook import Role
 
 REPOS: tuple[Role, ...] = ("tensorflow", "serving")
@@ -85,10 +85,7 @@ def create(root: Path, repos: Sequence[workspace.RepoConfig], *, clone: bool,
         detections = [_detect(rc, cloned=clone) for rc in repos if rc.playbook == "tensorflow"]
         final = [next((replace(rc, playbook=d.playbook) for d in detections if d.repo == rc.name), rc) for rc in repos]
         text = workspace.render(list(final), root)
-        ignore = root / ".gitignore"
-        lines = ignore.read_text().splitlines() if ignore.exists() else []
-        if workspace.KEYS_FILENAME not in lines:
-            write_atomic(ignore, "\n".join([*lines, workspace.KEYS_FILENAME]) + "\n")
+        ensure_ignored(root, workspace.KEYS_FILENAME)
         write_atomic(target, text)  # last: its presence means the workspace is complete
     except BaseException:
         for rc in cloned:
@@ -110,14 +107,24 @@ def _check(root: Path, repos: Sequence[workspace.RepoConfig]) -> None:
         check.unlink(missing_ok=True)
 
 
-def _clone(rc: workspace.RepoConfig, progress: CloneProgress | None) -> None:
-    from forkops import upgrade  # the engine's clone-if-missing (rerere enabled)
+def ensure_clone(rc: workspace.RepoConfig, progress: Progress | None = None) -> Repo:
+    """The fork clone at ``rc.path``, cloned from ``rc.origin`` when missing (the one
+    clone-if-missing: ``init``, ``upgrade`` and ``check`` use it). BadInput, nothing cloned, when
+    the folder exists, is not empty and is not a git repository."""
+    repo = Repo(rc.path)
+    if repo.is_repo():
+        return repo
+    if rc.path.exists() and any(rc.path.iterdir()):
+        raise BadInput(f"{rc.path} exists and is not a git repository")
+    return clone(rc.origin, rc.path, progress=progress)
 
+
+def _clone(rc: workspace.RepoConfig, progress: CloneProgress | None) -> None:
     def report(stage: str, fraction: float | None) -> None:
         if progress is not None:
             progress(rc.name, stage, fraction)
 
-    upgrade.ensure_clone(rc, report)
+    ensure_clone(rc, report)
 
 
 def _detect(rc: workspace.RepoConfig, *, cloned: bool) -> Detection:

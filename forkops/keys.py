@@ -20,13 +20,13 @@ import contextlib
 import itertools
 import os
 import signal
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from forkops import guard
 from forkops.errors import BadInput, ConfigError, NeedsPerson
+from forkops.fsutil import write_atomic
 from forkops.git import Repo
 from forkops.keyfile import DEFAULT_IV, KeyMaterial, fingerprint
 from forkops.playbook import KeySite, Playbook
@@ -172,7 +172,7 @@ class Plan:
             for rel, text in self.files.items():
                 full = self.repo_path / rel
                 mode = 0o600 if secret else _checkout_mode(repo, rel)
-                _write(full, text.encode(_ENC, _ERRORS), mode)
+                write_atomic(full, text.encode(_ENC, _ERRORS), mode=mode, infix=_TMP_INFIX)
 
 
 @contextlib.contextmanager
@@ -192,22 +192,6 @@ def _signals_exit() -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_INFIX}", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)  # before any byte of the key is written (mkstemp made it 0600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        os.chmod(path, mode)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _checkout_mode(repo: Repo, rel: str) -> int:

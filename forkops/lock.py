@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from forkops.errors import BadInput
+from forkops.fsutil import ensure_ignored
 from forkops.workspace import Workspace
 
 RUN_DIR = ".forkops"
@@ -29,9 +30,7 @@ def run_dir(ws: Workspace) -> Path:
     """``<workspace>/.forkops``, created with a ``.gitignore`` that keeps it out of git."""
     folder = ws.root / RUN_DIR
     folder.mkdir(exist_ok=True)
-    ignore = folder / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# forkops run state: never committed\n*\n")
+    ensure_ignored(folder, "*", comment="forkops run state: never committed")
     return folder
 
 

@@ -19,8 +19,8 @@ from forkops.errors import BadInput
 from forkops.secrets.encodings import NAMES as ENCODINGS
 from forkops.tomlcheck import Checker, Table, load_toml
 from forkops.version import BranchName, TagName, Version, VersionBound, parse_name
+from forkops.workspace import BUILTIN_PLAYBOOKS
 
-BUILTIN = ("tensorflow", "tensorflow-dlopen", "serving")
 REGEX_SECONDS = 2.0  # a key-site pattern that needs longer on one file is refused
 # What a fork is to the others: `forkops build` stages the "serving" fork and builds it against
 # the fork whose playbook has the role its [build] names (builds_against). Declared, never guessed
@@ -241,14 +241,14 @@ def builtin_path(name: str) -> Path:
 
 def load(ref: str, *, base_dir: Path | None = None) -> Playbook:
     """Load a playbook by built-in name or by path (relative paths against ``base_dir``)."""
-    if ref in BUILTIN:
+    if ref in BUILTIN_PLAYBOOKS:
         return load_file(builtin_path(ref), label=f"playbooks/{ref}.toml", source=f"builtin:{ref}")
     path = Path(ref).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     if not path.exists():
         raise BadInput(
-            f"playbook {ref!r}: not a built-in playbook ({', '.join(BUILTIN)}) and no such file"
+            f"playbook {ref!r}: not a built-in playbook ({', '.join(BUILTIN_PLAYBOOKS)}) and no such file"
         )
     return load_file(path, label=ref, source=str(path))
 

@@ -44,7 +44,7 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -735,19 +735,6 @@ def fetch_tags(repo: Repo, remote: str, tags: Sequence[TagName], remote_tags: di
         repo.fetch(remote, [f"+{t.ref}:{t.ref}" for t in missing])
         have = local()
     return {t: have[t.ref] for t in tags}
-
-
-def open_clone(path: Path, origin: str, *, clone_missing: bool,
-               progress: Callable[[str, float | None], None] | None = None) -> Repo:
-    """The fork clone at ``path``; cloned from ``origin`` when missing and ``clone_missing``."""
-    repo = Repo(path)
-    if repo.is_repo():
-        return repo
-    if path.exists() and any(path.iterdir()):
-        raise BadInput(f"{path} exists but is not a git repository")
-    if not clone_missing:
-        raise BadInput(f"no clone at {path}: run `forkops upgrade` or `git clone {origin} {path}`")
-    return git.clone(origin, path, progress=progress)
 
 
 def _with_missing_changes(repo: Repo, pb: Playbook, refs: plan.StackRefs,

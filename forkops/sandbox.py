@@ -37,7 +37,9 @@ target        TensorFlow fork                         Serving fork
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
 import re
 import subprocess
 import tempfile
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from forkops.fsutil import ensure_ignored
 from forkops.git import git_env
 
 T0 = 1_577_836_800  # 2020-01-01T00:00:00Z: fixed dates make every generated sha reproducible
@@ -165,123 +168,24 @@ def _init(path: Path, *, bare: bool = False) -> None:
 # ---------------------------------------------------------------------------------------
 # TensorFlow-like content
 # ---------------------------------------------------------------------------------------
-_LICENSE = """/* Copyright 2015 The TensorFlow Authors. All Rights Reserved.
+@functools.cache
+def _template(name: str) -> str:
+    return importlib.resources.files("forkops").joinpath("data", "sandbox", name).read_text(encoding="utf-8")
 
-Licensed under the Apache License, Version 2.0 (the "License");
-you may not use this file except in compliance with the License.
-You may obtain a copy of the License at
 
-    http://www.apache.org/licenses/LICENSE-2.0
+def _render(name: str, **values: str) -> str:
+    """The text of ``forkops/data/sandbox/NAME`` with each ``@KEY@`` replaced by ``values[KEY]``
+    (every placeholder given, every value used: a typo fails loudly, not as a different sandbox)."""
+    text = _template(name)
+    used = set(_PLACEHOLDER.findall(text))
+    if used != set(values):
+        raise KeyError(f"{name}: placeholders {sorted(used)}, values {sorted(values)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
-Unless required by applicable law or agreed to in writing, software
-distributed under the License is distributed on an "AS IS" BASIS,
-WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-See the License for the specific language governing permissions and
-limitations under the License.
-==============================================================================*/
-"""
 
-_ENV_CC = _LICENSE + """
-#include "tensorflow/core/platform/env.h"
-
-#include <sys/stat.h>
-
-#include <deque>
-#include <utility>
-#include <vector>
-
-#include "tensorflow/core/platform/env_time.h"
-#include "tensorflow/core/platform/errors.h"
-#include "tensorflow/core/platform/host_info.h"
-#include "tensorflow/core/platform/path.h"
-#include "tensorflow/core/platform/protobuf.h"
-
-namespace tensorflow {
-
-// 128KB copy buffer
-constexpr size_t kCopyFileBufferSize = 128 * 1024;
-
-class FileSystemRegistryImpl : public FileSystemRegistry {
- public:
-  Status Register(const string& scheme, Factory factory) override;
-  FileSystem* Lookup(const string& scheme) override;
-
- private:
-  mutable mutex mu_;
-  mutable std::unordered_map<string, std::unique_ptr<FileSystem>> registry_
-      TF_GUARDED_BY(mu_);
-};
-
-Status FileSystemRegistryImpl::Register(const string& scheme,
-                                        FileSystemRegistry::Factory factory) {
-  mutex_lock lock(mu_);
-  if (!registry_.emplace(scheme, std::unique_ptr<FileSystem>(factory()))
-           .second) {
-    return errors::AlreadyExists("File factory for ", scheme,
-                                 " already registered");
-  }
-  return Status::OK();
-}
-
-Status ReadFileToString(Env* env, const string& fname, string* data) {
-  uint64 file_size;
-  TF_RETURN_IF_ERROR(env->GetFileSize(fname, &file_size));
-  std::unique_ptr<RandomAccessFile> file;
-  TF_RETURN_IF_ERROR(env->NewRandomAccessFile(fname, &file));
-  data->resize(file_size);
-  char* p = &*data->begin();
-  StringPiece result;
-  TF_RETURN_IF_ERROR(file->Read(0, file_size, &result, p));
-  if (result.data() != p) {
-    memmove(p, result.data(), result.size());
-  }
-  return Status::OK();
-}
-
-Status WriteBinaryProto(Env* env, const string& fname,
-                        const protobuf::MessageLite& proto) {
-  string serialized;
-  proto.AppendToString(&serialized);
-  return WriteStringToFile(env, fname, serialized);
-}
-
-Status ReadBinaryProto(Env* env, const string& fname,
-                       protobuf::MessageLite* proto) {
-  std::unique_ptr<RandomAccessFile> file;
-  TF_RETURN_IF_ERROR(env->NewRandomAccessFile(fname, &file));
-  std::unique_ptr<FileStream> stream(new FileStream(file.get()));
-
-  // TODO(jiayq): the following coded stream is for debugging purposes to allow
-  // one to parse arbitrarily large messages for MessageLite. One most likely
-  // doesn't want to put protobufs larger than 64MB on Android, so we should
-  // eventually remove this and quit loud when a large protobuf is passed in.
-  protobuf::io::CodedInputStream coded_stream(stream.get());
-  // Total bytes hard limit / warning limit are set to 1GB and 512MB
-  // respectively.
-  coded_stream.SetTotalBytesLimit(1024LL << 20, 512LL << 20);
-
-  if (!proto->ParseFromCodedStream(&coded_stream) ||
-      !coded_stream.ConsumedEntireMessage()) {
-    TF_RETURN_IF_ERROR(stream->status());
-    return errors::DataLoss("Can't parse ", fname, " as binary proto");
-  }
-  return Status::OK();
-}
-
-Status ReadTextProto(Env* env, const string& fname,
-                     protobuf::Message* proto) {
-  std::unique_ptr<RandomAccessFile> file;
-  TF_RETURN_IF_ERROR(env->NewRandomAccessFile(fname, &file));
-  std::unique_ptr<FileStream> stream(new FileStream(file.get()));
-  if (!protobuf::TextFormat::Parse(stream.get(), proto)) {
-    TF_RETURN_IF_ERROR(stream->status());
-    return errors::DataLoss("Can't parse ", fname, " as text proto");
-  }
-  return Status::OK();
-}
-
-}  // namespace tensorflow
-"""
+_PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
+_LICENSE = _template("license.in")
+_ENV_CC = _render("env.cc.in", LICENSE=_LICENSE)
 
 
 def tf_env_cc(layout: str) -> str:
@@ -320,158 +224,46 @@ _FORK_INCLUDES = """#include <sys/stat.h>
 #include <deque>
 """
 
-_FORK_DECRYPT = f"""constexpr size_t kCopyFileBufferSize = 128 * 1024;
-
-// Model decryption (private fork). The key and IV below are placeholders:
-// `forkops set-key` writes the real ones into the working tree only.
-byte key[CryptoPP::AES::DEFAULT_KEYLENGTH] = {_bytes_literal(PLACEHOLDER_KEY)};
-byte iv[CryptoPP::AES::BLOCKSIZE] = {_bytes_literal(DEFAULT_IV)};
-
-Status decryptCBC(const string& cipher, byte key[], int key_size, byte iv[],
-                  string* recovered) {{
-  try {{
-    CryptoPP::CBC_Mode<CryptoPP::AES>::Decryption d;
-    d.SetKeyWithIV(key, key_size, iv);
-    CryptoPP::StringSource s(cipher, true,
-                             new CryptoPP::StreamTransformationFilter(
-                                 d, new CryptoPP::StringSink(*recovered)));
-  }} catch (const CryptoPP::Exception& e) {{
-    return errors::DataLoss("Can't decrypt binary proto");
-  }}
-  return Status::OK();
-}}
-"""
-
-_FORK_READ = """  std::unique_ptr<RandomAccessFile> file;
+_COPY_BUFFER = "constexpr size_t kCopyFileBufferSize = 128 * 1024;\n"
+# Where ReadBinaryProto starts reading (the fork replaces it), up to the comment after it.
+_READ = """  std::unique_ptr<RandomAccessFile> file;
   TF_RETURN_IF_ERROR(env->NewRandomAccessFile(fname, &file));
   std::unique_ptr<FileStream> stream(new FileStream(file.get()));
-
-  // TODO(jiayq)"""
-
-_FORK_READ_NEW = """  // The model file is AES-CBC encrypted: read it whole and decrypt it first.
-  string encrypted;
-  TF_RETURN_IF_ERROR(ReadFileToString(env, fname, &encrypted));
-  string plain;
-  TF_RETURN_IF_ERROR(decryptCBC(encrypted, key, sizeof(key), iv, &plain));
-  std::unique_ptr<protobuf::io::ArrayInputStream> stream(
-      new protobuf::io::ArrayInputStream(plain.data(), plain.size()));
-
-  // TODO(jiayq)"""
+"""
+_READ_END = "\n  // TODO(jiayq)"
 
 
 def fork_env_cc(upstream_text: str) -> str:
     """The fork's decryption patch (shape (a): key and IV hard-coded, decrypt in ReadBinaryProto)."""
     text = upstream_text.replace("#include <sys/stat.h>\n\n#include <deque>\n", _FORK_INCLUDES, 1)
-    text = text.replace("constexpr size_t kCopyFileBufferSize = 128 * 1024;\n", _FORK_DECRYPT, 1)
-    text = text.replace(_FORK_READ, _FORK_READ_NEW, 1)
+    decrypt = _render("fork_decrypt.cc.in", KEY_BYTES=_bytes_literal(PLACEHOLDER_KEY),
+                      IV_BYTES=_bytes_literal(DEFAULT_IV))
+    text = text.replace(_COPY_BUFFER, _COPY_BUFFER + "\n" + decrypt, 1)
+    text = text.replace(_READ + _READ_END, _template("fork_read.cc.in") + _READ_END, 1)
     text = text.replace(
         "      !coded_stream.ConsumedEntireMessage()) {\n    TF_RETURN_IF_ERROR(stream->status());\n",
         "      !coded_stream.ConsumedEntireMessage()) {\n", 1)
     return text
 
-
-_DLOPEN_READ_NEW = """  // The model file is AES-CBC encrypted: read it whole and decrypt it with the library the
-  // image ships (the key is compiled into that library, never into this source).
-  string encrypted;
-  TF_RETURN_IF_ERROR(ReadFileToString(env, fname, &encrypted));
-  void* lib = dlopen("/opt/lib/libcryptfile.so", RTLD_NOW);
-  if (lib == nullptr) {
-    return errors::Internal("Can't load /opt/lib/libcryptfile.so: ", dlerror());
-  }
-  typedef unsigned long (*DecryptFn)(const char*, char**, unsigned long);
-  DecryptFn decrypt = reinterpret_cast<DecryptFn>(dlsym(lib, "CBCMode_Decrypt"));
-  if (decrypt == nullptr) {
-    return errors::Internal("No CBCMode_Decrypt in /opt/lib/libcryptfile.so");
-  }
-  char* plain = nullptr;
-  // CBCMode_Decrypt returns the plaintext length (0: it did not decrypt) and sets plain,
-  // which the caller never frees.
-  unsigned long plain_size = decrypt(encrypted.data(), &plain, encrypted.size());
-  if (plain_size == 0) {
-    return errors::DataLoss("Can't decrypt ", fname, " (wrong key?)");
-  }
-  std::unique_ptr<protobuf::io::ArrayInputStream> stream(
-      new protobuf::io::ArrayInputStream(plain, plain_size));
-
-  // TODO(jiayq)"""
 
 def fork_env_cc_dlopen(upstream_text: str) -> str:
     """Shape (b) of the decryption patch, as the public fork has it: ReadBinaryProto reads the
     whole file, ``dlopen("/opt/lib/libcryptfile.so")`` and calls its ``CBCMode_Decrypt``; no key."""
     text = upstream_text.replace("#include <sys/stat.h>\n", "#include <dlfcn.h>\n#include <sys/stat.h>\n", 1)
-    text = text.replace(_FORK_READ, _DLOPEN_READ_NEW, 1)
+    text = text.replace(_READ + _READ_END, _template("dlopen_read.cc.in") + _READ_END, 1)
     text = text.replace(
         "      !coded_stream.ConsumedEntireMessage()) {\n    TF_RETURN_IF_ERROR(stream->status());\n",
         "      !coded_stream.ConsumedEntireMessage()) {\n", 1)
     return text
 
 
-FORK_CRYPTFILE_CC = f"""// cryptfile: encrypts saved_model.pb for the fork's ReadBinaryProto (AES-CBC, PKCS#7).
-// The key and IV are placeholders: `forkops set-key` writes the real ones (never commit them).
-#include <fstream>
-#include <iostream>
-#include <sstream>
-
-#include "cryptopp/aes.h"
-#include "cryptopp/filters.h"
-#include "cryptopp/modes.h"
-
-static const char kKey[] = "{PLACEHOLDER_KEY.decode()}";
-static const char kIv[] = "{DEFAULT_IV.decode()}";
-
-int main(int argc, char** argv) {{
-  if (argc != 3) {{
-    std::cerr << "usage: cryptfile IN OUT" << std::endl;
-    return 2;
-  }}
-  std::ifstream in(argv[1], std::ios::binary);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  std::string plain = buffer.str(), cipher;
-  CryptoPP::CBC_Mode<CryptoPP::AES>::Encryption e;
-  e.SetKeyWithIV(reinterpret_cast<const CryptoPP::byte*>(kKey), 16,
-                 reinterpret_cast<const CryptoPP::byte*>(kIv));
-  CryptoPP::StringSource s(plain, true,
-                           new CryptoPP::StreamTransformationFilter(
-                               e, new CryptoPP::StringSink(cipher)));
-  std::ofstream(argv[2], std::ios::binary) << cipher;
-  return 0;
-}}
-"""
-
-_BAZELRC = """# TensorFlow Bazel configuration file.
-# This file tries to group and simplify build options for TensorFlow
-#
-# ----CONFIG OPTIONS----
-#     Android options:
-#         android:
-#         android_arm:
-#     Compiler options:
-#         avx_linux:             Build with avx instruction set on linux.
-#         avx2_linux:            Build with avx2 instruction set on linux.
-
-build --define=use_fast_cpp_protos=true
-build --define=allow_oversize_protos=true
-
-build --spawn_strategy=standalone
-build -c opt
-
-# Make Bazel print out all options from rc files.
-build --announce_rc
-
-build --define=grpc_no_ares=true
-
-# Other build flags.
-build --define=framework_shared_object=true
-build --java_toolchain=//third_party/toolchains/java:tf_java_toolchain
-
-# Default options should come above this line.
-try-import %workspace%/.tf_configure.bazelrc
-"""
+def fork_cryptfile_cc() -> str:
+    """The fork's model encryption tool, with the placeholder key and the default IV."""
+    return _render("cryptfile.cc.in", KEY=PLACEHOLDER_KEY.decode(), IV=DEFAULT_IV.decode())
 
 
 def tf_bazelrc(version: tuple[int, int]) -> str:
-    text = _BAZELRC
+    text = _template("bazelrc.in")
     if version >= (2, 5):
         text = text.replace("# Default options should come above this line.",
                             "build:release_base --config=v2\n\n# Default options should come above this line.")
@@ -509,23 +301,7 @@ def tf_version_files(major: int, minor: int, patch: int, suffix: str) -> Files:
     }
 
 
-_ENV_TIME = _LICENSE + """
-#include <sys/time.h>
-#include <time.h>
-
-#include "tensorflow/core/platform/env_time.h"
-
-namespace tensorflow {
-
-uint64 EnvTime::NowNanos() {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (static_cast<uint64>(ts.tv_sec) * kSecondsToNanos +
-          static_cast<uint64>(ts.tv_nsec));
-}
-
-}  // namespace tensorflow
-"""
+_ENV_TIME = _render("env_time.cc.in", LICENSE=_LICENSE)
 _ENV_TIME_FIXED = _ENV_TIME.replace("#include <sys/time.h>\n", "#include <sys/time.h>\n#include <cstring>\n")
 
 
@@ -553,41 +329,8 @@ def _hexof(text: str, n: int) -> str:
 
 def serving_workspace(tf_version: str, *, patch: bool = False) -> str:
     patch_line = '    patch = "//third_party/tensorflow:tensorflow.patch",\n' if patch else ""
-    return f"""workspace(name = "tf_serving")
-
-# ===== TensorFlow dependency =====
-#
-# TensorFlow is imported here instead of in tf_serving_workspace() because
-# existing automation scripts that bump the TF commit hash expect it here.
-#
-# To update TensorFlow to a new revision.
-# 1. Update the 'git_commit' args below to include the new git hash.
-# 2. Get the sha256 hash of the archive with a command such as...
-#    curl -L https://github.com/tensorflow/tensorflow/archive/<git hash>.tar.gz | sha256sum
-#    and update the 'sha256' arg with the result.
-# 3. Request the new archive to be mirrored on mirror.bazel.build for more
-#    reliable downloads.
-load("//tensorflow_serving:repo.bzl", "tensorflow_http_archive")
-
-tensorflow_http_archive(
-    name = "org_tensorflow",
-    sha256 = "{_hexof('sha' + tf_version, 64)}",
-    git_commit = "{_hexof('commit' + tf_version, 40)}",
-{patch_line})
-
-# Import all of TensorFlow Serving's external dependencies.
-# Downstream projects (projects importing TF Serving) need to
-# duplicate all code below in their WORKSPACE file in order to also initialize
-# those external dependencies.
-load("//tensorflow_serving:workspace.bzl", "tf_serving_workspace")
-
-tf_serving_workspace()
-
-# Check bazel version requirement, which is stricter than TensorFlow's.
-load("@bazel_skylib//lib:versions.bzl", "versions")
-
-versions.check("3.7.2")
-"""
+    return _render("WORKSPACE.in", SHA256=_hexof("sha" + tf_version, 64), GIT_COMMIT=_hexof("commit" + tf_version, 40),
+                   PATCH_LINE=patch_line)
 
 
 _PIN_BLOCK_RE = re.compile(
@@ -609,12 +352,13 @@ def fork_workspace(upstream_text: str, tf_remote: str, branch: str) -> str:
     return upstream_text[: m.start()] + block + upstream_text[m.end():]
 
 
-_GIT_CLONE_FETCH = """RUN git clone --branch=${TF_SERVING_VERSION_GIT_BRANCH} https://github.com/tensorflow/serving . && \\
-    git remote add upstream https://github.com/tensorflow/serving.git && \\
-    if [ "${TF_SERVING_VERSION_GIT_COMMIT}" != "head" ]; then git checkout ${TF_SERVING_VERSION_GIT_COMMIT} ; fi
-"""
-_CURL_FETCH = ("RUN curl -sSL --retry 5 https://github.com/tensorflow/serving/tarball/"
-               "${TF_SERVING_VERSION_GIT_COMMIT} | tar --strip-components=1 -xzf -\n")
+# How upstream's devel image fetches the sources: up to 2.4, and from 2.5.
+_GIT_CLONE_FETCH = _template("fetch-git-clone.in")
+_CURL_FETCH = _template("fetch-curl.in")
+
+
+def _ubuntu(minor: int) -> str:
+    return "18.04" if minor <= 4 else ("20.04" if minor < 18 else "22.04")
 
 
 def serving_dockerfile_devel(minor: int, *, gpu: bool) -> str:
@@ -622,158 +366,31 @@ def serving_dockerfile_devel(minor: int, *, gpu: bool) -> str:
 
     In the 2.18-style GPU file the fetch sits near line 33, before the toolchain setup."""
     fetch = _GIT_CLONE_FETCH if minor <= 4 else _CURL_FETCH
-    ubuntu = "18.04" if minor <= 4 else ("20.04" if minor < 18 else "22.04")
-    base = (f"nvidia/cuda:11.0-cudnn8-devel-ubuntu{ubuntu}" if gpu else f"ubuntu:{ubuntu}")
-    head = f"""# Copyright 2018 Google LLC
-#
-# Licensed under the Apache License, Version 2.0 (the "License");
-# you may not use this file except in compliance with the License.
-# You may obtain a copy of the License at
-#
-#     https://www.apache.org/licenses/LICENSE-2.0
-#
-# Unless required by applicable law or agreed to in writing, software
-# distributed under the License is distributed on an "AS IS" BASIS,
-# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-# See the License for the specific language governing permissions and
-# limitations under the License.
-FROM {base} as base_build
-
-ARG TF_SERVING_VERSION_GIT_BRANCH=master
-ARG TF_SERVING_VERSION_GIT_COMMIT=head
-
-LABEL maintainer="gvasudevan@google.com"
-LABEL tensorflow_serving_github_branchtag=${{TF_SERVING_VERSION_GIT_BRANCH}}
-LABEL tensorflow_serving_github_commit=${{TF_SERVING_VERSION_GIT_COMMIT}}
-"""
-    toolchain = """
-RUN apt-get update && apt-get install -y --no-install-recommends \\
-        automake \\
-        build-essential \\
-        ca-certificates \\
-        curl \\
-        git \\
-        libcurl3-dev \\
-        libfreetype6-dev \\
-        libtool \\
-        python3-dev \\
-        unzip \\
-        zip \\
-        zlib1g-dev \\
-        && \\
-    apt-get clean && \\
-    rm -rf /var/lib/apt/lists/*
-
-# Set up Bazel
-ENV BAZEL_VERSION 3.7.2
-WORKDIR /
-RUN mkdir /bazel && cd /bazel && \\
-    curl -fSsL -O https://github.com/bazelbuild/bazel/releases/download/$BAZEL_VERSION/bazel-$BAZEL_VERSION-installer-linux-x86_64.sh && \\
-    chmod +x bazel-*.sh && ./bazel-$BAZEL_VERSION-installer-linux-x86_64.sh && \\
-    cd / && rm -f /bazel/bazel-$BAZEL_VERSION-installer-linux-x86_64.sh
-"""
-    fetch_block = f"""
-# Download TF Serving sources (optionally at specific commit).
-WORKDIR /tensorflow-serving
-{fetch}"""
+    base = f"nvidia/cuda:11.0-cudnn8-devel-ubuntu{_ubuntu(minor)}" if gpu else f"ubuntu:{_ubuntu(minor)}"
+    fetch_block = ("\n# Download TF Serving sources (optionally at specific commit).\n"
+                   f"WORKDIR /tensorflow-serving\n{fetch}")
     gpu_env = ("\nENV TF_NEED_CUDA=1\nENV TF_CUDA_COMPUTE_CAPABILITIES=3.5,5.2,6.0,6.1,7.0,7.5\n"
                "ENV LD_LIBRARY_PATH=/usr/local/cuda/extras/CUPTI/lib64:$LD_LIBRARY_PATH\n" if gpu else "")
-    build_opts = '--config=release --config=cuda' if gpu else '--config=release'
-    tail = f"""
-FROM base_build as binary_build
-# Build, and install TensorFlow Serving
-ARG TF_SERVING_BUILD_OPTIONS="{build_opts}"
-RUN echo "Building with build options: ${{TF_SERVING_BUILD_OPTIONS}}"
-ARG TF_SERVING_BAZEL_OPTIONS=""
-RUN echo "Building with Bazel options: ${{TF_SERVING_BAZEL_OPTIONS}}"
-
-RUN bazel build --color=yes --curses=yes \\
-    ${{TF_SERVING_BAZEL_OPTIONS}} \\
-    --verbose_failures \\
-    --output_filter=DONT_MATCH_ANYTHING \\
-    ${{TF_SERVING_BUILD_OPTIONS}} \\
-    tensorflow_serving/model_servers:tensorflow_model_server && \\
-    cp bazel-bin/tensorflow_serving/model_servers/tensorflow_model_server \\
-    /usr/local/bin/
-
-FROM binary_build as clean_build
-# Clean up Bazel cache when done.
-RUN bazel clean --expunge --color=yes && \\
-    rm -rf /root/.cache
-CMD ["/bin/bash"]
-"""
     if gpu and minor >= 18:
         # 2.18+ GPU file: CUDA env and the source fetch come first (fetch near line 33).
-        return head + gpu_env + "\n# Fetch early so the CUDA toolchain layer caches separately.\n" + \
-            "# (2.18 layout)\n" + fetch_block + toolchain + tail
-    return head + gpu_env + toolchain + fetch_block + tail
+        before, after = (gpu_env + "\n# Fetch early so the CUDA toolchain layer caches separately.\n"
+                         "# (2.18 layout)\n" + fetch_block), ""
+    else:
+        before, after = gpu_env, fetch_block
+    return _render("Dockerfile.devel.in", BASE=base, BEFORE_TOOLCHAIN=before, AFTER_TOOLCHAIN=after,
+                   BUILD_OPTIONS="--config=release --config=cuda" if gpu else "--config=release")
 
 
 def serving_dockerfile(minor: int, *, gpu: bool) -> str:
-    ubuntu = "18.04" if minor <= 4 else ("20.04" if minor < 18 else "22.04")
-    base = f"nvidia/cuda:11.0-cudnn8-runtime-ubuntu{ubuntu}" if gpu else f"ubuntu:{ubuntu}"
-    suffix = "-devel-gpu" if gpu else "-devel"
-    return f"""ARG TF_SERVING_VERSION=latest
-ARG TF_SERVING_BUILD_IMAGE=tensorflow/serving:${{TF_SERVING_VERSION}}{suffix}
-
-FROM ${{TF_SERVING_BUILD_IMAGE}} as build_image
-FROM {base}
-
-ARG TF_SERVING_VERSION_GIT_BRANCH=master
-ARG TF_SERVING_VERSION_GIT_COMMIT=head
-
-LABEL maintainer="gvasudevan@google.com"
-LABEL tensorflow_serving_github_branchtag=${{TF_SERVING_VERSION_GIT_BRANCH}}
-LABEL tensorflow_serving_github_commit=${{TF_SERVING_VERSION_GIT_COMMIT}}
-
-RUN apt-get update && apt-get install -y --no-install-recommends \\
-        ca-certificates \\
-        && \\
-    apt-get clean && \\
-    rm -rf /var/lib/apt/lists/*
-
-# Install TF Serving pkg
-COPY --from=build_image /usr/local/bin/tensorflow_model_server /usr/bin/tensorflow_model_server
-
-# Expose ports
-# gRPC
-EXPOSE 8500
-
-# REST
-EXPOSE 8501
-
-# Set where models should be stored in the container
-ENV MODEL_BASE_PATH=/models
-RUN mkdir -p ${{MODEL_BASE_PATH}}
-
-# The only required piece is the model name in order to differentiate endpoints
-ENV MODEL_NAME=model
-
-# Create a script that runs the model server so we can use environment variables
-# while also passing in arguments from the docker command line
-RUN echo '#!/bin/bash \\n\\n\\
-tensorflow_model_server --port=8500 --rest_api_port=8501 \\
---model_name=${{MODEL_NAME}} --model_base_path=${{MODEL_BASE_PATH}}/${{MODEL_NAME}} \\
-"$@"' > /usr/bin/tf_serving_entrypoint.sh \\
-&& chmod +x /usr/bin/tf_serving_entrypoint.sh
-
-ENTRYPOINT ["/usr/bin/tf_serving_entrypoint.sh"]
-"""
+    base = f"nvidia/cuda:11.0-cudnn8-runtime-ubuntu{_ubuntu(minor)}" if gpu else f"ubuntu:{_ubuntu(minor)}"
+    return _render("Dockerfile.in", BASE=base, BUILD_IMAGE_SUFFIX="-devel-gpu" if gpu else "-devel")
 
 
 # What Serving 2.15+ applies to TensorFlow through `patch =` (here: a new header, so that it applies
 # to any TensorFlow tree with `patch -p1`).
 SERVING_TF_PATCH: Files = {
     "third_party/tensorflow/BUILD": "",
-    "third_party/tensorflow/tensorflow.patch": (
-        "diff --git a/tensorflow/core/platform/serving_compat.h b/tensorflow/core/platform/serving_compat.h\n"
-        "new file mode 100644\n"
-        "--- /dev/null\n"
-        "+++ b/tensorflow/core/platform/serving_compat.h\n"
-        "@@ -0,0 +1,2 @@\n"
-        "+// Added by TensorFlow Serving's tensorflow.patch.\n"
-        "+#define TF_SERVING_COMPAT 1\n"
-    ),
+    "third_party/tensorflow/tensorflow.patch": _template("tensorflow.patch.in"),
 }
 
 
@@ -1054,7 +671,7 @@ def build(root: Path, *, filler_files: int = 24, filler_commits: int = 20, clone
         "# Generated by forkops.sandbox: a workspace over local remotes.\n" + "".join(
             f'\n[repos.{name}]\npath = "{name}"\norigin = "{sb.origin[name]}"\n'
             f'upstream = "{sb.upstream_url(name)}"\nplaybook = "{playbooks[name]}"\n' for name in names))
-    (sb.workspace / ".gitignore").write_text("keys.toml\n")
+    ensure_ignored(sb.workspace, "keys.toml")
     if clone:
         for name in names:
             subprocess.run(["git", "clone", "--quiet", str(sb.origin[name]), str(sb.clone(name))],
@@ -1079,20 +696,23 @@ def _make_fork_tf(sb: Sandbox, base_files: Files, shape: Shape) -> None:
         _dlopen_tf_stack(gen, base_files)
         gen.flush()
         return
-    gen.commit("b2.4.0", "Decrypt models in ReadBinaryProto\n\nsaved_model.pb is AES-CBC encrypted; decrypt it before parsing.",
+    gen.commit("b2.4.0", "Decrypt models in ReadBinaryProto\n\n"
+               "saved_model.pb is AES-CBC encrypted; decrypt it before parsing.",
                {TF_CORE: fork_env_cc(base_files[TF_CORE]),
                 "tensorflow/core/platform/BUILD": base_files["tensorflow/core/platform/BUILD"].replace(
                     '        ":protobuf",\n', '        ":protobuf",\n        "@cryptopp",\n')}, author=a)
     gen.commit("b2.4.0", "Add cryptfile tool to encrypt models",
-               {"tensorflow/tools/cryptfile/cryptfile.cc": FORK_CRYPTFILE_CC,
-                "tensorflow/tools/cryptfile/BUILD": 'cc_binary(\n    name = "cryptfile",\n    srcs = ["cryptfile.cc"],\n'
+               {"tensorflow/tools/cryptfile/cryptfile.cc": fork_cryptfile_cc(),
+                "tensorflow/tools/cryptfile/BUILD": 'cc_binary(\n    name = "cryptfile",\n'
+                                                     '    srcs = ["cryptfile.cc"],\n'
                                                      '    deps = ["@cryptopp"],\n)\n'}, author=a)
     gen.commit("b2.4.0", "Link Crypto++ and define the model key",
                {".bazelrc": fork_bazelrc(base_files[".bazelrc"])}, author=a)
     gen.commit("b2.4.0", "Fix missing <cstring> include in env_time.cc",
                {"tensorflow/core/platform/env_time.cc": _ENV_TIME_FIXED}, author=a)
     gen.commit("b2.4.0", "docs: how this fork differs from upstream",
-               {"README.md": base_files["README.md"] + "\n## Private fork\n\nModels are encrypted; see tensorflow/tools/cryptfile.\n"},
+               {"README.md": base_files["README.md"]
+                + "\n## Private fork\n\nModels are encrypted; see tensorflow/tools/cryptfile.\n"},
                author=a)
     gen.flush()
 
@@ -1119,7 +739,8 @@ def _make_fork_serving(sb: Sandbox, base_files: Files, shape: Shape) -> None:
     a = FORK_AUTHOR
     d = SERVING_DOCKER
     gen.commit("b2.4.0", "docs: about this fork",
-               {"README.md": base_files["README.md"] + "\n## Private fork\n\nBuilt against our TensorFlow fork.\n"}, author=a)
+               {"README.md": base_files["README.md"] + "\n## Private fork\n\nBuilt against our TensorFlow fork.\n"},
+               author=a)
     gen.commit("b2.4.0", "Build against the TensorFlow fork",
                {"WORKSPACE": fork_workspace(base_files["WORKSPACE"], str(sb.origin["tensorflow"]), "b2.4.0")}, author=a)
     gen.commit("b2.4.0", "Build images from the local source tree",

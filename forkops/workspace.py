@@ -6,11 +6,18 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from forkops import playbook as playbook_mod
 from forkops.errors import BadInput
 from forkops.tomlcheck import Checker, load_toml
 
+if TYPE_CHECKING:
+    from forkops.playbook import Playbook
+
+# The playbooks forkops ships (playbooks/NAME.toml); a repository named like one uses it unless
+# it names another. Here, not in forkops.playbook: reading forkops.toml (every command, `forkops
+# status` among them) then parses no playbook code.
+BUILTIN_PLAYBOOKS = ("tensorflow", "tensorflow-dlopen", "serving")
 FILENAME = "forkops.toml"
 KEYS_FILENAME = "keys.toml"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -42,8 +49,10 @@ class Workspace:
     def select(self, name: str | None) -> tuple[RepoConfig, ...]:
         return self.repos if name is None else (self.repo(name),)
 
-    def playbook(self, repo: RepoConfig) -> playbook_mod.Playbook:
-        return playbook_mod.load(repo.playbook, base_dir=self.root)
+    def playbook(self, repo: RepoConfig) -> Playbook:
+        from forkops import playbook
+
+        return playbook.load(repo.playbook, base_dir=self.root)
 
     @property
     def default_keys_file(self) -> Path:
@@ -81,16 +90,16 @@ def load_file(path: Path) -> Workspace:
         rel = t.str("path", name)
         origin = t.str("origin", required=True)
         upstream = t.str("upstream", required=True)
-        pb = t.str("playbook", name if name in playbook_mod.BUILTIN else None, required=True)
+        pb = t.str("playbook", name if name in BUILTIN_PLAYBOOKS else None, required=True)
         t.finish()
         if rel and Path(rel).is_absolute() is False and ".." in Path(rel).parts:
             checker.problem(t.key("path"), "must stay inside the workspace")
         for key, url in (("origin", origin), ("upstream", upstream)):
             if url and (url.strip() != url or "\n" in url or url.startswith("-")):
                 checker.problem(t.key(key), f"{url!r} is not a URL or path git accepts")
-        if pb and pb not in playbook_mod.BUILTIN and not (root / pb).expanduser().exists():
+        if pb and pb not in BUILTIN_PLAYBOOKS and not (root / pb).expanduser().exists():
             checker.problem(t.key("playbook"), f"{pb!r} is neither a built-in playbook "
-                            f"({', '.join(playbook_mod.BUILTIN)}) nor an existing file")
+                            f"({', '.join(BUILTIN_PLAYBOOKS)}) nor an existing file")
         repos.append(RepoConfig(name, (root / os.path.expanduser(rel)).resolve(), origin, upstream, pb))
     if not repos and not checker.problems:
         checker.problem("repos", "no repositories configured")

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 from forkops import sandbox as sandbox_mod
 from forkops.sandbox import Sandbox
+from tests.gitutil import resolve_all, unmerged
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = Path(os.environ.get("CRASHKIT_CODE") or ROOT).resolve()  # read before conftest clears env
@@ -468,25 +469,6 @@ def fork_stack(repo: Path, start: str = "b2.4.0", base: str = "") -> list[tuple[
 # ---------------------------------------------------------------------------------------------
 # The flow: what a maintainer does for a two-fork upgrade that stops on conflicts
 # ---------------------------------------------------------------------------------------------
-def unmerged(repo: Path) -> list[str]:
-    return sorted({line.split("\t", 1)[1] for line in git(repo, "ls-files", "-u").splitlines()})
-
-
-def resolve_all(repo: Path) -> list[str]:
-    """Resolve every unmerged file as the sandbox defines (sandbox.resolve) and stage it."""
-    paths = unmerged(repo)
-    for path in paths:
-        ours = git(repo, "show", f":2:{path}", check=False) or None
-        theirs = git(repo, "show", f":3:{path}", check=False) or None
-        content = sandbox_mod.resolve(repo.name, path, ours=ours, theirs=theirs)
-        if content is None:
-            git(repo, "rm", "--quiet", "--", path)
-        else:
-            (repo / path).write_text(content)
-            git(repo, "add", "--", path)
-    return paths
-
-
 def resolve_workspace(sb: Sandbox) -> list[str]:
     return [f"{name}:{p}" for name in REPOS if (sb.clone(name) / ".git").is_dir()
             for p in resolve_all(sb.clone(name))]

@@ -14,7 +14,8 @@ from forkops.sandbox import PLACEHOLDER_KEY, TF_CORE, TF_TSL, Generator, Sandbox
 from forkops.secrets import MASKED_SITE as MASKED
 from forkops.version import Version
 from tests.clihelp import run_cli
-from tests.test_upgrade import cli, git, status_json
+from tests.gitutil import git
+from tests.test_upgrade import cli, status_json
 
 
 def _bytes_of(data: bytes) -> str:

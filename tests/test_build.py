@@ -31,6 +31,7 @@ from forkops.playbook import BuildSpec
 from forkops.playbook import load as load_playbook
 from forkops.version import Version
 from tests.clihelp import run_cli
+from tests.gitutil import git
 
 STANDINS = Path(__file__).parent / "standins"
 SOURCE = str(Path(__file__).resolve().parents[1])  # subprocesses run this checkout, not an installed copy
@@ -48,10 +49,6 @@ SPEC = _serving_spec()
 # ---------------------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------------------
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
-
-
 def write_keys(ws: Path) -> Path:
     path = ws / "keys.toml"
     path.write_text(f'[model]\ncipher = "aes-128-cbc"\nkey = "{KEY.decode()}"\n')

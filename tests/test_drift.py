@@ -14,7 +14,8 @@ from forkops.git import Repo
 from forkops.playbook import DriftSpec
 from forkops.sandbox import Generator, Sandbox
 from tests.clihelp import run_cli
-from tests.test_upgrade import cli, resolve_all, status_json
+from tests.gitutil import resolve_all
+from tests.test_upgrade import cli, status_json
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -196,7 +197,7 @@ def test_upgrade_plan_and_completion_show_drift(tmp_path: Path, monkeypatch: pyt
     assert json.loads(older.out)["repos"][0]["drift"] == []
 
     assert cli(sb, "upgrade", "2.18.0", "--repo", "tensorflow", monkeypatch=monkeypatch).code == 1
-    resolve_all(sb.clone("tensorflow"), "tensorflow")
+    resolve_all(sb.clone("tensorflow"))
     done = cli(sb, "upgrade", "--continue", monkeypatch=monkeypatch)
     assert done.code == 0, done.out + done.err
     assert f"api drift: {sandbox.TF_CORE}:" in done.out and sandbox.REMOVED_API in done.out

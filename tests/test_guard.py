@@ -14,6 +14,7 @@ from forkops import guard, keyfile
 from forkops.git import Repo
 from forkops.sandbox import TF_CORE, Sandbox
 from forkops.secrets import Matcher
+from tests.gitutil import git_run
 from tests.test_keys import CRYPTFILE, KEY, assert_clean, cli, write_keys
 
 CHECKOUT = Path(guard.__file__).resolve().parents[1]
@@ -31,8 +32,9 @@ def ws(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def git(repo: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    """Real git in a clean child environment, as a user's shell would run it."""
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+    """:func:`tests.gitutil.git_run` (real git, as a user's shell would run it), plus what every
+    git call here must show: the key in none of its output, success exactly when ``ok``."""
+    proc = git_run(repo, *args)
     assert_clean(proc.stdout, proc.stderr)
     assert (proc.returncode == 0) == ok, (args, proc.stdout, proc.stderr)
     return proc

@@ -6,15 +6,16 @@ import dataclasses
 import os
 import re
 import stat
-import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from forkops import keyfile, keys, playbook
+from forkops import fsutil, keyfile, keys, playbook
 from forkops.errors import BadInput, ConfigError
 from forkops.sandbox import PLACEHOLDER_KEY, TF_CORE, Sandbox
 from tests.clihelp import Result, run_cli
+from tests.gitutil import git
 
 KEY = b"Tk9fQ2xxZmEzNXR1"
 CRYPTFILE = "tensorflow/tools/cryptfile/cryptfile.cc"
@@ -57,10 +58,6 @@ def ws(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def tf_playbook() -> playbook.Playbook:
     return playbook.load("tensorflow")
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
 
 # -- encodings ------------------------------------------------------------------------------------
@@ -298,26 +295,22 @@ def test_stale_temp_files_of_a_killed_run_are_removed(ws: Path) -> None:
     assert not [p for p in tf.rglob("*.tmp") if p != unrelated]
 
 
-def test_a_sigterm_during_set_key_leaves_no_temp_file(ws: Path) -> None:
+def test_a_sigterm_during_set_key_leaves_no_temp_file(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import signal
 
     tf = ws / "tensorflow"
     plan = keys.plan_sites(tf, tf_playbook(), keyfile.load(ws / "keys.toml"))
-    original = keys._write
     calls = []
 
-    def write_then_term(path: Path, data: bytes, mode: int) -> None:
+    def write_then_term(path: Path, data: bytes, **how: Any) -> None:
         calls.append(path)
         if len(calls) == 2:  # the second file: a real signal arrives mid-write
             os.kill(os.getpid(), signal.SIGTERM)
-        original(path, data, mode)
+        fsutil.write_atomic(path, data, **how)
 
-    keys._write = write_then_term
-    try:
-        with pytest.raises(SystemExit):
-            plan.apply()
-    finally:
-        keys._write = original
+    monkeypatch.setattr(keys, "write_atomic", write_then_term)
+    with pytest.raises(SystemExit):
+        plan.apply()
     assert not list(tf.rglob("*.tmp"))
 
 

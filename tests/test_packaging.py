@@ -17,3 +17,14 @@ def test_every_forkops_package_is_installed() -> None:
     listed = set(config["tool"]["setuptools"]["packages"])
     in_tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "forkops").rglob("__init__.py")}
     assert in_tree - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_package_data_ships_every_data_file() -> None:
+    """What forkops reads with importlib.resources (the sandbox's templates, the bundled models,
+    the CI workflow) is in the wheel: every file below forkops/data matches a package-data glob."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    package = ROOT / "forkops"
+    shipped = {p for pattern in config["tool"]["setuptools"]["package-data"]["forkops"] for p in package.glob(pattern)}
+    files = {p for p in (package / "data").rglob("*") if p.is_file()}
+    assert (package / "data" / "sandbox" / "env.cc.in") in files
+    assert sorted(str(p.relative_to(ROOT)) for p in files - shipped) == []

@@ -21,16 +21,14 @@ from forkops.git import Repo
 from forkops.sandbox import Generator, Sandbox
 from forkops.version import TagName, Version
 from tests.clihelp import run_cli
+from tests.gitutil import git as run_git
+from tests.gitutil import git_run
 
 STRATEGIES = [
     pytest.param("fake-base", id="fake-base"),
     pytest.param("merge-base", id="merge-base", marks=pytest.mark.skipif(
         not git.has_merge_base_option(), reason="git merge-tree --merge-base needs git >= 2.40")),
 ]
-
-
-def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=check)
 
 
 @dataclass
@@ -45,18 +43,18 @@ class Outcome:
 
 def real_rebase(repo: Path, scratch: Path, *, onto: str, base: str, start: str) -> Outcome:
     """Run ``git rebase --onto ONTO BASE`` on START in a fresh scratch clone; report what git did."""
-    _git(repo.parent, "clone", "--quiet", "--shared", "--no-checkout", str(repo), str(scratch))
-    _git(scratch, "checkout", "--quiet", "--detach", start)
-    proc = _git(scratch, "rebase", "--onto", onto, base, check=False)
-    head_tree = _git(scratch, "rev-parse", "HEAD^{tree}").stdout.strip()
+    run_git(repo.parent, "clone", "--quiet", "--shared", "--no-checkout", str(repo), str(scratch))
+    run_git(scratch, "checkout", "--quiet", "--detach", start)
+    proc = git_run(scratch, "rebase", "--onto", onto, base)
+    head_tree = run_git(scratch, "rev-parse", "HEAD^{tree}").strip()
     state = scratch / ".git" / "rebase-merge"
     if proc.returncode == 0:
         assert not state.exists()
-        kept = _git(scratch, "log", "--reverse", "--format=%s", f"{onto}..HEAD").stdout.splitlines()
+        kept = run_git(scratch, "log", "--reverse", "--format=%s", f"{onto}..HEAD").splitlines()
         return Outcome(None, None, None, [], head_tree, kept)
     assert state.is_dir(), proc.stderr
-    unmerged = sorted(set(_git(scratch, "diff", "--name-only", "--diff-filter=U").stdout.split()))
-    return Outcome(_git(scratch, "rev-parse", "REBASE_HEAD").stdout.strip(),
+    unmerged = sorted(set(run_git(scratch, "diff", "--name-only", "--diff-filter=U").split()))
+    return Outcome(run_git(scratch, "rev-parse", "REBASE_HEAD").strip(),
                    int((state / "msgnum").read_text()), int((state / "end").read_text()),
                    unmerged, head_tree, [])
 
@@ -87,7 +85,7 @@ def test_sandbox_forks_match_real_rebase_for_every_tag(sandbox: Sandbox, tmp_pat
     check = predict.check_repo(name, Repo(clone), pb, sandbox.upstream_url(name), include_rc=True,
                                strategy=strategy)
     assert check.strategy == strategy
-    upstream_tags = {TagName(t) for t in _git(sandbox.upstream[name], "tag").stdout.split()
+    upstream_tags = {TagName(t) for t in run_git(sandbox.upstream[name], "tag").split()
                      if (v := pb.version_of_tag(t)) is not None and v > Version(2, 4, 0)}
     assert {r.tag for r in check.results} == upstream_tags
     for i, pred in enumerate(check.results):
@@ -113,14 +111,13 @@ def test_sandbox_forks_match_real_rebase_for_every_tag(sandbox: Sandbox, tmp_pat
         # rename followed: before stopping on .bazelrc, commit 1 moved into the xla path
         rc19 = by_tag["v2.19.0-rc0"]
         assert rc19.stopped_at is not None and rc19.stopped_at.index == 3
-        moved = _git(clone, "cat-file", "-p", f"{rc19.tree}:third_party/xla/xla/tsl/platform/env.cc",
-                     check=False)
+        moved = git_run(clone, "cat-file", "-p", f"{rc19.tree}:third_party/xla/xla/tsl/platform/env.cc")
         # the tree lives in the deleted temporary object store; the real rebase proved equality
         assert moved.returncode != 0
     else:
         # a tag that is also a branch name: the tag is what gets predicted
-        tag_sha = _git(clone, "rev-parse", "refs/tags/2.18.0^{commit}").stdout.strip()
-        branch_sha = _git(sandbox.upstream[name], "rev-parse", "refs/heads/2.18.0").stdout.strip()
+        tag_sha = run_git(clone, "rev-parse", "refs/tags/2.18.0^{commit}").strip()
+        branch_sha = run_git(sandbox.upstream[name], "rev-parse", "refs/heads/2.18.0").strip()
         assert tag_sha != branch_sha
         assert by_tag["2.18.0"].onto == tag_sha
         stop = by_tag["2.5.1"].stopped_at
@@ -245,10 +242,10 @@ def test_merge_base_strategy_refused_on_old_git(scenarios: Path) -> None:
 def _snapshot(repo: Path) -> dict[str, str]:
     gd = repo / ".git"
     return {
-        "refs": _git(repo, "for-each-ref", "--format=%(refname) %(objectname)").stdout,
+        "refs": run_git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
         "head": (gd / "HEAD").read_text(),
-        "objects": _git(repo, "count-objects", "-v").stdout,
-        "status": _git(repo, "status", "--porcelain", "--ignored", "--untracked-files=all").stdout,
+        "objects": run_git(repo, "count-objects", "-v"),
+        "status": run_git(repo, "status", "--porcelain", "--ignored", "--untracked-files=all"),
         "index": hashlib.sha256((gd / "index").read_bytes()).hexdigest(),
         "config": (gd / "config").read_text(),
         "gitdir": "\n".join(sorted(str(p.relative_to(gd)) for p in gd.rglob("*")
@@ -285,7 +282,7 @@ def test_check_leaves_nothing_behind(sandbox: Sandbox, tmp_path: Path, monkeypat
 
 def test_simulator_writes_objects_only_to_its_temporary_store(scenarios: Path) -> None:
     repo = Repo(scenarios)
-    before = _git(scenarios, "count-objects", "-v").stdout
+    before = run_git(scenarios, "count-objects", "-v")
     patches = predict.load_patches(repo, repo.lines("rev-list", "--reverse", "refs/tags/v1.0.0..b1.0.0"))
     with predict.Simulator(repo, patches) as sim:
         pred = sim.predict(TagName("v1.1.0"), repo.commit_of("refs/tags/v1.1.0") or "", None)
@@ -294,8 +291,8 @@ def test_simulator_writes_objects_only_to_its_temporary_store(scenarios: Path) -
         assert written  # the merges did write objects ...
         assert pred.tree and sim.repo.ok("cat-file", "-e", pred.tree)
     assert not objects.exists()  # ... into a directory that is gone now
-    assert _git(scenarios, "count-objects", "-v").stdout == before
-    assert _git(scenarios, "cat-file", "-e", pred.tree, check=False).returncode != 0
+    assert run_git(scenarios, "count-objects", "-v") == before
+    assert git_run(scenarios, "cat-file", "-e", pred.tree).returncode != 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,11 +357,11 @@ def test_missing_clone_is_cloned_from_origin(sandbox: Sandbox) -> None:
 
 def test_tags_fetched_are_only_the_checked_ones(sandbox: Sandbox) -> None:
     clone = sandbox.clone("serving")
-    before = set(_git(clone, "tag").stdout.split())
+    before = set(run_git(clone, "tag").split())
     run = run_cli("-C", str(sandbox.workspace), "check", "--repo", "serving", "--tags", "2.11.1")
     assert run.code == 1
-    assert set(_git(clone, "tag").stdout.split()) - before == {"2.11.1"}
-    assert _git(clone, "remote", "get-url", "tf").stdout.strip() == sandbox.upstream_url("serving")
+    assert set(run_git(clone, "tag").split()) - before == {"2.11.1"}
+    assert run_git(clone, "remote", "get-url", "tf").strip() == sandbox.upstream_url("serving")
 
 
 # ---------------------------------------------------------------------------------------

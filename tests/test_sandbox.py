@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from forkops import anchors, playbook
 from forkops import sandbox as sb_mod
 from forkops.git import Repo
 from forkops.version import Version
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+from tests.gitutil import git, git_run
 
 
 def test_tags_sit_on_release_branches_not_master(sandbox: sb_mod.Sandbox) -> None:
     tf = sandbox.upstream["tensorflow"]
     for tag in ("v2.4.0", "v2.5.0", "v2.11.0", "v2.18.0"):
         assert git(tf, "cat-file", "-t", tag).strip() == "tag"  # annotated
-        assert subprocess.run(["git", "-C", str(tf), "merge-base", "--is-ancestor", tag, "master"]).returncode == 1
+        assert git_run(tf, "merge-base", "--is-ancestor", tag, "master").returncode == 1
         minor = tag.split(".")[1]
         assert git(tf, "branch", "--contains", tag, "--format=%(refname:short)").split() == [f"r2.{minor}"]
         assert git(tf, "log", "-1", "--format=%s", tag).startswith("Update version for ")
@@ -60,8 +56,7 @@ def test_rebase_outcomes_match_the_documented_table(sandbox: sb_mod.Sandbox, tmp
         work = tmp_path / f"{name}-{tag}"
         git(tmp_path, "clone", "-q", str(sandbox.origin[name]), str(work))
         git(work, "fetch", "-q", "--no-tags", str(sandbox.upstream[name]), f"refs/tags/{tag}:refs/tags/{tag}")
-        proc = subprocess.run(["git", "-C", str(work), "rebase", "--onto", f"refs/tags/{tag}",
-                               f"refs/tags/{base}", "b2.4.0"], capture_output=True, text=True)
+        proc = git_run(work, "rebase", "--onto", f"refs/tags/{tag}", f"refs/tags/{base}", "b2.4.0")
         unmerged = git(work, "diff", "--name-only", "--diff-filter=U").split()
         where = (work / ".git/rebase-merge/msgnum").read_text().strip() if unmerged else ""
         return proc.returncode, unmerged, where

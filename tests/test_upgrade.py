@@ -19,18 +19,12 @@ import pytest
 from forkops import sandbox as sandbox_mod
 from forkops.sandbox import Sandbox
 from tests.clihelp import Result, run_cli
+from tests.gitutil import git, git_run, resolve_all
 
 TF_XLA_TSL = sandbox_mod.TF_XLA_TSL
 TF_TSL = sandbox_mod.TF_TSL
 TF_CORE = sandbox_mod.TF_CORE
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def git(repo: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
-    return proc.stdout
 
 
 def cli(sb: Sandbox, *args: str, monkeypatch: pytest.MonkeyPatch) -> Result:
@@ -52,21 +46,6 @@ def snapshot(repo: Path) -> tuple[str, str, str]:
     return refs, head, git(repo, "status", "--porcelain=v1")
 
 
-def resolve_all(repo: Path, name: str) -> list[str]:
-    """Resolve every unmerged file as a maintainer would (sandbox.resolve), stage it."""
-    paths = sorted({line.split("\t", 1)[1] for line in git(repo, "ls-files", "-u").splitlines()})
-    for path in paths:
-        ours = git(repo, "show", f":2:{path}", check=False) or None
-        theirs = git(repo, "show", f":3:{path}", check=False) or None
-        content = sandbox_mod.resolve(name, path, ours=ours, theirs=theirs)
-        if content is None:
-            git(repo, "rm", "--quiet", "--", path)
-        else:
-            (repo / path).write_text(content)
-            git(repo, "add", "--", path)
-    return paths
-
-
 def plain_rebase(sb: Sandbox, name: str, tag: str, base: str, tmp: Path) -> tuple[str, str, set[str]]:
     """What plain git does: (msgnum/end, stopped subject, unmerged paths) in a scratch clone."""
     scratch = tmp / f"plain-{name}-{tag}"
@@ -74,8 +53,7 @@ def plain_rebase(sb: Sandbox, name: str, tag: str, base: str, tmp: Path) -> tupl
     git(scratch, "fetch", "--quiet", "--no-tags", sb.upstream_url(name),
         f"refs/tags/{tag}:refs/tags/{tag}", f"refs/tags/{base}:refs/tags/{base}")
     git(scratch, "branch", "target", "origin/b2.4.0")
-    subprocess.run(["git", "-C", str(scratch), "rebase", "--onto", f"refs/tags/{tag}", f"refs/tags/{base}", "target"],
-                   capture_output=True, check=False)
+    git_run(scratch, "rebase", "--onto", f"refs/tags/{tag}", f"refs/tags/{base}", "target")
     rm = scratch / ".git" / "rebase-merge"
     if not rm.is_dir():
         return "clean", "", set()
@@ -152,7 +130,7 @@ def test_tf_2_18_stops_at_3_of_5_then_continue_reapplies_anchor(
     res = cli(sandbox, "upgrade", "2.18.0", monkeypatch=monkeypatch)
     assert res.code == 2 and "in progress" in res.err
 
-    resolve_all(tf, "tensorflow")
+    resolve_all(tf)
     assert status_json(sandbox, monkeypatch)["conflicts"] == []
     res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
     assert res.code == 0, res.out + res.err
@@ -203,7 +181,7 @@ def test_serving_two_stops_abort_after_one_and_after_two(
             where, subject, paths = plain_rebase(sandbox, "serving", "2.18.0", "2.4.0", tmp_path)
             assert (where, subject, paths) == ("2/5", data["stopped_at"]["subject"], {"WORKSPACE"})
         if stops == 2:
-            resolve_all(sv, "serving")
+            resolve_all(sv)
             res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
             assert res.code == 1
             data = status_json(sandbox, monkeypatch)
@@ -229,7 +207,7 @@ def test_skip_then_pin_not_found_stops_like_an_anchor(
     res = cli(sandbox, "upgrade", "--skip", monkeypatch=monkeypatch)  # drops "Build against the TF fork"
     assert res.code == 1
     assert status_json(sandbox, monkeypatch)["stopped_at"]["index"] == 3
-    resolve_all(sv, "serving")
+    resolve_all(sv)
     res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
     # Without the WORKSPACE commit org_tensorflow is upstream's http archive again: the pin has
     # nothing to move, a stop that needs a person.
@@ -282,7 +260,7 @@ def test_both_repos_one_run_with_push(sandbox: Sandbox, monkeypatch: pytest.Monk
     assert data["repo"] == "tensorflow" and [r["repo"] for r in data["run"]["repos"]] == ["tensorflow", "serving"]
     assert data["run"]["repos"][1]["state"] == "pending"
     assert git(sv, "branch", "--list", "b2.18.0") == ""  # Serving starts only after TensorFlow
-    resolve_all(tf, "tensorflow")
+    resolve_all(tf)
     res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
     assert res.code == 1, res.out + res.err
     data = status_json(sandbox, monkeypatch)
@@ -291,7 +269,7 @@ def test_both_repos_one_run_with_push(sandbox: Sandbox, monkeypatch: pytest.Monk
     # nothing pushed before the whole run completes
     assert git(sandbox.origin["tensorflow"], "branch", "--list", "b2.18.0") == ""
     for _ in range(2):
-        resolve_all(sv, "serving")
+        resolve_all(sv)
         res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
     assert res.code == 0, res.out + res.err
     log = subjects(sv, "tf2.18.0..b2.18.0")
@@ -527,7 +505,7 @@ def test_user_rebase_config_does_not_change_the_rebase(
             assert (where, subject) == ("3/5", stop["subject"])  # git without the user's config
             assert cli(sandbox, "upgrade", "--abort", monkeypatch=monkeypatch).code == 0
             assert snapshot(tf) == before  # every ref (wip and b2.4.0 included) as it was
-    resolve_all(tf, "tensorflow")
+    resolve_all(tf)
     res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
     assert res.code == 0, res.out + res.err
     assert git(tf, "rev-parse", "wip", "b2.4.0") == git(tf, "rev-parse", "b2.4.0~2", "b2.4.0")

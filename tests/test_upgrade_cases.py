@@ -18,6 +18,7 @@ from forkops import sandbox as sandbox_mod
 from forkops.sandbox import Sandbox
 from tests import crashkit
 from tests.crashkit import forkops, git
+from tests.gitutil import resolve_all
 
 SERVING_2_18 = ["docs: about this fork", "Build against the TensorFlow fork", "Build images from the local source tree",
                 "use encrypted model", "docs: building the fork", "Pin org_tensorflow to b2.18.0 (was b2.4.0)"]
@@ -183,7 +184,7 @@ def test_stale_index_lock_is_cleared_or_named(sb: Sandbox, tmp_path: Path) -> No
     else:
         # cleared and went on: the add never happened, so WORKSPACE is still unmerged, and said so
         assert res.code == 1 and "WORKSPACE" in res.text, res
-    crashkit.resolve_all(sv)
+    resolve_all(sv)
     res = forkops(sb.workspace, "upgrade", "--continue")
     assert res.code == 1 and "3/5" in res.out, res  # on to the Dockerfiles stop
 
@@ -273,7 +274,7 @@ def test_set_key_refused_while_upgrade_stopped(sb: Sandbox) -> None:
     assert_no_traceback(built)
     assert built.code == 2 and "upgrade" in built.err, built
     # the person stages everything and continues: still no key in any commit of the run
-    crashkit.resolve_all(tf)
+    resolve_all(tf)
     git(tf, "add", "-A")
     runs = [forkops(sb.workspace, "upgrade", "--continue")]
     assert runs[-1].code == 0, runs[-1]
@@ -342,7 +343,7 @@ def test_local_tag_named_like_the_branch(sb: Sandbox) -> None:
     tag_sha = git(tf, "rev-parse", "refs/tags/b2.18.0").strip()
     res = forkops(sb.workspace, "upgrade", "2.18.0", "--repo", "tensorflow")
     assert res.code == 1, res
-    crashkit.resolve_all(tf)
+    resolve_all(tf)
     res = forkops(sb.workspace, "upgrade", "--continue")
     assert_no_traceback(res)
     assert res.code == 0, res
@@ -378,7 +379,7 @@ def test_published_branch_on_origin_then_branch_name(sb: Sandbox) -> None:
     res = forkops(sb.workspace, "upgrade", "2.18.0", "--repo", "tensorflow", "--branch", "forkops/b2.18.0")
     assert_no_traceback(res)
     assert res.code == 1, res
-    crashkit.resolve_all(tf)
+    resolve_all(tf)
     res = forkops(sb.workspace, "upgrade", "--continue")
     assert res.code == 0, res
     assert stack(tf, "forkops/b2.18.0") == TF_2_18

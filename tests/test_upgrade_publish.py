@@ -18,7 +18,8 @@ import pytest
 from forkops import workspace
 from forkops.lock import upgrade_stopped, workspace_lock
 from forkops.sandbox import Sandbox
-from tests.test_upgrade import ROOT, cli, git, resolve_all, status_json
+from tests.gitutil import git, resolve_all
+from tests.test_upgrade import ROOT, cli, status_json
 
 
 def repo_bytes(repo: Path) -> dict[str, bytes]:
@@ -220,7 +221,7 @@ def test_stop_resolved_from_a_recorded_resolution(sandbox: Sandbox, monkeypatch:
     tf = sandbox.clone("tensorflow")
     assert cli(sandbox, "upgrade", "2.18.0", "--repo", "tensorflow", monkeypatch=monkeypatch).code == 1
     assert status_json(sandbox, monkeypatch)["conflicts"][0]["recorded"] is False
-    resolve_all(tf, "tensorflow")
+    resolve_all(tf)
     assert cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch).code == 0
     # the same upgrade once more (--force replaces the branches): rerere knows the resolution
     git(tf, "checkout", "-q", "b2.4.0")
@@ -299,7 +300,7 @@ def test_completion_report_tells_resolved_patches_from_forkops_commits(
     for _ in range(5):
         if res.code != 1:
             break
-        resolve_all(sv, "serving")
+        resolve_all(sv)
         res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
     assert res.code == 0, res.out + res.err
     line = next(ln for ln in res.out.splitlines() if "range-diff old stack -> new" in ln)

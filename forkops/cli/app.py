@@ -17,7 +17,8 @@ from typing import Annotated, Any
 import typer
 
 from forkops.cli import common, split_global
-from forkops.errors import BadInput, Interrupted
+from forkops.cli.context import use_directory
+from forkops.errors import Interrupted
 
 # Every command module, in the order top-level help lists their commands.
 COMMAND_MODULES = ("demo", "init", "upgrade", "push", "check", "keys", "crypto", "cryptlib", "build", "doctor",
@@ -57,9 +58,7 @@ def _root(
     ] = None,
 ) -> None:
     if directory is not None:
-        if not directory.is_dir():
-            raise BadInput(f"-C {directory}: no such directory")
-        common.set_directory(directory.resolve())
+        use_directory(directory)
 
 
 def build(args: Sequence[str] = ()) -> typer.Typer:

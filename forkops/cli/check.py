@@ -83,10 +83,10 @@ def _progress(name: str) -> Callable[[str, float | None], None]:
 
 
 def _open(rc: RepoConfig, *, refresh_origin: bool) -> Repo:
-    from forkops import predict
+    from forkops.init import ensure_clone
 
     existed = rc.path.exists()
-    repo = predict.open_clone(rc.path, rc.origin, clone_missing=True, progress=_progress(rc.name))
+    repo = ensure_clone(rc, _progress(rc.name))
     if not existed:
         _note(f"{rc.name}: cloned {rc.origin} into {rc.path}")
     elif refresh_origin and repo.remote_url("origin") is not None:

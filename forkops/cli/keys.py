@@ -144,21 +144,13 @@ def _generate(keys_path: Path, targets: list[Target], ws: Workspace | None, *, c
 
 def _gitignore(keys_path: Path, root: Path) -> Path | None:
     """Make sure the workspace's .gitignore ignores the keys file (when it lives in the workspace)."""
-    from forkops.fsutil import write_atomic
+    from forkops.fsutil import ensure_ignored
 
     try:
         rel = keys_path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return None
-    path = root / ".gitignore"
-    text = path.read_text() if path.exists() else ""
-    entry = f"/{rel}" if "/" in rel else rel
-    if any(line.strip() in (rel, f"/{rel}", entry) for line in text.splitlines()):
-        return path
-    if text and not text.endswith("\n"):
-        text += "\n"
-    write_atomic(path, text + "# the model key (forkops)\n" + entry + "\n")
-    return path
+    return ensure_ignored(root, f"/{rel}" if "/" in rel else rel, comment="the model key (forkops)")
 
 
 def _print_sites(sites: tuple[RepoSite, ...], material: KeyMaterial | None) -> None:

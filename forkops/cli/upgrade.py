@@ -46,6 +46,8 @@ def upgrade(
 ) -> ExitCode:
     """Rebase the fork's patch stack onto an upstream release (TensorFlow, then Serving)."""
     from forkops import upgrade as engine
+    from forkops.upgrade.abort import abort as abort_run
+    from forkops.upgrade.preview import preview
     from forkops.version import Version
 
     modes = [name for name, on in (("--continue", cont), ("--skip", skip), ("--abort", abort)) if on]
@@ -72,7 +74,7 @@ def upgrade(
     if plan:
         assert version is not None
         req = engine.Request(Version.parse(version), start=from_, base=base, branch=branch, force=force)
-        previews = engine.preview(ws, req, repo)
+        previews = preview(ws, req, repo)
         if as_json:
             print_json({"version": version, "repos": [p.as_json() for p in previews]})
         else:
@@ -83,7 +85,7 @@ def upgrade(
         out.print(line, markup=False)
 
     if abort:
-        outcome = engine.abort(ws, log=log)
+        outcome = abort_run(ws, log=log)
     elif modes:
         outcome = engine.resume(ws, skip=skip, push=push, force_with_lease=force_with_lease, log=log)
     else:
@@ -108,23 +110,19 @@ def upgrade(
 
 def status(
     as_json: JsonOption = False,
-) -> None:
+) -> ExitCode:
     """What an upgrade in progress is doing and waiting for."""
-    from forkops import upgrade as engine
+    from forkops.cli.status import show
 
-    data = engine.status(load_workspace()).as_json()
-    if as_json:
-        print_json(data)
-        return
-    render_status(console(), data)
+    return show(as_json=as_json)
 
 
 def clone_missing(ws: Workspace, only: str | None) -> None:
     """Clone forks that are not there yet, with a progress bar (on stderr)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from forkops import upgrade as engine
     from forkops.git import Repo
+    from forkops.init import ensure_clone
 
     for rc in ws.select(only):
         if Repo(rc.path).is_repo():
@@ -136,68 +134,22 @@ def clone_missing(ws: Workspace, only: str | None) -> None:
             def progress(stage: str, fraction: float | None, task: Any = task, bar: Progress = bar) -> None:
                 bar.update(task, completed=fraction or 0.0, stage=stage)
 
-            engine.ensure_clone(rc, progress)
+            ensure_clone(rc, progress)
         err_console().print(f"{rc.name}: cloned {rc.origin} into {rc.path}")
 
 
 def _report(out: Console, outcome: Outcome, *, final: bool) -> ExitCode:
     if outcome.stopped:
+        from forkops.cli.status import status_lines, write
+
         out.print()
-        render_status(out, outcome.status)
+        write(status_lines(outcome.status), out)
         return ExitCode.NEEDS_PERSON
     run = outcome.report.run
     if final and outcome.state == "done" and run is not None:
         names = ", ".join(r.repo for r in run.repos)
         out.print(f"[green]upgrade to {run.version} done[/green] ({names})")
     return ExitCode.OK
-
-
-def render_status(out: Console, data: dict[str, Any]) -> None:
-    """Human form of ``forkops status`` (also shown when an upgrade stops)."""
-    from rich.markup import escape
-
-    run = data.get("run")
-    if run is None and data.get("repo") is None:
-        out.print("no upgrade in progress")
-        return
-    if run is not None:
-        steps = ", ".join(f"{r['repo']} {r['state'] if r['state'] != 'idle' else r['phase']}" for r in run["repos"])
-        out.print(f"[bold]upgrade to {run['version']}[/bold] (run {run['id']}): {steps}")
-    state = data["state"]
-    colour = {"conflict": "yellow", "anchor-failed": "red", "commit-missing": "red", "key-found": "red",
-              "done": "green"}.get(state, "cyan")
-    out.print(f"[bold]{data['repo']}[/bold]: [{colour}]{state}[/{colour}] — {data.get('branch')} = "
-              f"{data.get('start')} rebased from {data.get('base')} onto {data.get('onto')}")
-    stop = data.get("stopped_at")
-    if stop:
-        out.print(f"  stopped at commit {stop['index']}/{stop['total']}: {str(stop['commit'])[:12]} "
-                  f"{escape(repr(stop['subject']))}")
-    if data.get("conflicts"):
-        out.print("  unmerged files:")
-        for c in data["conflicts"]:
-            mark = "  (resolved from a recorded resolution: review, then --continue)" if c.get("recorded") else ""
-            where = f"{c['moved_from']} → {c['path']}" if c.get("moved_from") else c["path"]
-            out.print(f"    {c['kind']:<14} {escape(where)}{mark}")
-            for x in c.get("context") or []:
-                out.print(f"{'':<20}upstream: {str(x['sha'])[:10]} {escape(str(x['subject']))}")
-    failure = data.get("failure")
-    if failure and state != "done":
-        out.print(f"  [red]{escape(failure['message'])}[/red]")
-        for line in failure.get("lines") or []:
-            if state != "commit-missing":
-                out.print(f"    {escape(line)}")
-        if failure.get("path") and failure.get("kind") == "anchor":
-            out.print(f"  the symbol lives now in: {escape(failure['path'])}")
-        if failure.get("change"):
-            out.print("  the fork's change that must be carried there:")
-            # markup=False prints the text as it is: escaping it as well would add backslashes.
-            out.print(failure["change"], markup=False, highlight=False)
-    for note in data.get("notes") or []:
-        out.print(f"  {escape(note)}")
-    if data.get("next"):
-        out.print("  next:")
-        for i, step in enumerate(data["next"], 1):
-            out.print(f"    {i}. {escape(step)}")
 
 
 def render_plan(out: Console, version: str, previews: list[RepoPreview]) -> None:

@@ -15,18 +15,37 @@ Layout, in the order of the flow:
 ``status``      ``forkops status`` (a dataclass with ``as_json()``), stop and completion reports
 ``publish``     ``forkops push``
 ``masking``     key site values masked out of text forkops shows
+
+Names are resolved on first use (PEP 562): importing any submodule runs this file, and
+``forkops status`` needs ``state`` and ``status`` only, not the machine with its anchors, pins
+and key scanning behind ``start``. ``abort``, ``preview`` and ``status`` are both a submodule
+and its function: import the function from its module (``from forkops.upgrade.status import
+status``), as the package attribute is the module once that is imported.
 """
 
 from __future__ import annotations
 
-from forkops.upgrade.abort import abort
-from forkops.upgrade.machine import CRASH_ENV, Options, Outcome, ensure_clone, resume, start
-from forkops.upgrade.planning import Request
-from forkops.upgrade.preview import preview
-from forkops.upgrade.publish import push
-from forkops.upgrade.state import Phase, active_run, load_run, load_state
-from forkops.upgrade.status import Status, status
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = ["CRASH_ENV", "Options", "Outcome", "Phase", "Request", "Status", "abort", "active_run",
-           "ensure_clone", "load_run", "load_state", "preview", "push", "resume", "start",
-           "status"]
+if TYPE_CHECKING:
+    from forkops.upgrade.machine import CRASH_ENV, Options, Outcome, resume, start
+    from forkops.upgrade.planning import Request
+    from forkops.upgrade.publish import push
+    from forkops.upgrade.state import Phase, active_run, load_run, load_state
+    from forkops.upgrade.status import Status
+
+_HOME = {"CRASH_ENV": "machine", "Options": "machine", "Outcome": "machine",
+         "resume": "machine", "start": "machine", "Request": "planning", "push": "publish", "Phase": "state",
+         "active_run": "state", "load_run": "state", "load_state": "state", "Status": "status"}
+
+__all__ = ["CRASH_ENV", "Options", "Outcome", "Phase", "Request", "Status", "active_run",
+           "load_run", "load_state", "push", "resume", "start"]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value

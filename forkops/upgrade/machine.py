@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from forkops.errors import BadInput, ExternalError, NeedsPerson
-from forkops.git import Progress, Repo, clone
+from forkops.git import Progress, Repo
+from forkops.init import ensure_clone
 from forkops.lock import workspace_lock
 from forkops.upgrade import gates, planning, rebase, steps
 from forkops.upgrade.preflight import check_startable, clear_stale_locks
@@ -88,16 +89,6 @@ class Outcome:
 
 def _outcome(ws: Workspace) -> Outcome:
     return Outcome(status(ws))
-
-
-def ensure_clone(rc: RepoConfig, progress: Progress | None = None) -> Repo:
-    """The fork clone at ``rc.path``, cloned from ``origin`` when missing."""
-    repo = Repo(rc.path)
-    if not repo.is_repo():
-        if rc.path.exists() and any(rc.path.iterdir()):
-            raise BadInput(f"{rc.path} exists and is not a git repository")
-        repo = clone(rc.origin, rc.path, progress=progress)
-    return repo
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ a rebase stands; these files only say what forkops did and must undo.
 
 Every file carries ``format``: a state file written by another forkops version is refused with
 exit 2 (its meaning may differ) instead of being misread. Every write is atomic.
+
+Reading imports nothing but this module (``forkops status`` reads here on every call); what
+only writing needs is imported by the writers.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ import enum
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forkops.errors import BadInput
-from forkops.fsutil import write_atomic
-from forkops.git import Repo
-from forkops.lock import run_dir
-from forkops.version import Version
-from forkops.workspace import Workspace
+
+if TYPE_CHECKING:
+    from forkops.git import Repo
+    from forkops.version import Version
+    from forkops.workspace import Workspace
 
 FORMAT = 2
 RUN_FILE = "run.json"
@@ -57,6 +60,8 @@ class FailureKind(enum.StrEnum):
 
 @dataclass
 class MissingCommit:
+    """A commit named in a failure: its sha and subject."""
+
     sha: str
     subject: str
 
@@ -168,6 +173,8 @@ class RepoState:
 
     @property
     def parsed_version(self) -> Version:
+        from forkops.version import Version
+
         return Version.parse(self.version)
 
     def stop_for(self, commit: str) -> Stop | None:
@@ -209,6 +216,9 @@ def load_run(ws: Workspace) -> RunState | None:
 
 
 def save_run(ws: Workspace, run: RunState) -> None:
+    from forkops.fsutil import write_atomic
+    from forkops.lock import run_dir
+
     run_dir(ws)
     write_atomic(run_path(ws), json.dumps(asdict(run), indent=2) + "\n")
 
@@ -230,6 +240,8 @@ def load_state(repo: Repo) -> RepoState | None:
 
 
 def save_state(repo: Repo, st: RepoState) -> None:
+    from forkops.fsutil import write_atomic
+
     write_atomic(state_path(repo), json.dumps(asdict(st), indent=2) + "\n")
 
 

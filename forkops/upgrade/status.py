@@ -8,17 +8,24 @@ against the new one, what was dropped and why). Everything here only reads.
 ``state`` is ``idle``, ``conflict``, ``anchor-failed`` (an anchor or pin), ``commit-missing`` (a
 stack commit left without an accepted reason), ``key-found`` (a commit of the run holds the key)
 or ``done``; "done" is said only while the stack is fully accounted for.
+
+With no run recorded, :func:`status` reads two files per repository and starts no git process;
+what only a recorded run needs (accounting, rebase, conflict context) is imported then, so
+that ``forkops status`` stays within two ``git status`` plus interpreter start
+(benchmarks/bench_help.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from forkops.git import RangeDiffLine, RebaseState, Repo, conflict_kind
-from forkops.upgrade import accounting, rebase
+from forkops.git import Repo
 from forkops.upgrade.state import Failure, FailureKind, Phase, RepoState, RunState, load_run, load_state
-from forkops.workspace import Workspace
+
+if TYPE_CHECKING:
+    from forkops.git import RangeDiffLine, RebaseState
+    from forkops.workspace import Workspace
 
 State = Literal["idle", "conflict", "anchor-failed", "commit-missing", "key-found", "done"]
 NEEDS_PERSON: frozenset[str] = frozenset({"conflict", "anchor-failed", "commit-missing", "key-found"})
@@ -27,6 +34,8 @@ RECORDED_HINT = "resolved from a recorded resolution: review, then --continue"
 
 @dataclass(frozen=True)
 class ConflictEntry:
+    """One unmerged file of a stop."""
+
     path: str
     kind: str  # forkops.git.conflict_kind
     recorded: bool = False  # git's rerere resolved it from a recorded resolution
@@ -41,6 +50,8 @@ class ConflictEntry:
 
 @dataclass(frozen=True)
 class StoppedAt:
+    """The stack commit a rebase stopped on: ``index`` of ``total`` (git's msgnum and end)."""
+
     commit: str
     subject: str
     index: int
@@ -101,6 +112,8 @@ def _failure_json(failure: Failure | None) -> dict[str, object] | None:
 
 @dataclass(frozen=True)
 class RunRepo:
+    """One repository in a run's list: its status state (``pending`` before it starts) and phase."""
+
     repo: str
     state: str
     phase: str
@@ -108,6 +121,8 @@ class RunRepo:
 
 @dataclass(frozen=True)
 class RunInfo:
+    """The run as a whole (``.forkops/run.json``), repositories in upgrade order."""
+
     id: str
     version: str
     phase: str
@@ -180,11 +195,13 @@ def _with_context(repo: Repo, st: RepoState, commit: str,
                  for c, f in zip(conflicts, found, strict=True))
 
 
-def stop_report(repo: Repo, st: RepoState, rs: RebaseState) -> _Draft:
-    """A rebase stopped on a commit: where, the unmerged files (rerere-resolved ones marked),
-    and what the person does next."""
+def stop_report(repo: Repo, st: RepoState, rs: RebaseState, stages: dict[str, frozenset[int]]) -> _Draft:
+    """A rebase stopped on a commit: where, the unmerged files (``stages``, from
+    :meth:`Repo.unmerged`; rerere-resolved ones marked), and what the person does next."""
+    from forkops.git import conflict_kind
+    from forkops.upgrade import rebase
+
     commit, subject, index, total = rebase.position(repo, rs)
-    stages = repo.unmerged()
     stop = st.stop_for(commit)
     recorded = set(stop.recorded) if stop else set()
     conflicts = _with_context(repo, st, commit, tuple(
@@ -280,6 +297,8 @@ def _failure_next(st: RepoState, failure: Failure, repo: Repo) -> list[str]:
 
 
 def _draft(repo: Repo, st: RepoState, run: RunState | None) -> _Draft:
+    from forkops.upgrade import accounting, rebase
+
     locks = repo.stale_locks()
     lock_notes = [f"git lock {p} is left over (a killed git?): --continue or --abort removes it when no "
                   f"process holds it" for p in locks]
@@ -305,14 +324,15 @@ def _draft(repo: Repo, st: RepoState, run: RunState | None) -> _Draft:
                                                    f"was rebased", *lock_notes],
                           next=["forkops upgrade --continue  (starts the rebase again)",
                                 "(or: forkops upgrade --abort to undo the run)"])
-        if not locks:
+        stages = repo.unmerged()
+        if not locks and not stages:  # a pick with unmerged files did not die unseen
             lost = rebase.interrupted_pick(repo, st, rs)
             if lost is not None:
                 return _Draft(interrupted=True, notes=[
                     f"the pick of {lost.commit[:12]} was interrupted (a kill): its changes are not in the index"],
                     next=["forkops upgrade --continue  (picks it again)",
                           "(or: forkops upgrade --abort to undo the run)"])
-        draft = stop_report(repo, st, rs)
+        draft = stop_report(repo, st, rs, stages)
         draft.notes += lock_notes
         return draft
     if st.failure is not None:
