@@ -522,6 +522,17 @@ class Repo:
             stopped_sha=read("stopped-sha") or None, head_detached=not head.startswith("ref:"),
             has_message=(folder / "message").is_file())
 
+    def restore_rebase_message(self, sha: str) -> None:
+        """Write ``rebase-merge/message`` (what ``rebase --continue`` commits a resolved stop
+        with) as git writes it at a stop: the stopped commit's message. git killed as it
+        stopped can leave it unwritten: "could not read log file"."""
+        from forkops.fsutil import write_atomic
+
+        raw = self.run_raw("cat-file", "commit", sha)
+        if raw.returncode != 0:
+            raise GitError(["cat-file", "commit", sha], raw.returncode, _text(raw.stderr))
+        write_atomic(self.git_dir / "rebase-merge" / "message", raw.stdout.partition(b"\n\n")[2])
+
     def requeue_pick(self, sha: str) -> None:
         """Put ``pick SHA`` back at the front of the running rebase's todo list (a pick git
         recorded as done whose changes never reached the index: a process killed mid-pick)."""
@@ -603,11 +614,12 @@ class Repo:
         return self.git_dir / "config"
 
     def stale_locks(self) -> list[Path]:
-        """git's lock files in this repository (index, HEAD, refs, packed-refs, config). A lock
-        no process holds is left by a killed git: git refuses to work until it is gone."""
+        """git's lock files in this repository (index, HEAD, refs, packed-refs, config, the
+        rebase's state files). A lock no process holds is left by a killed git: git refuses to
+        work until it is gone (a rebase's ``message.lock`` makes every later stop fail to write
+        its message)."""
         gd = self.git_dir
-        found = [gd / n for n in ("index.lock", "HEAD.lock", "ORIG_HEAD.lock", "packed-refs.lock",
-                                  "config.lock", "AUTO_MERGE.lock") if (gd / n).exists()]
+        found = sorted(gd.glob("*.lock")) + sorted((gd / "rebase-merge").glob("*.lock"))
         refs = gd / "refs"
         if refs.is_dir():
             found += sorted(refs.rglob("*.lock"))

@@ -774,11 +774,10 @@ def judge(ref: Reference, sb: Sandbox, runs: Sequence[Run], tmp: Path) -> tuple[
     problem, said = check_status(sb, ref)
     if problem:
         findings.append(list(problem.split(": ", 1)))
-    # A killed git did not stop forkops (exit 0), or the kill came after the run was recorded
-    # done (its last, read-only report; --abort then rightly refuses a finished run): the result
-    # must still be right.
-    finished = runs[-1].code == 0 or ((said or {}).get("run") or {}).get("phase") == "done"
-    if finished:
+    # A kill after the run was recorded done (its last status reads), or a killed git that did
+    # not stop forkops: nothing is left to abort, the result must be the unkilled run's.
+    finished = said is not None and (said.get("run") or {}).get("phase") == "done"
+    if runs[-1].code == 0 or finished:
         result = {name: normalise(result_of(sb.clone(name)), sb.root) for name in REPOS}
         if result != ref.result:
             findings.append([_difference(ref, result), "finished but " + "; ".join(

@@ -133,6 +133,51 @@ def test_git_killed_as_the_rebase_begins(reference: crashkit.Reference, tmp_path
 
 
 
+def test_an_edit_after_a_killed_start_is_never_overwritten(reference: crashkit.Reference, tmp_path: Path) -> None:
+    """git killed as TensorFlow's rebase began (index and worktree onto's, HEAD on b2.4.0), then
+    the person edits a file onto changed: --continue must not undo git's checkout over that
+    edit. It stops (exit 1) naming the file, the edit intact; stashed away, the run resumes."""
+    if not crashkit.strace_works():
+        pytest.skip("strace is missing or cannot trace here (CI installs it)")
+    sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, 0), tmp_path / "killed")
+    tf = sb.clone("tensorflow")
+    killer = crashkit.Killer(tmp_path / "kit", mode="rename", at=1, k=1, match="* rebase *--onto *",
+                             path=str(tf / ".git" / "ORIG_HEAD.lock"))
+    first = killer.forkops(sb.workspace, "upgrade", crashkit.VERSION)
+    assert killer.fired and first.code not in (0, 1), first
+    readme = tf / "README.md"
+    assert readme.read_bytes() != crashkit.git(tf, "show", "b2.4.0:README.md").encode()  # onto's now
+    edited = readme.read_text() + "the person's note, written after the kill\n"
+    readme.write_text(edited)
+    res = crashkit.forkops(sb.workspace, "upgrade", "--continue")
+    assert res.code == 1 and "README.md" in res.text and not crashkit.traceback_in(res.text), res
+    assert readme.read_text() == edited
+    crashkit.git(tf, "stash", "--include-untracked")  # what the person is told to do
+    how, runs = crashkit.finish(sb)
+    assert how == "done", runs
+    assert {n: crashkit.normalise(crashkit.result_of(sb.clone(n)), sb.root) for n in crashkit.REPOS} == reference.result
+
+
+@pytest.mark.parametrize("repo", crashkit.REPOS)
+def test_git_killed_writing_the_stop_message(reference: crashkit.Reference, tmp_path: Path, repo: str) -> None:
+    """git killed at the rename of ``rebase-merge/message.lock`` as it stops on the first conflict
+    (conflicted index written, message not): forkops shows the stop, the person resolves it; the
+    resolution is committed (never thrown away for a re-pick, never a loop of re-picks that git's
+    left-over message.lock keeps failing; the sweep's rename points 18 and 19 with
+    CRASHKIT_SLOTS=23, finding A of round 2)."""
+    if not crashkit.strace_works():
+        pytest.skip("strace is missing or cannot trace here (CI installs it)")
+    step = 0 if repo == "tensorflow" else 1  # the command whose rebase --onto stops first
+    sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / "killed")
+    killer = crashkit.Killer(tmp_path / "kit", mode="rename", at=1, k=1, match="* rebase *--onto *",
+                             path=str(sb.clone(repo) / ".git" / "rebase-merge" / "message.lock"))
+    runs = crashkit.run_flow(killer, sb, reference.steps[step])
+    assert killer.fired, runs
+    how, findings = crashkit.judge(reference, sb, runs, tmp_path)
+    assert not findings, "\n".join(f"{k}: {d}" for k, d in findings)
+    assert how == "done", how
+
+
 @pytest.mark.parametrize("repo", crashkit.REPOS)
 def test_git_killed_checking_out_forkops_own_commit(reference: crashkit.Reference, tmp_path: Path,
                                                     repo: str) -> None:

@@ -69,10 +69,11 @@ def abort_repo(repo: Repo, st: RepoState, log: Log) -> None:
     rs = repo.rebase_state()
     if rs is not None and rs.head_name in ("", st.branch_ref):
         # --quit, not --abort: --abort checks out orig-head, a worktree rewrite the reset below
-        # makes anyway (once).
-        repo.rebase_quit()
-        if rebase.half_started(rs):
-            rebase.undo_begun_checkout(repo, st)  # the new files of onto a killed start wrote
+        # makes anyway (once). A start git was killed in can have left onto's new files: they
+        # go with it (unless the person edited files since: then the reset below is all).
+        dropped = rebase.half_started(rs) and not rebase.drop_half_started(repo, st)
+        if not dropped:
+            repo.rebase_quit()
     crash_point("abort-after-rebase")
     changes: dict[str, str | None] = {}
     for ref, sha in st.refs.items():

@@ -170,8 +170,12 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
     rs = rebase.ours(repo, st)
     if rs is not None and rebase.half_started(rs):
         # git died after making its folder, before it detached HEAD: nothing was rebased.
-        repo.rebase_quit()
-        rebase.undo_begun_checkout(repo, st)
+        foreign = rebase.drop_half_started(repo, st)
+        if foreign:
+            raise NeedsPerson(f"{st.repo}: git was killed as it began the rebase (checking out {st.onto}); "
+                              f"{', '.join(foreign[:5])} hold neither {st.start}'s nor {st.onto}'s content",
+                              hint=f"move those changes out of {repo.path} (e.g. `git stash -u`), then "
+                                   f"`forkops upgrade --continue` starts the rebase again")
         ctx.log(f"{st.repo}: git was killed as the rebase began (nothing was rebased); starting it again")
         rs = None
     if rs is not None:
@@ -213,6 +217,8 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
                                       + "; ".join((hits + problems)[:10]),
                                       hint=f"fix the files in {repo.path}, `git add` them, then "
                                            f"`forkops upgrade --continue`")
+                if current is not None and not rs.has_message and not repo.index_matches_head():
+                    repo.restore_rebase_message(current)  # git was killed writing it at the stop
                 if current is not None:
                     stop = st.stop_for(current)
                     if stop is None:

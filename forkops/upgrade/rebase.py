@@ -61,26 +61,31 @@ def half_started(rs: RebaseState) -> bool:
     return not rs.head_detached or not rs.head_name
 
 
-def undo_begun_checkout(repo: Repo, st: RepoState) -> None:
-    """After a rebase git was killed starting (:func:`half_started`, its folder already quit):
-    git may have begun checking out ``onto`` -- files written, new files untracked, the index
-    moved -- without moving HEAD, so the worktree looks modified and the rebase cannot start
-    again. When HEAD is where the run found it and every file that differs from HEAD holds
-    HEAD's content or onto's (git's own writes; preflight saw a clean worktree), put HEAD's
-    index and files back and remove onto's new files. Anything else (the person's edits) is
-    left alone, for the start's refusal to name."""
+def drop_half_started(repo: Repo, st: RepoState) -> list[str]:
+    """Drop a rebase git was killed starting (:func:`half_started`) and what it had begun: a
+    checkout of ``onto`` -- files written, new files untracked, the index moved -- without
+    moving HEAD, which makes the worktree look modified so the rebase cannot start again. When
+    HEAD is where the run found it, every file that differs from HEAD must hold HEAD's content
+    or onto's (git's own writes; preflight saw a clean worktree): HEAD's index and files come
+    back and onto's new files go. Otherwise nothing is done and those files are returned (the
+    person's edits, never overwritten)."""
     tracked, untracked = repo.worktree_changes(untracked=True)
     changed = sorted(set(tracked) | set(untracked))
-    if not changed or repo.head() != st.head_sha or repo.foreign_paths(changed, ("HEAD", st.onto_sha)):
-        return
-    repo.reset_hard()
-    for p in sorted(set(repo.worktree_changes(untracked=True)[1]) & set(changed)):  # onto's new files
-        path = repo.path / p
-        path.unlink()
-        for parent in path.parents:  # and the folders git made for them
-            if parent == repo.path or any(parent.iterdir()):
-                break
-            parent.rmdir()
+    ours = bool(changed) and repo.head() == st.head_sha
+    foreign = repo.foreign_paths(changed, ("HEAD", st.onto_sha)) if ours else []
+    if foreign:
+        return foreign
+    repo.rebase_quit()
+    if ours:
+        repo.reset_hard()
+        for p in sorted(set(repo.worktree_changes(untracked=True)[1]) & set(changed)):  # onto's new files
+            path = repo.path / p
+            path.unlink()
+            for parent in path.parents:  # and the folders git made for them
+                if parent == repo.path or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+    return []
 
 
 def run(repo: Repo, st: RepoState, args: list[str]) -> bool:
@@ -138,8 +143,11 @@ def interrupted_pick(repo: Repo, st: RepoState, rs: RebaseState) -> Interrupted 
         return None
     if not repo.index_matches_head():
         # A stop always has its message (the person's resolution included); staged changes
-        # without one are git's own, half-applied (a stop forkops recorded after git died too).
-        return None if rs.has_message else Interrupted(current)
+        # without one are git's own, half-applied (a stop forkops recorded after git died too),
+        # unless forkops showed unmerged files there: then they are the person's resolution of
+        # a stop git was killed writing (the caller gives it its message back).
+        stop = st.stop_for(current)
+        return None if rs.has_message or (stop is not None and stop.paths) else Interrupted(current)
     if st.stop_for(current) is not None:
         return None
     head = repo.commit_infos(["HEAD", current])
