@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout: tests.bighistory
+
 from forkops import guard
 from tests.bighistory import generate
 
