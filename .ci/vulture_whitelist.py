@@ -5,9 +5,9 @@ this file as code; nothing imports it.
 Add a name here only when a framework calls it; delete dead code instead of listing it.
 """
 
+from forkops import upgrade
 from forkops.cli import crypto, keys, resolutions
 from forkops.docker import Engine
-from forkops.workspace import Workspace
 from tests import conftest
 from tests.standins import tf_serving_rest
 
@@ -19,6 +19,9 @@ keys.hook_pre_commit
 keys.hook_pre_push
 resolutions.list_
 resolutions.forget
+
+# a module's PEP 562 attribute hook, called by Python for a name the module does not have yet
+upgrade.__getattr__
 
 # pytest autouse fixtures and hooks, http.server handler methods
 conftest.hermetic_seal
@@ -35,6 +38,3 @@ tb  # type: ignore[name-defined]  # noqa: B018, F821
 # set for the module (tempfile.tempdir in cli/demo.py); a record field shown by `doctor`
 _.tempdir  # type: ignore[name-defined]  # noqa: F821
 Engine.client
-
-# Kept for the keys-file lookup consolidation in progress (issue 11): delete if still unused after it.
-Workspace.default_keys_file

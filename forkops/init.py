@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from forkops import workspace
+from forkops import keyfile, workspace
 from forkops.errors import BadInput
 from forkops.fsutil import ensure_ignored, write_atomic
 from forkops.git import Progress, Repo, clone
@@ -85,7 +85,7 @@ def create(root: Path, repos: Sequence[workspace.RepoConfig], *, clone: bool,
         detections = [_detect(rc, cloned=clone) for rc in repos if rc.playbook == "tensorflow"]
         final = [next((replace(rc, playbook=d.playbook) for d in detections if d.repo == rc.name), rc) for rc in repos]
         text = workspace.render(list(final), root)
-        ensure_ignored(root, workspace.KEYS_FILENAME)
+        ensure_ignored(root, keyfile.FILENAME)
         write_atomic(target, text)  # last: its presence means the workspace is complete
     except BaseException:
         for rc in cloned:

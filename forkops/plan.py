@@ -144,11 +144,6 @@ def stack_refs(repo: Repo, pb: Playbook, *, target: Version, start: str | None, 
     return StackRefs(start_name, start_sha, base_tag, base_sha)
 
 
-def patch_stack(repo: Repo, refs: StackRefs) -> list[str]:
-    """The fork's own commits, oldest first, as ``git rebase`` would pick them (no merges)."""
-    return repo.lines("rev-list", "--reverse", "--no-merges", f"{refs.base_sha}..{refs.start_sha}")
-
-
 def branch_names(pb: Playbook, version: Version) -> tuple[BranchName, BranchName]:
     """(upstream snapshot ``tfX.Y.Z``, fork branch ``bX.Y.Z``)."""
     return pb.upstream_branch_name(version), pb.fork_branch_name(version)

@@ -291,8 +291,8 @@ def load_patches(repo: Repo, shas: Sequence[str]) -> list[Patch]:
 
 
 def load_stack(repo: Repo, base: str, start: str) -> tuple[list[Patch], dict[str, str]]:
-    """The patch stack ``base..start`` exactly as :func:`forkops.plan.patch_stack` picks it
-    (``--reverse --no-merges``), loaded as :func:`load_patches` loads it, and the trees of the
+    """The patch stack ``base..start`` exactly as ``git rebase`` picks it (``rev-list
+    --reverse --no-merges``), loaded as :func:`load_patches` loads it, and the trees of the
     boundary commits (``base`` when it is a patch's parent): one ``git log --boundary``
     (boundary commits come marked ``-``, the rest keep rev-list's order); a parent that is
     neither a patch nor on the boundary (a merge inside the range) costs one rev-parse more."""

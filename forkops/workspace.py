@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 # status` among them) then parses no playbook code.
 BUILTIN_PLAYBOOKS = ("tensorflow", "tensorflow-dlopen", "serving")
 FILENAME = "forkops.toml"
-KEYS_FILENAME = "keys.toml"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -53,10 +52,6 @@ class Workspace:
         from forkops import playbook
 
         return playbook.load(repo.playbook, base_dir=self.root)
-
-    @property
-    def default_keys_file(self) -> Path:
-        return self.root / KEYS_FILENAME
 
 
 def find(start: Path | None = None) -> Path:
