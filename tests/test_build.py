@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -484,9 +485,12 @@ def start_slow_build(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path, **popen:
 
 def test_build_interrupt_removes_stage(ws: sb_mod.Sandbox, standin: Path, tmp_path: Path) -> None:
     """SIGINT during `docker build` (a real subprocess): the staged folder with the key is removed."""
-    proc = start_slow_build(ws, standin, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored (CI launched with `&`), and Python then
+    # installs no KeyboardInterrupt handler: give the child the terminal's default, as a user's has.
+    proc = start_slow_build(ws, standin, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert any(p.is_dir() for p in (tmp_path / "tmp").iterdir())
-    proc.send_signal(2)
+    proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=600)  # forkops terminates the hanging docker build itself
     finally:
