@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from forkops.cli.common import JsonOption, RepoOption, console, load_workspace, print_json
+
+if TYPE_CHECKING:
+    from forkops.resolutions import Record
+    from forkops.workspace import Workspace
 
 resolutions_app = typer.Typer(
     help="Recorded conflict resolutions (resolutions/<repo>/<id>.txt in the workspace; commit them). "
@@ -45,11 +49,7 @@ def show(
     repo: RepoOption = None,
 ) -> None:
     """Print a recorded resolution as stored (the text a reviewer reads)."""
-    from forkops import resolutions
-
-    ws = load_workspace()
-    record = resolutions.find(ws.root, repo and ws.repo(repo).name, ident)
-    console().print(record.render(), markup=False, end="")
+    console().print(_record(load_workspace(), ident, repo).render(), markup=False, end="")
 
 
 @resolutions_app.command("forget")
@@ -58,11 +58,16 @@ def forget(
     repo: RepoOption = None,
 ) -> None:
     """Delete a recorded resolution (commit the deletion so teammates and CI forget it too)."""
-    from forkops import resolutions
-
     ws = load_workspace()
-    record = resolutions.find(ws.root, repo and ws.repo(repo).name, ident)
+    record = _record(ws, ident, repo)
     assert record.file is not None
     record.file.unlink()
     console().print(f"forgot {record.id} ({record.repo}: {record.path}); removed "
                     f"{record.file.relative_to(ws.root)}", markup=False)
+
+
+def _record(ws: Workspace, ident: str, repo: str | None) -> Record:
+    """The recorded resolution ``ident`` names (exit 2 when none or several do)."""
+    from forkops import resolutions
+
+    return resolutions.find(ws.root, repo and ws.repo(repo).name, ident)
