@@ -79,10 +79,6 @@ class Outcome:
         return self.report.state
 
     @property
-    def status(self) -> dict[str, object]:
-        return self.report.as_json()
-
-    @property
     def stopped(self) -> bool:
         return self.report.needs_person
 
