@@ -624,7 +624,7 @@ class _Prefetched(Repo):
     """The simulation's repository with the anchors' git reads answered in bulk.
 
     :func:`forkops.anchors.check` asks, per tree, ``grep_files(tree, symbol, fixed=True)`` and
-    ``show_file(tree, path)`` for each hit. Here those answers come from
+    ``read_blobs([tree:path, ...])`` for the hits. Here those answers come from
     :func:`forkops.anchors.locate` over a chain of trees (each tag derived from the tag
     before it, each result from its tag) -- the same answers, one grep in all. Anything
     not prefetched goes to git as usual.
@@ -633,6 +633,8 @@ class _Prefetched(Repo):
     def __init__(self, repo: Repo, chain: list[tuple[str, str | None]], anchors: Sequence[Anchor],
                  trees: Mapping[str, str], *, parallel: bool) -> None:
         super().__init__(repo.path, env=repo.extra_env)
+        self._greps: dict[tuple[str, str], list[str]] = {}
+        self._blobs: dict[tuple[str, str], bytes] = {}
         located = anchors_mod.locate(self, chain, list(dict.fromkeys(a.symbol for a in anchors)), trees=trees,
                                      parallel=parallel)
         self._greps = located.files
@@ -642,10 +644,17 @@ class _Prefetched(Repo):
         found = self._greps.get((treeish, pattern)) if fixed and not tuple(paths) else None
         return list(found) if found is not None else super().grep_files(treeish, pattern, paths, fixed=fixed)
 
-    def show_file(self, treeish: str, path: str) -> bytes | None:
-        if (treeish, path) in self._blobs:
-            return self._blobs[(treeish, path)]
-        return super().show_file(treeish, path)
+    def read_blobs(self, names: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        unread: list[int] = []
+        for i, name in enumerate(names):
+            treeish, _, path = name.partition(":")
+            out.append(self._blobs.get((treeish, path)))
+            if out[-1] is None:
+                unread.append(i)
+        for i, blob in zip(unread, super().read_blobs([names[i] for i in unread]), strict=True):
+            out[i] = blob
+        return out
 
 
 def _conflicts(entries: Iterable[str]) -> list[Conflict]:
