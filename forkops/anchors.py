@@ -259,8 +259,7 @@ def merge_into_live(repo: Repo, res: AnchorResult, *, base: str, start: str, liv
     old = res.left_behind[0] if res.left_behind else ""
     if res.path is None or not res.left_behind:
         return Reapplied(old, None, why="nothing was left behind")
-    before, after = repo.show_file(base, old), repo.show_file(start, old)
-    current = repo.show_file(live, res.path)
+    before, after, current = repo.read_blobs([f"{base}:{old}", f"{start}:{old}", f"{live}:{res.path}"])
     if before is None or after is None or before == after or current is None:
         return Reapplied(old, None, why=f"the fork's patch stack has no change to {old} to re-apply")
     with tempfile.TemporaryDirectory(prefix="forkops-reapply-") as tmp:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -353,6 +354,17 @@ def test_missing_clone_is_cloned_from_origin(sandbox: Sandbox) -> None:
     assert run.code == 0, run.err
     assert json.loads(run.out)["start"] == "b2.4.0"  # the clone checks out origin's HEAD branch
     assert (sandbox.clone("serving") / ".git").is_dir()
+
+
+def test_check_reads_blobs_in_bulk_not_per_tag(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The anchors on every tag and result are answered from one prefetch: a check over four
+    tags reads blobs in one ``cat-file --batch`` per phase (stops' context, anchors, drift,
+    the re-application of the patch left behind), not one per tag and anchor (13 before)."""
+    monkeypatch.setenv("FORKOPS_DEBUG", "1")
+    run = run_cli("-C", str(sandbox.workspace), "check", "--repo", "tensorflow", "--json")
+    assert len(json.loads(run.out)["results"]) == 4
+    processes = re.findall(r"^forkops: git (\S+)", run.err, re.M)
+    assert processes.count("cat-file") <= 4, processes
 
 
 def test_tags_fetched_are_only_the_checked_ones(sandbox: Sandbox) -> None:
