@@ -520,6 +520,7 @@ class Repo:
             done=steps("done"), todo=steps("git-rebase-todo"),
             msgnum=int(read("msgnum") or 0), end=int(read("end") or 0),
             stopped_sha=read("stopped-sha") or None, head_detached=not head.startswith("ref:"),
+            head="" if head.startswith("ref:") else head.strip(),
             has_message=(folder / "message").is_file())
 
     def restore_rebase_message(self, sha: str) -> None:
@@ -758,6 +759,7 @@ class RebaseState:
     end: int
     stopped_sha: str | None
     head_detached: bool  # False: git died after creating the folder, before it detached HEAD
+    head: str  # the commit HEAD is detached at ("" when it is on a branch)
     has_message: bool  # git writes rebase-merge/message when it stops, and removes it on continue
 
     @property

@@ -133,6 +133,46 @@ def test_git_killed_as_the_rebase_begins(reference: crashkit.Reference, tmp_path
 
 
 
+@pytest.mark.parametrize("state", START_STATES)
+def test_git_killed_as_the_rebase_begins_on_a_detached_head(reference: crashkit.Reference, tmp_path: Path,
+                                                            state: str) -> None:
+    """The same kills when the person's HEAD was detached as the run began: git leaves HEAD
+    detached where it was, which says no less that nothing was rebased. (It was taken for a
+    rebase in progress: --continue had git "finish" a rebase that never checked out onto.)
+    The command never exits 0; status says git was killed as the rebase began; --abort
+    restores the clone byte for byte; resolve-and-continue ends as the unkilled run does."""
+    if not crashkit.strace_works():
+        pytest.skip("strace is missing or cannot trace here (CI installs it)")
+    sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, 0), tmp_path / "killed")
+    clone = sb.clone("tensorflow")
+    crashkit.git(clone, "checkout", "--quiet", "--detach", "b2.4.0")
+    start = crashkit.git(clone, "rev-parse", "b2.4.0").strip()
+    before = crashkit.normalise(crashkit.snapshot(clone), sb.root)
+    new = set(crashkit.git(sb.upstream["tensorflow"], "ls-tree", "-r", "--name-only", "v2.18.0").splitlines())
+    new -= set(crashkit.git(clone, "ls-tree", "-r", "--name-only", "b2.4.0").splitlines())
+    syscall, path, left = START_STATES[state]
+    killer = crashkit.Killer(tmp_path / "kit", mode="rename", at=1, k=1, match="* rebase *--onto *",
+                             syscall=syscall, path=path.format(git=clone / ".git", last_new=max(new)))
+    runs = crashkit.run_flow(killer, sb, ["upgrade", crashkit.VERSION])
+    assert killer.fired, runs
+    git_dir = clone / ".git"
+    assert (git_dir / "rebase-merge").is_dir() and (git_dir / left).exists(), (state, runs[-1])
+    assert (git_dir / "HEAD").read_text().strip() == start
+    assert runs[-1].code != 0, runs[-1]
+    said = crashkit.forkops(sb.workspace, "status")
+    assert said.code == 0 and "git was killed as the rebase of b2.18.0 began" in said.out, said
+    resumed = crashkit.copy_sandbox(sb, tmp_path / "resumed")
+    aborted = crashkit.forkops(sb.workspace, "upgrade", "--abort")
+    assert aborted.code == 0, aborted
+    after = crashkit.normalise(crashkit.snapshot(clone), sb.root)
+    assert isinstance(before, dict) and isinstance(after, dict)
+    assert crashkit.snapshot_diff(before, after) == []
+    how, runs = crashkit.finish(resumed)
+    assert how == "done", runs
+    assert {n: crashkit.normalise(crashkit.result_of(resumed.clone(n)), resumed.root)
+            for n in crashkit.REPOS} == reference.result
+
+
 def test_an_edit_after_a_killed_start_is_never_overwritten(reference: crashkit.Reference, tmp_path: Path) -> None:
     """git killed as TensorFlow's rebase began (index and worktree onto's, HEAD on b2.4.0), then
     the person edits a file onto changed: --continue must not undo git's checkout over that

@@ -57,8 +57,10 @@ def ours(repo: Repo, st: RepoState) -> RebaseState | None:
 
 
 def half_started(rs: RebaseState) -> bool:
-    """git made its folder but was killed before it detached HEAD: nothing was rebased."""
-    return not rs.head_detached or not rs.head_name
+    """git made its folder but was killed before it detached HEAD at onto: nothing was rebased.
+    HEAD still on a branch says so; so does HEAD detached elsewhere than onto before the first
+    pick (the person's HEAD was detached when the run began, and git had not moved it yet)."""
+    return not rs.head_detached or not rs.head_name or (not rs.done and rs.head != rs.onto)
 
 
 def drop_half_started(repo: Repo, st: RepoState) -> list[str]:
