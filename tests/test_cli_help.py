@@ -96,7 +96,7 @@ def test_status_help_imports_only_what_status_uses() -> None:
     # Nor the engine or rich: --help runs no command.
     assert {m for m in loaded if m.split(".")[0] in ("rich", "git")} == set()
     assert loaded <= {"forkops", "forkops.cli", "forkops.cli.app", "forkops.cli.common", "forkops.cli.context",
-                      "forkops.cli.upgrade", "forkops.errors"}
+                      "forkops.cli.status", "forkops.cli.upgrade", "forkops.errors"}
 
 
 @pytest.mark.parametrize("args", [["--version"], ["-C", "/nonexistent", "--version"], ["--version", "status"]])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -671,3 +672,33 @@ def test_untracked_files_in_the_way(sandbox: Sandbox, monkeypatch: pytest.Monkey
     res = cli(sandbox, "upgrade", "--continue", monkeypatch=monkeypatch)
     assert res.code == 0, res.out + res.err
     assert git(tf, "show", "b2.4.2:tools/new_tool.py") == "print('upstream')\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Output off a terminal
+# ---------------------------------------------------------------------------------------
+_RICH_LOADED = ("import sys\nfrom forkops.cli import main\ncode = main(sys.argv[1:])\n"
+                "sys.stderr.write('rich:' + ','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'rich')))\n"
+                "sys.exit(code)\n")
+
+
+def test_upgrade_off_a_terminal_prints_what_rich_prints_without_rich(sandbox: Sandbox) -> None:
+    """A run whose output goes to a pipe or a CI log writes plain text without importing rich
+    (~15 ms of start-up): the same bytes rich writes there (run again after --abort with
+    TTY_COMPATIBLE=0, which makes forkops use rich and rich treat the pipe as no terminal)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE"):
+        env.pop(name, None)
+
+    def upgrade(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", _RICH_LOADED, "upgrade", "2.18.0"], cwd=sandbox.workspace,
+                              env={**env, **extra}, capture_output=True, text=True, check=False)
+
+    plain = upgrade({})
+    assert plain.returncode == 1 and "git rebase --onto" in plain.stdout and "stopped" in plain.stdout, plain
+    assert plain.stderr.endswith("rich:"), plain.stderr
+    assert run_cli("-C", str(sandbox.workspace), "upgrade", "--abort").code == 0
+    rich = upgrade({"TTY_COMPATIBLE": "0"})
+    assert rich.stderr.rsplit("rich:", 1)[1] != "", rich.stderr  # rich did the writing
+    run_id = re.compile(r"\d{8}T\d{6}-[0-9a-f]+")  # each run has its own
+    assert run_id.sub("RUN", plain.stdout) == run_id.sub("RUN", rich.stdout)

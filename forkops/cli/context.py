@@ -10,9 +10,10 @@ directory" from :func:`cwd`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from forkops.errors import BadInput
 
@@ -50,6 +51,17 @@ def cwd() -> Path:
 def in_cwd(path: Path) -> Path:
     """``path`` as the user meant it: relative paths are relative to :func:`cwd` (like git -C)."""
     return path if path.is_absolute() or _directory is None else _directory / path
+
+
+# Variables that make rich treat output that is not a terminal as one (see
+# rich.console.Console.is_terminal).
+_FORCE_TERMINAL = ("FORCE_COLOR", "TTY_COMPATIBLE")
+
+
+def may_be_terminal(stream: TextIO) -> bool:
+    """Whether rich could treat ``stream`` as a terminal (colours, progress bars): it is one, or
+    the environment forces it. Where not, commands write plain text without importing rich."""
+    return stream.isatty() or any(name in os.environ for name in _FORCE_TERMINAL)
 
 
 def console() -> Console:

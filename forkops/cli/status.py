@@ -9,12 +9,11 @@ Text taken from git (subjects, paths, a diff) is printed verbatim: no markup, no
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from forkops.cli.context import console, load_workspace, print_json
+from forkops.cli.context import console, load_workspace, may_be_terminal, print_json
 from forkops.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -28,8 +27,6 @@ Line = tuple[Span, ...]
 # What rich's Text removes from any text it is given (rich.control.strip_control_codes): bell,
 # backspace, vertical tab, form feed, carriage return.
 _STRIPPED = dict.fromkeys((7, 8, 11, 12, 13))
-# Variables that make rich colour output that is not a terminal (see rich.console.Console.is_terminal).
-_FORCE_TERMINAL = ("FORCE_COLOR", "TTY_COMPATIBLE")
 
 
 def show(*, as_json: bool) -> ExitCode:
@@ -47,7 +44,7 @@ def show(*, as_json: bool) -> ExitCode:
 
 def write(lines: Sequence[Line], out: Console | None = None) -> None:
     """Print ``lines`` to ``out`` (default: stdout, through rich only when it would colour)."""
-    if out is None and not _terminal() and not any("\t" in text for line in lines for text, _ in line):
+    if out is None and not may_be_terminal(sys.stdout) and not any("\t" in text for line in lines for text, _ in line):
         for line in lines:
             sys.stdout.write(plain(line) + "\n")
         return
@@ -62,11 +59,6 @@ def plain(line: Line) -> str:
     """``line`` as rich prints it where it does not colour (tabs, which rich expands by cell
     width, are left to rich)."""
     return "".join(text for text, _ in line).translate(_STRIPPED)
-
-
-def _terminal() -> bool:
-    """True where rich may colour stdout (a terminal, or forced by the environment)."""
-    return sys.stdout.isatty() or any(name in os.environ for name in _FORCE_TERMINAL)
 
 
 def _line(*spans: str | Span) -> Line:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from forkops.cli.common import JsonOption, RepoOption, console, err_console, load_workspace, print_json
+from forkops.cli.context import may_be_terminal
+from forkops.cli.status import Line, write
 from forkops.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:
@@ -68,7 +71,6 @@ def upgrade(
         raise BadInput("missing X.Y.Z: `forkops upgrade 2.18.0`, or --continue / --skip / --abort")
 
     ws = load_workspace()
-    out = console()
     if plan:
         from forkops.upgrade.preview import preview
 
@@ -78,11 +80,11 @@ def upgrade(
         if as_json:
             print_json({"version": version, "repos": [p.as_json() for p in previews]})
         else:
-            render_plan(out, version, previews)
+            render_plan(console(), version, previews)
         return ExitCode.OK
 
     def log(line: str) -> None:
-        out.print(line, markup=False)
+        write([((line, ""),)])
 
     if abort:
         from forkops.upgrade.abort import abort as abort_run
@@ -96,11 +98,10 @@ def upgrade(
                               push=push or force_with_lease, force=force, force_with_lease=force_with_lease,
                               accept_recorded=accept_recorded)
         clone_missing(ws, opts.repo)
-        err = err_console()
-        if not err.is_terminal:
+        if not may_be_terminal(sys.stderr) or not (err := err_console()).is_terminal:
             # Nobody would see a bar (CI logs, pipes): skip parsing git's progress, and the
-            # imports it costs (GitPython, rich.progress).
-            return _report(out, engine.start(ws, opts, log=log), final=True)
+            # imports it costs (GitPython, rich).
+            return _report(engine.start(ws, opts, log=log), final=True)
         from rich.progress import BarColumn, Progress, TextColumn
 
         # A TensorFlow tag fetch is hundreds of MiB: git's progress, parsed by GitPython, as a bar.
@@ -112,7 +113,7 @@ def upgrade(
                 bar.update(task, completed=fraction or 0.0, stage=stage, visible=True)
 
             outcome = engine.start(ws, opts, log=log, progress=progress)
-    return _report(out, outcome, final=not abort)
+    return _report(outcome, final=not abort)
 
 
 def status(
@@ -145,17 +146,17 @@ def clone_missing(ws: Workspace, only: str | None) -> None:
         err_console().print(f"{rc.name}: cloned {rc.origin} into {rc.path}")
 
 
-def _report(out: Console, outcome: Outcome, *, final: bool) -> ExitCode:
+def _report(outcome: Outcome, *, final: bool) -> ExitCode:
     if outcome.stopped:
-        from forkops.cli.status import status_lines, write
+        from forkops.cli.status import status_lines
 
-        out.print()
-        write(status_lines(outcome.report), out)
+        write([(), *status_lines(outcome.report)])
         return ExitCode.NEEDS_PERSON
     run = outcome.report.run
     if final and outcome.state == "done" and run is not None:
         names = ", ".join(r.repo for r in run.repos)
-        out.print(f"[green]upgrade to {run.version} done[/green] ({names})")
+        done: Line = ((f"upgrade to {run.version} done", "green"), (f" ({names})", ""))
+        write([done])
     return ExitCode.OK
 
 
