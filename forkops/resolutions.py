@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 DIRNAME = "resolutions"
 FORMAT_LINE = "forkops resolution 1"
 MARKER_SIZE = 20  # longer than any marker a source file is likely to contain
+# Only regular files are resolved as text: a symlink's target (120000) is no file content to write.
+FILE_MODES = frozenset({"100644", "100755"})
 _PENDING = "resolutions-pending.json"  # under <git dir>/forkops/
 
 # (mode, oid) of each index stage present: 1 base, 2 ours (upstream + the patches so far),
@@ -510,7 +512,8 @@ class Book:
 
     def resolve_file(self, repo: Repo, stages: Stages) -> tuple[str, bytes, tuple[str, ...]] | None:
         """(mode, content, record ids) for a conflicted file given its stages, or None when it is
-        not a text conflict of both sides (modify/delete, rename, binary, mode) or not covered."""
+        not a text conflict of both sides (modify/delete, rename, binary, mode, a symlink or
+        submodule) or not covered."""
         self._resolve_files(repo, [stages])
         return self._files[_stage_key(stages)]
 
@@ -531,7 +534,7 @@ class Book:
             key = _stage_key(stages)
             if key in self._files or key in todo:
                 continue
-            if 2 not in stages or 3 not in stages or stages[2][0] != stages[3][0]:
+            if 2 not in stages or 3 not in stages or stages[2][0] != stages[3][0] or stages[2][0] not in FILE_MODES:
                 self._files[key] = None
             else:
                 todo[key] = stages
@@ -788,6 +791,9 @@ def record(ws: Workspace, repo_name: str, repo: Repo, *, onto: str = "", pb: Pla
             continue
         if 2 not in stages or 3 not in stages:
             out.append(Recorded(path, "skipped", reason="not a content conflict"))
+            continue
+        if not {stages[2][0], stages[3][0]} <= FILE_MODES:
+            out.append(Recorded(path, "skipped", reason="not a regular file"))
             continue
         oids = [stages[s][1] for s in (1, 2, 3) if s in stages]
         blobs = dict(zip(oids, repo.read_blobs(oids), strict=True))

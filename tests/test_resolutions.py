@@ -414,6 +414,52 @@ def test_resolution_that_empties_the_commit_drops_it_like_git(tmp_path: Path, ke
     assert real.head_tree == pred.tree and real.resolved_at == [1]
 
 
+def test_symlink_conflicts_are_neither_recorded_nor_written_as_files(tmp_path: Path) -> None:
+    """A conflict between two symlink targets is no text conflict: recording it, and applying a
+    record whose text happens to cover it, would turn the link into a regular file."""
+    r = tmp_path / "r"
+    r.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "a@b"], ["config", "user.name", "a"]):
+        _git(r, *args)
+    (r / "link").symlink_to("target-a")
+    (r / "f").write_text("target-a")
+    _git(r, "add", ".")
+    _git(r, "commit", "-qm", "base")
+    base = _git(r, "rev-parse", "HEAD").stdout.strip()
+    _git(r, "checkout", "-qb", "fork")
+    for path in ("link", "f"):  # the same text conflict, once in a symlink and once in a file
+        (r / path).unlink()
+    (r / "link").symlink_to("target-fork")
+    (r / "f").write_text("target-fork")
+    _git(r, "commit", "-qam", "fork")
+    _git(r, "checkout", "-q", "main")
+    for path in ("link", "f"):
+        (r / path).unlink()
+    (r / "link").symlink_to("target-up")
+    (r / "f").write_text("target-up")
+    _git(r, "commit", "-qam", "up")
+    main = _git(r, "rev-parse", "HEAD").stdout.strip()
+    ws = workspace.Workspace(root=tmp_path / "ws", file=tmp_path / "ws" / "forkops.toml", repos=())
+    person = _scratch(r, tmp_path / "person", _git(r, "rev-parse", "fork").stdout.strip())
+    _git(person, "rebase", "--onto", main, base, check=False)
+    repo = Repo(person)
+    assert sorted(repo.unmerged_paths()) == ["f", "link"]
+    resolutions.apply(ws, "r", repo)
+    for path in ("link", "f"):
+        (person / path).unlink()
+    (person / "link").symlink_to("target-both")
+    (person / "f").write_text("target-both")
+    _git(person, "add", "link", "f")
+    recorded = {x.path: (x.status, x.reason) for x in resolutions.record(ws, "r", repo)}
+    assert recorded == {"f": ("recorded", ""), "link": ("skipped", "not a regular file")}
+    # The record made for f covers link's text too: applied at the same stop elsewhere, it
+    # resolves f and leaves link alone.
+    again = _scratch(r, tmp_path / "again", _git(r, "rev-parse", "fork").stdout.strip())
+    _git(again, "rebase", "--onto", main, base, check=False)
+    assert [a.path for a in resolutions.apply(ws, "r", Repo(again))] == ["f"]
+    assert (again / "link").is_symlink() or not (again / "link").exists()
+
+
 def test_record_skips_a_stale_snapshot_and_unresolved_files(tmp_path: Path) -> None:
     base, main, shas = _small_fork(tmp_path / "r")
     ws = workspace.Workspace(root=tmp_path / "ws", file=tmp_path / "ws" / "forkops.toml", repos=())
