@@ -98,7 +98,9 @@ def _cells(p: Prediction, *, markdown: bool) -> tuple[str, ...]:
     br = "<br>" if markdown else "\n"
     result = result_label(p)
     if p.resolved:
-        result += f" at {', '.join(str(r.stopped_at.index) for r in p.resolved)} of {p.total}"
+        # "conflict at 3 of 5" would say the stop is at 3: it is past 3, at the stop column's commit
+        at = f"{', '.join(str(r.stopped_at.index) for r in p.resolved)} of {p.total}"
+        result += f" at {at}" if p.status == "resolved" else f"; recorded resolutions at {at}"
     if p.dropped:
         result += f" ({len(p.dropped)} dropped)"
     stop = ""

@@ -355,3 +355,22 @@ def test_reports_carry_the_next_command(sandbox: Sandbox, tmp_path: Path) -> Non
     check = json.loads(run_cli("-C", str(sandbox.workspace), "check", "--repo", "tensorflow", "--json").out)
     assert {r["tag"]: r["next"] for r in check["results"]} == nexts
 
+
+
+def test_result_names_recorded_stops_apart_from_where_it_stops() -> None:
+    """A rebase that went past a recorded stop at 3 and stops at 4: "conflict at 3 of 5" read as
+    a stop at 3. The recorded stops are named as such, after the verdict."""
+    from forkops import predict, report
+    from forkops.version import TagName, Version
+
+    def at(index: int) -> predict.StoppedAt:
+        return predict.StoppedAt(f"{index}" * 40, f"patch {index}", index, 5)
+
+    past = (predict.ResolvedStop(at(3), ()),)
+    stopped = predict.Prediction(TagName("v2.23.0"), Version(2, 23, 0), "0" * 40, 5, stopped_at=at(4),
+                                 conflicts=(predict.Conflict("f.cc", "content"),), resolved=past)
+    finished = predict.Prediction(TagName("v2.22.0"), Version(2, 22, 0), "0" * 40, 5, tree="1" * 40, resolved=past)
+    rows = report.group_rows([(finished, ()), (stopped, ())])
+    assert [r.cells[:2] for r in rows] == [
+        ("resolved (recorded) at 3 of 5", ""),
+        ("conflict; recorded resolutions at 3 of 5", "4/5 4444444444 patch 4")]
