@@ -362,7 +362,8 @@ def copy_sandbox(sb: Sandbox, root: Path) -> Sandbox:
     """A copy of ``sb`` at ``root``, so the two can go separate ways: the same bytes, except that
     the old root is rewritten to the new one in the workspace's own files (forkops.toml, run
     state) and in the clones' git directories (config, forkops' state files, git's operation
-    files); never in a worktree file or an object, which are history."""
+    files); never in a worktree file, an object or a recorded resolution (whose hunks quote
+    files of the history, and are named by their hash)."""
     shutil.copytree(sb.root, root, symlinks=True)
     old, new = str(sb.root).encode(), str(root.resolve()).encode()
     ws = root / "workspace"
@@ -372,7 +373,7 @@ def copy_sandbox(sb: Sandbox, root: Path) -> Sandbox:
             continue
         rel = path.relative_to(ws).parts
         in_clone = ws / rel[0] in clones
-        if (in_clone and (len(rel) < 2 or rel[1] != ".git")) or "objects" in rel:
+        if (in_clone and (len(rel) < 2 or rel[1] != ".git")) or "objects" in rel or rel[0] == "resolutions":
             continue
         data = path.read_bytes()
         if old in data:

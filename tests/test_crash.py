@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,6 +172,59 @@ def test_git_killed_as_the_rebase_begins_on_a_detached_head(reference: crashkit.
     assert how == "done", runs
     assert {n: crashkit.normalise(crashkit.result_of(resumed.clone(n)), resumed.root)
             for n in crashkit.REPOS} == reference.result
+
+
+# Inside a rebase that picks several commits, git 2.39 renames per pick: the todo list, the
+# pick's author-script, the index (after writing the pick's files into the worktree), MERGE_MSG,
+# CHERRY_PICK_HEAD, HEAD (the commit); at the end the branch's ref, then HEAD onto the branch.
+# Each case kills git at one of those renames, found in a traced run of the same command.
+INSIDE_PICKS = {
+    # pick 2 ("Add cryptfile tool": new files) listed done, nothing applied: it was taken for a
+    # stop the person resolved by changing nothing, and lost
+    "author-script": (0, "rebase --merge", "rebase-merge/author-script.lock", 2),
+    # its files written into the worktree, not into the index: every re-pick failed on them
+    # ("untracked working tree files would be overwritten")
+    "index": (0, "rebase --merge", "index.lock", 2),
+    # every pick done and the branch moved, HEAD not yet back on it: every --continue failed
+    # ("cannot lock ref ... is at X but expected Y")
+    "finish": (1, "rebase --continue", "HEAD.lock", 0),
+}
+
+
+def _renamed(kit: Path, call: int) -> list[tuple[str, str]]:
+    """(process, lock name) of each file git call ``call`` of a traced flow renamed, in order
+    (``rebase --continue`` commits a resolved stop in a child ``git commit``)."""
+    return re.findall(r'^(\d+) rename\("([^"]+)"', (kit / f"renames.{call}").read_text(), re.M)
+
+
+@pytest.mark.parametrize("where", INSIDE_PICKS)
+def test_git_killed_inside_the_picks(reference: crashkit.Reference, tmp_path: Path, where: str) -> None:
+    """TensorFlow's rebase, git killed between the steps of a pick or of finishing (the
+    every-point sweep's silent losses and stuck runs of round 4): the command exits 3, not 1 (no
+    stop for a person); status, --abort and resolve-and-continue pass every check of the sweep."""
+    if not crashkit.strace_works():
+        pytest.skip("strace is missing or cannot trace here (CI installs it)")
+    step, command, lock, pick = INSIDE_PICKS[where]
+    traced = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / "traced")
+    tracer = crashkit.Killer(tmp_path / "trace", mode="trace")
+    tracer.forkops(traced.workspace, *reference.steps[step])
+    call = next(n for n, argv in enumerate(tracer.calls(), 1) if command in " ".join(argv))
+    renamed = _renamed(tmp_path / "trace", call)
+    if pick:  # the pick's own rename: after its author-script
+        picks = [i for i, (_pid, p) in enumerate(renamed) if p.endswith("rebase-merge/author-script.lock")]
+        at = next(i for i in range(picks[pick - 1], len(renamed)) if renamed[i][1].endswith("/" + lock))
+    else:  # the last one
+        at = max(i for i, (_pid, p) in enumerate(renamed) if p.endswith("/" + lock))
+    k = renamed[:at + 1].count(renamed[at])  # strace counts each process's calls apart
+    sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / "killed")
+    killer = crashkit.Killer(tmp_path / "kit", mode="rename", at=1, k=k, match=f"* {command} *",
+                             path=renamed[at][1].replace(str(traced.root), str(sb.root)))
+    runs = crashkit.run_flow(killer, sb, reference.steps[step])
+    assert killer.fired, runs
+    assert runs[-1].code == 3, runs[-1]
+    how, findings = crashkit.judge(reference, sb, runs, tmp_path)
+    assert not findings, "\n".join(f"{k}: {d}" for k, d in findings)
+    assert how == "done", how
 
 
 def test_an_edit_after_a_killed_start_is_never_overwritten(reference: crashkit.Reference, tmp_path: Path) -> None:

@@ -174,6 +174,10 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
                                    f"`forkops upgrade --continue` starts the rebase again")
         ctx.log(f"{st.repo}: git was killed as the rebase began (nothing was rebased); starting it again")
         rs = None
+    elif rs is not None and rebase.half_finished(repo, rs):
+        rebase.finish_half_finished(repo, st)
+        ctx.log(f"{st.repo}: git was killed as it finished the rebase ({st.branch} was already moved); finished it")
+        rs = None
     if rs is not None:
         action = ctx.take()
         if action is None:
@@ -201,8 +205,7 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
             if lost is not None:
                 # Its changes never reached the index: have git pick it again (a kill can have
                 # left half-written files; nothing of the person's is there, no stop was shown).
-                repo.reset_hard()
-                repo.requeue_pick(lost.commit)
+                rebase.redo_interrupted(repo, lost)
                 ctx.log(f"{st.repo}: the pick of {lost.commit[:12]} was interrupted; picking it again")
             else:
                 problems = gates.staged_problems(repo, current)

@@ -63,6 +63,23 @@ def half_started(rs: RebaseState) -> bool:
     return not rs.head_detached or not rs.head_name or (not rs.done and rs.head != rs.onto)
 
 
+def half_finished(repo: Repo, rs: RebaseState) -> bool:
+    """git picked everything and moved the branch to the result, then was killed before it put
+    HEAD back on the branch (HEAD detached at the same commit) and removed its folder: every
+    ``rebase --continue`` would fail ("cannot lock ref ... is at X but expected Y")."""
+    return (not rs.todo and rs.head_detached and bool(rs.head_name) and rs.head != ""
+            and repo.rev_parse(rs.head_name) == rs.head)
+
+
+def finish_half_finished(repo: Repo, st: RepoState) -> None:
+    """What git had left of finishing a :func:`half_finished` rebase: HEAD on the branch, the
+    rebase's folder gone."""
+    tip = repo.rev_parse(st.branch_ref)
+    assert tip is not None
+    repo.set_head(st.branch_ref, tip)
+    repo.rebase_quit()
+
+
 def drop_half_started(repo: Repo, st: RepoState) -> list[str]:
     """Drop a rebase git was killed starting (:func:`half_started`) and what it had begun: a
     checkout of ``onto`` -- files written, new files untracked, the index moved -- without
@@ -80,14 +97,32 @@ def drop_half_started(repo: Repo, st: RepoState) -> list[str]:
     repo.rebase_quit()
     if ours:
         repo.reset_hard()
-        for p in sorted(set(repo.worktree_changes(untracked=True)[1]) & set(changed)):  # onto's new files
-            path = repo.path / p
-            path.unlink()
-            for parent in path.parents:  # and the folders git made for them
-                if parent == repo.path or any(parent.iterdir()):
-                    break
-                parent.rmdir()
+        _remove(repo, sorted(set(repo.worktree_changes(untracked=True)[1]) & set(changed)))  # onto's new files
     return []
+
+
+def _remove(repo: Repo, paths: list[str]) -> None:
+    """Delete the worktree files ``paths`` and the folders git made for them (left empty)."""
+    for p in paths:
+        path = repo.path / p
+        path.unlink()
+        for parent in path.parents:
+            if parent == repo.path or any(parent.iterdir()):
+                break
+            parent.rmdir()
+
+
+def redo_interrupted(repo: Repo, lost: Interrupted) -> None:
+    """Have git pick ``lost`` again: what the killed git wrote goes (HEAD's index and files
+    back, and the new files of the pick it had written into the worktree, which would make the
+    pick fail again: "untracked working tree files would be overwritten"), then ``pick`` is put
+    back at the front of the todo list. Nothing of the person's is there: no stop was shown."""
+    repo.reset_hard()
+    new_in_pick = set(repo.changed_paths([lost.commit])[lost.commit])
+    added = [p for p in repo.worktree_changes(untracked=True)[1] if p in new_in_pick]
+    foreign = set(repo.foreign_paths(added, (lost.commit,)))
+    _remove(repo, [p for p in added if p not in foreign])
+    repo.requeue_pick(lost.commit)
 
 
 def run(repo: Repo, st: RepoState, args: list[str]) -> bool:
@@ -97,16 +132,21 @@ def run(repo: Repo, st: RepoState, args: list[str]) -> bool:
 
     proc = repo.rebase(REBASE_CONFIG, *args)
     output = proc.stdout.decode("utf-8", "replace") + "\n" + proc.stderr.decode("utf-8", "replace")
+    # git refuses with 1 or 128 (die); a signal (-N, or 128+N through a shell) killed it.
+    killed = not 0 <= proc.returncode <= 128
     rs = repo.rebase_state()
     if rs is not None:
-        record_stop(repo, st, rs, output)
+        # A killed git made no stop, unless it had merged the pick with conflicts: a pick it
+        # died in is found as interrupted (interrupted_pick) and picked again, never taken for
+        # a stop the person resolved by changing nothing.
+        if not killed or repo.unmerged():
+            record_stop(repo, st, rs, output)
         crash_point("after-rebase-stop")
         return False
     if proc.returncode != 0:
         starting = args[0] not in ("--continue", "--skip")
-        # git refuses with 1 or 128 (die); a signal (-N, or 128+N through a shell) killed it:
-        # that is no refusal to report as bad input, and the branches stay for --continue.
-        refused = 0 < proc.returncode <= 128
+        # A kill is no refusal to report as bad input, and the branches stay for --continue.
+        refused = not killed
         if starting and refused and repo.rev_parse(st.branch_ref) == st.start_sha:
             raise RebaseRefused(git_complaint(proc.stderr.decode("utf-8", "replace")))
         raise GitError(["rebase", *args], proc.returncode, output)

@@ -324,12 +324,18 @@ def _draft(repo: Repo, st: RepoState, run: RunState | None) -> _Draft:
                                                    f"was rebased", *lock_notes],
                           next=["forkops upgrade --continue  (starts the rebase again)",
                                 "(or: forkops upgrade --abort to undo the run)"])
+        if rebase.half_finished(repo, rs):
+            return _Draft(interrupted=True, notes=[f"git was killed as it finished the rebase of {st.branch} (the "
+                                                   f"branch is already moved)", *lock_notes],
+                          next=["forkops upgrade --continue  (finishes it)",
+                                "(or: forkops upgrade --abort to undo the run)"])
         stages = repo.unmerged()
-        if not locks and not stages:  # a pick with unmerged files did not die unseen
+        if not stages:  # a pick with unmerged files did not die unseen
             lost = rebase.interrupted_pick(repo, st, rs)
             if lost is not None:
                 return _Draft(interrupted=True, notes=[
-                    f"the pick of {lost.commit[:12]} was interrupted (a kill): its changes are not in the index"],
+                    f"the pick of {lost.commit[:12]} was interrupted (a kill): its changes are not in the index",
+                    *lock_notes],
                     next=["forkops upgrade --continue  (picks it again)",
                           "(or: forkops upgrade --abort to undo the run)"])
         draft = stop_report(repo, st, rs, stages)
