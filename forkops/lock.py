@@ -74,6 +74,28 @@ def workspace_lock(ws: Workspace, command: str) -> Iterator[None]:
 _HELD: set[str] = set()
 
 
+def holder(ws: Workspace) -> str | None:
+    """Who holds the workspace now when another process does ("pid N: command"), else None;
+    read from the kernel's lock table (Linux ``/proc/locks``), never by taking the lock (a run
+    starting at that moment would be refused). None where the table cannot be read."""
+    path = ws.root / RUN_DIR / LOCK_FILE
+    try:
+        st = os.stat(path)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        fields = [f for f in line.split() if f != "->"]  # "->": a process waiting for the lock
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted and fields[4] != str(os.getpid()):
+            try:
+                said = path.read_text(encoding="utf-8", errors="replace").strip()
+            except OSError:
+                said = ""
+            return said or f"pid {fields[4]}"
+    return None
+
+
 def upgrade_stopped(ws: Workspace) -> str | None:
     """The version of an upgrade that is in progress (stopped for a person, or interrupted) in
     this workspace, or None. Commands that write into the forks' worktrees refuse while it is."""

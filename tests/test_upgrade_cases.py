@@ -6,6 +6,7 @@ runs them against another checkout).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -252,6 +253,26 @@ def test_second_upgrade_at_once_names_the_holder(sb: Sandbox, tmp_path: Path) ->
     assert first.returncode == 1, out + err  # the holder went on to its first stop
     assert forkops(sb.workspace, "upgrade", "--abort").code == 0
     assert_restored(sb, before)
+
+
+def test_status_during_a_run_says_it_is_running(sb: Sandbox, tmp_path: Path) -> None:
+    """``forkops status`` from another terminal while an upgrade works (here held just before its
+    rebase): git's files are a moment of a moving run, so status names the run that holds the
+    workspace instead of leaving "interrupted (the run was interrupted)" to be believed."""
+    holder = crashkit.Killer(tmp_path / "kit", mode="pause", at=1, match="* rebase *--onto *")
+    first = holder.spawn(sb.workspace, "upgrade", "2.18.0")
+    try:
+        holder.wait_fired()
+        text = forkops(sb.workspace, "status")
+        data = forkops(sb.workspace, "status", "--json")
+    finally:
+        holder.release()
+        first.communicate(timeout=crashkit.TIMEOUT)
+    assert_no_traceback(text, data)
+    running = f"pid {holder.pid}: forkops upgrade 2.18.0"
+    assert text.code == 0 and f"a forkops run is working in this workspace now ({running})" in text.out, text
+    assert json.loads(data.out)["running"] == running
+    assert json.loads(forkops(sb.workspace, "status", "--json").out)["running"] is None  # it stopped
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,9 +71,12 @@ def status_lines(report: Status) -> list[Line]:
     from forkops.upgrade.status import RECORDED_HINT
 
     run, cur = report.run, report.current
-    if run is None and cur is None and report.pending_repo is None:
-        return [_line("no upgrade in progress")]
     lines: list[Line] = []
+    if report.running:
+        lines.append(_line(("a forkops run is working in this workspace now", "bold"),
+                           f" ({report.running}): what follows is a moment of it"))
+    if run is None and cur is None and report.pending_repo is None:
+        return [*lines, _line("no upgrade in progress")]
     if run is not None:
         steps = ", ".join(f"{r.repo} {r.state if r.state != 'idle' else r.phase}" for r in run.repos)
         lines.append(_line((f"upgrade to {run.version}", "bold"), f" (run {run.id}): {steps}"))

@@ -142,6 +142,9 @@ class Status:
     current: RepoStatus | None
     run: RunInfo | None
     pending_repo: str | None = None  # the first repository of a run none of whose repos started
+    # Another forkops process holding the workspace now ("pid N: command"): the run is moving,
+    # and what git's files say is a moment of it (a lock git holds is no kill's leftover).
+    running: str | None = None
 
     @property
     def state(self) -> str:
@@ -162,6 +165,7 @@ class Status:
                 data["interrupted"] = True
                 data["next"] = ["forkops upgrade --continue", "(or: forkops upgrade --abort)"]
         data["run"] = self.run.as_json() if self.run else None
+        data["running"] = self.running
         return data
 
 
@@ -362,6 +366,9 @@ def repo_status(repo: Repo, st: RepoState, run: RunState | None) -> RepoStatus:
 
 def status(ws: Workspace) -> Status:
     """What the current (or last) run is doing and waiting for."""
+    from forkops.lock import holder
+
+    running = holder(ws)
     run = load_run(ws)
     entries: dict[str, RepoStatus] = {}
     for rc in ws.repos if run is None else [ws.repo(n) for n in run.repos]:
@@ -371,7 +378,7 @@ def status(ws: Workspace) -> Status:
             continue
         entries[rc.name] = repo_status(repo, st, run)
     if run is None and not entries:
-        return Status(None, None)
+        return Status(None, None, running=running)
     order = run.repos if run is not None else list(entries)
     current = next((entries[n] for n in order if n in entries and entries[n].state != "done"
                     and entries[n].phase != "finished"), None)
@@ -388,4 +395,4 @@ def status(ws: Workspace) -> Status:
         info = RunInfo(run.id, run.version, run.phase, run.push, run.branch, tuple(
             RunRepo(n, "pending" if waiting(n) else entries[n].state,
                     entries[n].phase if n in entries else "pending") for n in order))
-    return Status(current, info, pending_repo=order[0] if order else None)
+    return Status(current, info, pending_repo=order[0] if order else None, running=running)
