@@ -300,14 +300,15 @@ class Killer:
         return True
 
     def calls(self) -> list[list[str]]:
-        """Each call's argv (after ``git``), in order."""
-        result = []
+        """Each call's argv (after ``git``), by call number (calls made side by side, such as
+        forkops' parallel reads, can append their lines out of order)."""
+        numbered = []
         for line in (self.folder / "calls").read_text().splitlines():
             if not line.strip():
                 continue
-            _, _, rest = line.partition("\t")
-            result.append(rest.rstrip("\037 ").split("\037"))
-        return result
+            n, _, rest = line.partition("\t")
+            numbered.append((int(n), rest.rstrip("\037 ").split("\037")))
+        return [argv for _n, argv in sorted(numbered, key=lambda item: item[0])]
 
     def changed(self, n: int) -> list[str]:
         """(trace mode) what changed in the workspace between the start of call n-1 and call n."""

@@ -194,7 +194,7 @@ INSIDE_PICKS = {
 def _renamed(kit: Path, call: int) -> list[tuple[str, str]]:
     """(process, lock name) of each file git call ``call`` of a traced flow renamed, in order
     (``rebase --continue`` commits a resolved stop in a child ``git commit``)."""
-    return re.findall(r'^(\d+) rename\("([^"]+)"', (kit / f"renames.{call}").read_text(), re.M)
+    return re.findall(r'^(\d+) +rename\("([^"]+)"', (kit / f"renames.{call}").read_text(), re.M)
 
 
 @pytest.mark.parametrize("where", INSIDE_PICKS)
