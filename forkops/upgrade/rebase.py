@@ -67,8 +67,7 @@ def half_finished(repo: Repo, rs: RebaseState) -> bool:
     """git picked everything and moved the branch to the result, then was killed before it put
     HEAD back on the branch (HEAD detached at the same commit) and removed its folder: every
     ``rebase --continue`` would fail ("cannot lock ref ... is at X but expected Y")."""
-    return (not rs.todo and rs.head_detached and bool(rs.head_name) and rs.head != ""
-            and repo.rev_parse(rs.head_name) == rs.head)
+    return not rs.todo and rs.head_detached and bool(rs.head_name) and repo.rev_parse(rs.head_name) == rs.head
 
 
 def finish_half_finished(repo: Repo, st: RepoState) -> None:
