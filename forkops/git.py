@@ -419,8 +419,16 @@ class Repo:
             fh.write(before)
             fh.flush()
             for section in keys_of:
-                self.run_raw("config", "--local", "--remove-section", section)
-                old = self.run_raw("config", "-f", fh.name, "-z", "--get-regexp", "^" + re.escape(section) + r"\.")
+                # A section that is not there is fine (an earlier, killed --abort removed it);
+                # any other failure (a killed git, a lock) must not pass for a restored config.
+                gone = self.run_raw("config", "--local", "--remove-section", section)
+                if gone.returncode != 0 and b"no such section" not in gone.stderr:
+                    raise GitError(["config", "--local", "--remove-section", section], gone.returncode,
+                                   _text(gone.stderr))
+                args = ["config", "-f", fh.name, "-z", "--get-regexp", "^" + re.escape(section) + r"\."]
+                old = self.run_raw(*args)
+                if old.returncode not in (0, 1):  # 1: the section was not there before the run
+                    raise GitError(args, old.returncode, _text(old.stderr))
                 for item in _text(old.stdout).split("\0"):
                     if item:
                         key, _, value = item.partition("\n")

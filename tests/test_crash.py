@@ -298,3 +298,54 @@ def test_reference_covers_the_whole_flow(reference: crashkit.Reference) -> None:
     assert serving["stack"][-1] == "Pin org_tensorflow to b2.18.0 (was b2.4.0)"
     for mode in ("before", "during", "killgit"):
         assert reference.candidates(mode), mode
+
+
+# ---------------------------------------------------------------------------------------------
+# Kills during --abort itself
+# ---------------------------------------------------------------------------------------------
+ABORT_SLOTS = 3 if not _ASKED else int(_ASKED)  # kill points per mode; CRASHKIT_SLOTS=999: all
+
+
+def test_kill_during_abort_then_abort_again(reference: crashkit.Reference, tmp_path: Path) -> None:
+    """``--abort`` of the flow's last stop (TensorFlow finished with its re-applied anchor,
+    Serving stopped), killed at its git calls: forkops before or while each call, git itself
+    during one, git at its renames. Then ``status`` explains without a traceback and the next
+    ``--abort`` restores both clones byte for byte (refs, HEAD, tags, config, worktree, git's
+    operation and lock files) to before the run. ABORT_SLOTS points per mode, spread over the
+    command; ``CRASHKIT_SLOTS=999`` tries every one."""
+    step = len(reference.steps) - 1
+    traced = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / "traced")
+    tracer = crashkit.Killer(tmp_path / "trace", mode="trace")
+    assert tracer.forkops(traced.workspace, "upgrade", "--abort").code == 0
+    calls = tracer.calls()
+    points = {
+        "before": [(n, 0) for n in range(1, len(calls) + 1)],
+        "during": [(n, 0) for n, argv in enumerate(calls, 1) if crashkit.mutates(argv)],
+        "killgit": [(n, 0) for n, argv in enumerate(calls, 1) if crashkit.mutates(argv)],
+        "rename": [(n, k) for n in range(1, len(calls) + 1) for k in range(1, tracer.renames(n) + 1)]
+        if crashkit.strace_works() else [],
+    }
+    tried, failures = 0, []
+    for mode, found in points.items():
+        for call, k in crashkit._spread(found)[:ABORT_SLOTS]:
+            where = f"{mode} at abort's git call {call} ({crashkit.subcommand(calls[call - 1])})" + (
+                f", rename {k}" if k else "")
+            sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / f"{mode}-{call}-{k}")
+            killer = crashkit.Killer(tmp_path / f"kit-{mode}-{call}-{k}", mode=mode, at=call, k=k)
+            first = killer.forkops(sb.workspace, "upgrade", "--abort")
+            if not killer.fired:
+                continue
+            tried += 1
+            said = crashkit.forkops(sb.workspace, "status")
+            again = crashkit.forkops(sb.workspace, "upgrade", "--abort")
+            if crashkit.traceback_in(first.err if first.code != -9 else "") or crashkit.traceback_in(said.text):
+                failures.append(f"{where}: a traceback: {first} {said}")
+            if again.code != 0 or crashkit.traceback_in(again.text):
+                failures.append(f"{where}: the next --abort failed: {again}")
+            for name in crashkit.REPOS:
+                before, after = reference.before[name], crashkit.normalise(crashkit.snapshot(sb.clone(name)), sb.root)
+                assert isinstance(before, dict) and isinstance(after, dict)
+                if diff := crashkit.snapshot_diff(before, after):
+                    failures.append(f"{where}: {name} not restored: {'; '.join(diff)}")
+    assert tried >= 4, tried
+    assert not failures, "\n".join(failures)
