@@ -107,8 +107,17 @@ class Repo:
         _trace(args, self.path, proc.returncode, started)
         return proc
 
+    def ask(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        """:meth:`run_raw` for a question whose failing exit is itself an answer (no, none): a
+        git killed by a signal (an OOM kill, a group kill) answered nothing, and must not pass
+        for "no" (GitError)."""
+        proc = self.run_raw(*args, env=env)
+        if proc.returncode < 0:
+            raise GitError(list(args), proc.returncode, _text(proc.stderr))
+        return proc
+
     def ok(self, *args: str, env: Mapping[str, str] | None = None) -> bool:
-        return self.run_raw(*args, env=env).returncode == 0
+        return self.ask(*args, env=env).returncode == 0
 
     def lines(self, *args: str) -> list[str]:
         return [line for line in self.run(*args).splitlines() if line]
@@ -134,7 +143,7 @@ class Repo:
         if (found := _dot_git(Path(key))) is not None:
             _GIT_DIRS[key] = found
             return True
-        proc = self.run_raw("rev-parse", "--absolute-git-dir")
+        proc = self.ask("rev-parse", "--absolute-git-dir")
         if proc.returncode != 0:
             return False
         _GIT_DIRS[key] = Path(_text(proc.stdout).strip())
@@ -142,7 +151,7 @@ class Repo:
 
     def rev_parse(self, rev: str) -> str | None:
         """The full sha ``rev`` names, or None. Use ``refs/tags/X`` forms to avoid ambiguity."""
-        proc = self.run_raw("rev-parse", "--verify", "--quiet", "--end-of-options", rev)
+        proc = self.ask("rev-parse", "--verify", "--quiet", "--end-of-options", rev)
         return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
 
     def loose_ref(self, ref: str) -> str | None:
@@ -239,7 +248,7 @@ class Repo:
         return self.ok("merge-base", "--is-ancestor", ancestor, descendant)
 
     def remote_url(self, name: str) -> str | None:
-        proc = self.run_raw("remote", "get-url", name)
+        proc = self.ask("remote", "get-url", name)
         return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
 
     def set_remote(self, name: str, url: str) -> bool:
@@ -293,7 +302,7 @@ class Repo:
         return sorted(line.removeprefix(prefix) for line in _text(proc.stdout).splitlines() if line)
 
     def show_file(self, treeish: str, path: str) -> bytes | None:
-        proc = self.run_raw("cat-file", "blob", f"{treeish}:{path}")
+        proc = self.ask("cat-file", "blob", f"{treeish}:{path}")
         return proc.stdout if proc.returncode == 0 else None
 
     def read_blobs(self, names: Sequence[str]) -> list[bytes | None]:
@@ -496,7 +505,7 @@ class Repo:
     def full_head_ref(self) -> str | None:
         """The full ref HEAD is on ("refs/heads/b2.18.0"), None when detached. Full names only:
         ``--short`` prints "heads/b2.18.0" when a tag shares the branch's name."""
-        proc = self.run_raw("symbolic-ref", "--quiet", "HEAD")
+        proc = self.ask("symbolic-ref", "--quiet", "HEAD")
         return _text(proc.stdout).strip() or None if proc.returncode == 0 else None
 
     def rebase_state(self) -> RebaseState | None:

@@ -113,3 +113,29 @@ def test_set_remote_adds_then_repoints(repo: Repo) -> None:
     assert repo.set_remote("tf", "file:///two") is True
     assert git(repo.path, "remote", "get-url", "tf").strip() == "file:///two"
     assert git(repo.path, "config", "remote.tf.tagOpt").strip() == "--no-tags"
+
+
+@pytest.mark.parametrize(("subcommand", "question"), [
+    ("merge-base", lambda r: r.is_ancestor("HEAD", "HEAD")),
+    ("rev-parse", lambda r: r.rev_parse("refs/heads/main")),
+    ("symbolic-ref", lambda r: r.full_head_ref()),
+    ("cat-file", lambda r: r.show_file("HEAD", "a.txt")),
+    ("diff", lambda r: r.index_matches_head()),
+])
+def test_a_git_killed_by_a_signal_is_no_answer(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               subcommand: str, question: object) -> None:
+    """A question whose failing exit means "no" or "none" (is it an ancestor, where is HEAD,
+    is anything staged): git killed while answering (an OOM kill, here strace's injected
+    SIGKILL at its first file opened) is a GitError, never that answer."""
+    from tests import crashkit
+
+    if not crashkit.strace_works():
+        pytest.skip("strace is missing or cannot trace here (CI installs it)")
+    killer = crashkit.Killer(tmp_path / "kit", mode="rename", at=1, k=1, match=f"* {subcommand} *",
+                             syscall="openat")
+    for name, value in killer.env(repo.path).items():
+        monkeypatch.setenv(name, value)
+    assert callable(question)
+    with pytest.raises(GitError):
+        question(repo)
+    assert killer.fired
