@@ -306,6 +306,18 @@ def test_reference_covers_the_whole_flow(reference: crashkit.Reference) -> None:
 ABORT_SLOTS = 3 if not _ASKED else int(_ASKED)  # kill points per mode; CRASHKIT_SLOTS=999: all
 
 
+def _kill_points(tracer: crashkit.Killer, calls: list[list[str]], slots: int) -> list[tuple[str, int, int]]:
+    """(mode, call, rename) of a traced command: ``slots`` per mode, spread over the command."""
+    points = {
+        "before": [(n, 0) for n in range(1, len(calls) + 1)],
+        "during": [(n, 0) for n, argv in enumerate(calls, 1) if crashkit.mutates(argv)],
+        "killgit": [(n, 0) for n, argv in enumerate(calls, 1) if crashkit.mutates(argv)],
+        "rename": [(n, k) for n in range(1, len(calls) + 1) for k in range(1, tracer.renames(n) + 1)]
+        if crashkit.strace_works() else [],
+    }
+    return [(mode, call, k) for mode, found in points.items() for call, k in crashkit._spread(found)[:slots]]
+
+
 def test_kill_during_abort_then_abort_again(reference: crashkit.Reference, tmp_path: Path) -> None:
     """``--abort`` of the flow's last stop (TensorFlow finished with its re-applied anchor,
     Serving stopped), killed at its git calls: forkops before or while each call, git itself
@@ -318,34 +330,80 @@ def test_kill_during_abort_then_abort_again(reference: crashkit.Reference, tmp_p
     tracer = crashkit.Killer(tmp_path / "trace", mode="trace")
     assert tracer.forkops(traced.workspace, "upgrade", "--abort").code == 0
     calls = tracer.calls()
-    points = {
-        "before": [(n, 0) for n in range(1, len(calls) + 1)],
-        "during": [(n, 0) for n, argv in enumerate(calls, 1) if crashkit.mutates(argv)],
-        "killgit": [(n, 0) for n, argv in enumerate(calls, 1) if crashkit.mutates(argv)],
-        "rename": [(n, k) for n in range(1, len(calls) + 1) for k in range(1, tracer.renames(n) + 1)]
-        if crashkit.strace_works() else [],
-    }
     tried, failures = 0, []
-    for mode, found in points.items():
-        for call, k in crashkit._spread(found)[:ABORT_SLOTS]:
-            where = f"{mode} at abort's git call {call} ({crashkit.subcommand(calls[call - 1])})" + (
-                f", rename {k}" if k else "")
-            sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / f"{mode}-{call}-{k}")
-            killer = crashkit.Killer(tmp_path / f"kit-{mode}-{call}-{k}", mode=mode, at=call, k=k)
-            first = killer.forkops(sb.workspace, "upgrade", "--abort")
-            if not killer.fired:
-                continue
-            tried += 1
-            said = crashkit.forkops(sb.workspace, "status")
-            again = crashkit.forkops(sb.workspace, "upgrade", "--abort")
-            if crashkit.traceback_in(first.err if first.code != -9 else "") or crashkit.traceback_in(said.text):
-                failures.append(f"{where}: a traceback: {first} {said}")
-            if again.code != 0 or crashkit.traceback_in(again.text):
-                failures.append(f"{where}: the next --abort failed: {again}")
+    for mode, call, k in _kill_points(tracer, calls, ABORT_SLOTS):
+        where = f"{mode} at abort's git call {call} ({crashkit.subcommand(calls[call - 1])})" + (
+            f", rename {k}" if k else "")
+        sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / f"{mode}-{call}-{k}")
+        killer = crashkit.Killer(tmp_path / f"kit-{mode}-{call}-{k}", mode=mode, at=call, k=k)
+        first = killer.forkops(sb.workspace, "upgrade", "--abort")
+        if not killer.fired:
+            continue
+        tried += 1
+        said = crashkit.forkops(sb.workspace, "status")
+        again = crashkit.forkops(sb.workspace, "upgrade", "--abort")
+        if crashkit.traceback_in(first.err if first.code != -9 else "") or crashkit.traceback_in(said.text):
+            failures.append(f"{where}: a traceback: {first} {said}")
+        if again.code != 0 or crashkit.traceback_in(again.text):
+            failures.append(f"{where}: the next --abort failed: {again}")
+        for name in crashkit.REPOS:
+            before, after = reference.before[name], crashkit.normalise(crashkit.snapshot(sb.clone(name)), sb.root)
+            assert isinstance(before, dict) and isinstance(after, dict)
+            if diff := crashkit.snapshot_diff(before, after):
+                failures.append(f"{where}: {name} not restored: {'; '.join(diff)}")
+    assert tried >= 4, tried
+    assert not failures, "\n".join(failures)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kills during --skip
+# ---------------------------------------------------------------------------------------------
+def test_kill_during_skip(reference: crashkit.Reference, tmp_path: Path) -> None:
+    """``--skip`` at TensorFlow's stop (the person drops "Link Crypto++"), killed at its git
+    calls. Then ``status`` explains without a traceback and tells a next step; ``--abort``
+    restores both clones byte for byte; and on a copy, driving the run to its end as a person
+    would (from what status says) loses no commit but the one skipped: the result is the
+    unkilled skip's, or it still has the skipped commit (the kill came before git dropped it,
+    and the person's --continue kept it). ABORT_SLOTS points per mode."""
+    step = 1  # TensorFlow stopped on .bazelrc, resolved: --skip drops it anyway
+    unkilled = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / "unkilled")
+    tracer = crashkit.Killer(tmp_path / "trace", mode="trace")
+    assert tracer.forkops(unkilled.workspace, "upgrade", "--skip").code in (0, 1)
+    calls = tracer.calls()
+    how, _runs = crashkit.finish(unkilled)
+    assert how == "done", _runs
+    want = {n: crashkit.normalise(crashkit.result_of(unkilled.clone(n)), unkilled.root) for n in crashkit.REPOS}
+    tried, failures = 0, []
+    for mode, call, k in _kill_points(tracer, calls, ABORT_SLOTS):
+        where = f"{mode} at --skip's git call {call} ({crashkit.subcommand(calls[call - 1])})" + (
+            f", rename {k}" if k else "")
+        sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / f"{mode}-{call}-{k}")
+        killer = crashkit.Killer(tmp_path / f"kit-{mode}-{call}-{k}", mode=mode, at=call, k=k)
+        first = killer.forkops(sb.workspace, "upgrade", "--skip")
+        if not killer.fired:
+            continue
+        tried += 1
+        if first.code != -9 and crashkit.traceback_in(first.text):
+            failures.append(f"{where}: a traceback: {first}")
+        said, data = crashkit.status_json(sb)
+        text = crashkit.forkops(sb.workspace, "status")
+        if data is None or crashkit.traceback_in(text.text) or (data.get("run") and not data.get("next")):
+            failures.append(f"{where}: status: {said} {text}")
+        resumed = crashkit.copy_sandbox(sb, tmp_path / f"resumed-{mode}-{call}-{k}")
+        aborted = crashkit.forkops(sb.workspace, "upgrade", "--abort")
+        for name in crashkit.REPOS:
+            before, after = reference.before[name], crashkit.normalise(crashkit.snapshot(sb.clone(name)), sb.root)
+            assert isinstance(before, dict) and isinstance(after, dict)
+            if aborted.code != 0 or (diff := crashkit.snapshot_diff(before, after)):
+                failures.append(f"{where}: --abort: {aborted.code}, {name}: {diff}")
+        how, runs = crashkit.finish(resumed)
+        got = {n: crashkit.normalise(crashkit.result_of(resumed.clone(n)), resumed.root) for n in crashkit.REPOS}
+        if how != "done":
+            failures.append(f"{where}: resumed: {how}: {runs[-1:]}")
+        elif got != want:
             for name in crashkit.REPOS:
-                before, after = reference.before[name], crashkit.normalise(crashkit.snapshot(sb.clone(name)), sb.root)
-                assert isinstance(before, dict) and isinstance(after, dict)
-                if diff := crashkit.snapshot_diff(before, after):
-                    failures.append(f"{where}: {name} not restored: {'; '.join(diff)}")
+                lost = set(crashkit._stack(want[name])) - set(crashkit._stack(got[name]))
+                if lost:
+                    failures.append(f"{where}: {name} lost {sorted(lost)}")
     assert tried >= 4, tried
     assert not failures, "\n".join(failures)
