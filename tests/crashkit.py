@@ -355,8 +355,17 @@ def subcommand(argv: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Sandboxes: fresh ones, relocated copies
 # ---------------------------------------------------------------------------------------------
+# CRASHKIT_DETACHED=1: the forks' HEADs are detached at their start commits when the run begins
+# (a CI checkout, a person looking at a commit): the sweep then covers git's states from there.
+DETACHED = os.environ.get("CRASHKIT_DETACHED") == "1"  # read before conftest clears env
+
+
 def new_sandbox(root: Path) -> Sandbox:
-    return sandbox_mod.build(root)
+    sb = sandbox_mod.build(root)
+    if DETACHED:
+        for name in REPOS:
+            git(sb.clone(name), "checkout", "--quiet", "--detach")
+    return sb
 
 
 def copy_sandbox(sb: Sandbox, root: Path) -> Sandbox:
