@@ -24,11 +24,12 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from forkops.sandbox import Sandbox
 from tests import crashkit
 
 DEFAULT_SLOTS = {"before": 9, "during": 9, "killgit": 6, "rename": 9}
@@ -318,27 +319,44 @@ def _kill_points(tracer: crashkit.Killer, calls: list[list[str]], slots: int) ->
     return [(mode, call, k) for mode, found in points.items() for call, k in crashkit._spread(found)[:slots]]
 
 
+def _killed_runs(reference: crashkit.Reference, step: int, tmp_path: Path, *args: str
+                 ) -> Iterator[tuple[str, Sandbox, crashkit.Run]]:
+    """Trace ``forkops ARGS`` from checkpoint ``step``, then run it again killed at each of its
+    kill points (:func:`_kill_points`, ABORT_SLOTS per mode): (where, the killed sandbox, the
+    killed command) for each kill that happened."""
+    traced = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / "traced")
+    tracer = crashkit.Killer(tmp_path / "trace", mode="trace")
+    assert tracer.forkops(traced.workspace, *args).code in (0, 1)
+    calls = tracer.calls()
+    for mode, call, k in _kill_points(tracer, calls, ABORT_SLOTS):
+        name = f"{mode}-{call}-{k}"
+        sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / name)
+        killer = crashkit.Killer(tmp_path / f"kit-{name}", mode=mode, at=call, k=k)
+        first = killer.forkops(sb.workspace, *args)
+        if killer.fired:
+            yield (f"{mode} at {' '.join(args[1:])}'s git call {call} ({crashkit.subcommand(calls[call - 1])})"
+                   + (f", rename {k}" if k else ""), sb, first)
+
+
+def _not_restored(reference: crashkit.Reference, sb: Sandbox) -> list[str]:
+    """What differs in the clones from before the run (refs, HEAD, tags, config, worktree,
+    git's operation and lock files)."""
+    out = []
+    for name in crashkit.REPOS:
+        before, after = reference.before[name], crashkit.normalise(crashkit.snapshot(sb.clone(name)), sb.root)
+        assert isinstance(before, dict) and isinstance(after, dict)
+        out += [f"{name}: {d}" for d in crashkit.snapshot_diff(before, after)]
+    return out
+
+
 def test_kill_during_abort_then_abort_again(reference: crashkit.Reference, tmp_path: Path) -> None:
     """``--abort`` of the flow's last stop (TensorFlow finished with its re-applied anchor,
     Serving stopped), killed at its git calls: forkops before or while each call, git itself
     during one, git at its renames. Then ``status`` explains without a traceback and the next
-    ``--abort`` restores both clones byte for byte (refs, HEAD, tags, config, worktree, git's
-    operation and lock files) to before the run. ABORT_SLOTS points per mode, spread over the
-    command; ``CRASHKIT_SLOTS=999`` tries every one."""
-    step = len(reference.steps) - 1
-    traced = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / "traced")
-    tracer = crashkit.Killer(tmp_path / "trace", mode="trace")
-    assert tracer.forkops(traced.workspace, "upgrade", "--abort").code == 0
-    calls = tracer.calls()
+    ``--abort`` restores both clones byte for byte to before the run. ABORT_SLOTS points per
+    mode, spread over the command; ``CRASHKIT_SLOTS=999`` tries every one (45)."""
     tried, failures = 0, []
-    for mode, call, k in _kill_points(tracer, calls, ABORT_SLOTS):
-        where = f"{mode} at abort's git call {call} ({crashkit.subcommand(calls[call - 1])})" + (
-            f", rename {k}" if k else "")
-        sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / f"{mode}-{call}-{k}")
-        killer = crashkit.Killer(tmp_path / f"kit-{mode}-{call}-{k}", mode=mode, at=call, k=k)
-        first = killer.forkops(sb.workspace, "upgrade", "--abort")
-        if not killer.fired:
-            continue
+    for where, sb, first in _killed_runs(reference, len(reference.steps) - 1, tmp_path, "upgrade", "--abort"):
         tried += 1
         said = crashkit.forkops(sb.workspace, "status")
         again = crashkit.forkops(sb.workspace, "upgrade", "--abort")
@@ -346,11 +364,7 @@ def test_kill_during_abort_then_abort_again(reference: crashkit.Reference, tmp_p
             failures.append(f"{where}: a traceback: {first} {said}")
         if again.code != 0 or crashkit.traceback_in(again.text):
             failures.append(f"{where}: the next --abort failed: {again}")
-        for name in crashkit.REPOS:
-            before, after = reference.before[name], crashkit.normalise(crashkit.snapshot(sb.clone(name)), sb.root)
-            assert isinstance(before, dict) and isinstance(after, dict)
-            if diff := crashkit.snapshot_diff(before, after):
-                failures.append(f"{where}: {name} not restored: {'; '.join(diff)}")
+        failures += [f"{where}: not restored: {d}" for d in _not_restored(reference, sb)]
     assert tried >= 4, tried
     assert not failures, "\n".join(failures)
 
@@ -360,28 +374,19 @@ def test_kill_during_abort_then_abort_again(reference: crashkit.Reference, tmp_p
 # ---------------------------------------------------------------------------------------------
 def test_kill_during_skip(reference: crashkit.Reference, tmp_path: Path) -> None:
     """``--skip`` at TensorFlow's stop (the person drops "Link Crypto++"), killed at its git
-    calls. Then ``status`` explains without a traceback and tells a next step; ``--abort``
-    restores both clones byte for byte; and on a copy, driving the run to its end as a person
-    would (from what status says) loses no commit but the one skipped: the result is the
-    unkilled skip's, or it still has the skipped commit (the kill came before git dropped it,
-    and the person's --continue kept it). ABORT_SLOTS points per mode."""
+    calls (``CRASHKIT_SLOTS=999``: every one, 135). Then ``status`` explains without a traceback
+    and names a next step; ``--abort`` restores both clones byte for byte; and on a copy,
+    driving the run to its end as a person would (from what status says) loses no commit: the
+    result is the unkilled skip's, or, killed before forkops recorded the skip, it keeps that
+    commit (the person's --continue commits their resolution)."""
     step = 1  # TensorFlow stopped on .bazelrc, resolved: --skip drops it anyway
     unkilled = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / "unkilled")
-    tracer = crashkit.Killer(tmp_path / "trace", mode="trace")
-    assert tracer.forkops(unkilled.workspace, "upgrade", "--skip").code in (0, 1)
-    calls = tracer.calls()
-    how, _runs = crashkit.finish(unkilled)
-    assert how == "done", _runs
+    assert crashkit.forkops(unkilled.workspace, "upgrade", "--skip").code in (0, 1)
+    how, runs = crashkit.finish(unkilled)
+    assert how == "done", runs
     want = {n: crashkit.normalise(crashkit.result_of(unkilled.clone(n)), unkilled.root) for n in crashkit.REPOS}
     tried, failures = 0, []
-    for mode, call, k in _kill_points(tracer, calls, ABORT_SLOTS):
-        where = f"{mode} at --skip's git call {call} ({crashkit.subcommand(calls[call - 1])})" + (
-            f", rename {k}" if k else "")
-        sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / f"{mode}-{call}-{k}")
-        killer = crashkit.Killer(tmp_path / f"kit-{mode}-{call}-{k}", mode=mode, at=call, k=k)
-        first = killer.forkops(sb.workspace, "upgrade", "--skip")
-        if not killer.fired:
-            continue
+    for where, sb, first in _killed_runs(reference, step, tmp_path, "upgrade", "--skip"):
         tried += 1
         if first.code != -9 and crashkit.traceback_in(first.text):
             failures.append(f"{where}: a traceback: {first}")
@@ -389,21 +394,16 @@ def test_kill_during_skip(reference: crashkit.Reference, tmp_path: Path) -> None
         text = crashkit.forkops(sb.workspace, "status")
         if data is None or crashkit.traceback_in(text.text) or (data.get("run") and not data.get("next")):
             failures.append(f"{where}: status: {said} {text}")
-        resumed = crashkit.copy_sandbox(sb, tmp_path / f"resumed-{mode}-{call}-{k}")
+        resumed = crashkit.copy_sandbox(sb, tmp_path / f"resumed-{len(failures)}-{tried}")
         aborted = crashkit.forkops(sb.workspace, "upgrade", "--abort")
-        for name in crashkit.REPOS:
-            before, after = reference.before[name], crashkit.normalise(crashkit.snapshot(sb.clone(name)), sb.root)
-            assert isinstance(before, dict) and isinstance(after, dict)
-            if aborted.code != 0 or (diff := crashkit.snapshot_diff(before, after)):
-                failures.append(f"{where}: --abort: {aborted.code}, {name}: {diff}")
+        if aborted.code != 0:
+            failures.append(f"{where}: --abort failed: {aborted}")
+        failures += [f"{where}: --abort did not restore: {d}" for d in _not_restored(reference, sb)]
         how, runs = crashkit.finish(resumed)
         got = {n: crashkit.normalise(crashkit.result_of(resumed.clone(n)), resumed.root) for n in crashkit.REPOS}
         if how != "done":
             failures.append(f"{where}: resumed: {how}: {runs[-1:]}")
-        elif got != want:
-            for name in crashkit.REPOS:
-                lost = set(crashkit._stack(want[name])) - set(crashkit._stack(got[name]))
-                if lost:
-                    failures.append(f"{where}: {name} lost {sorted(lost)}")
+        failures += [f"{where}: {name} lost {sorted(lost)}" for name in crashkit.REPOS
+                     if (lost := set(crashkit._stack(want[name])) - set(crashkit._stack(got[name])))]
     assert tried >= 4, tried
     assert not failures, "\n".join(failures)

@@ -365,12 +365,17 @@ def test_malformed_record_is_bad_input_for_check(sandbox: Sandbox, monkeypatch: 
 # ---------------------------------------------------------------------------------------
 # A resolution that empties the commit: git drops it at --continue; so does the simulation
 # ---------------------------------------------------------------------------------------
-def _small_fork(path: Path) -> tuple[str, str, list[str]]:
-    """main (upstream) and fork branching from base; fork1 conflicts with upstream on f, fork2
-    changes g. Returns (base, main, [fork1, fork2])."""
+def _init(path: Path) -> None:
+    """A new repository at ``path`` on branch main, with an identity to commit with."""
     path.mkdir()
     for args in (["init", "-q", "-b", "main"], ["config", "user.email", "a@b"], ["config", "user.name", "a"]):
         _git(path, *args)
+
+
+def _small_fork(path: Path) -> tuple[str, str, list[str]]:
+    """main (upstream) and fork branching from base; fork1 conflicts with upstream on f, fork2
+    changes g. Returns (base, main, [fork1, fork2])."""
+    _init(path)
     (path / "f").write_text("a\nb\nc\n")
     (path / "g").write_text("x\n")
     _git(path, "add", ".")
@@ -418,9 +423,7 @@ def test_symlink_conflicts_are_neither_recorded_nor_written_as_files(tmp_path: P
     """A conflict between two symlink targets is no text conflict: recording it, and applying a
     record whose text happens to cover it, would turn the link into a regular file."""
     r = tmp_path / "r"
-    r.mkdir()
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "a@b"], ["config", "user.name", "a"]):
-        _git(r, *args)
+    _init(r)
     (r / "link").symlink_to("target-a")
     (r / "f").write_text("target-a")
     _git(r, "add", ".")
