@@ -360,12 +360,29 @@ def subcommand(argv: Sequence[str]) -> str:
 DETACHED = os.environ.get("CRASHKIT_DETACHED") == "1"  # read before conftest clears env
 
 
+# CRASHKIT_RECORDED=1: the workspace holds the resolutions an earlier, unkilled run of the flow
+# recorded, and the swept flow starts with `--accept-recorded`: forkops writes them and goes on
+# (Serving's WORKSPACE record names the other sandbox's path, so that stop still needs a person).
+RECORDED = os.environ.get("CRASHKIT_RECORDED") == "1"
+
+
 def new_sandbox(root: Path) -> Sandbox:
     sb = sandbox_mod.build(root)
     if DETACHED:
         for name in REPOS:
             git(sb.clone(name), "checkout", "--quiet", "--detach")
     return sb
+
+
+def _recorded_resolutions(into: Sandbox, scratch: Path) -> None:
+    """Run the flow unkilled in a sandbox of its own and copy the resolutions it recorded."""
+    other = sandbox_mod.build(scratch)
+    res = forkops(other.workspace, "upgrade", VERSION)
+    while res.code == 1:
+        resolve_workspace(other)
+        res = forkops(other.workspace, "upgrade", "--continue")
+    assert res.code == 0, res
+    shutil.copytree(other.workspace / "resolutions", into.workspace / "resolutions")
 
 
 def copy_sandbox(sb: Sandbox, root: Path) -> Sandbox:
@@ -616,13 +633,15 @@ def _spread(points: list[T]) -> list[T]:
 def build_reference(folder: Path) -> Reference:
     """Run the whole flow unkilled (traced), keeping a checkpoint before each command."""
     sb = new_sandbox(folder / "sb")
+    if RECORDED:
+        _recorded_resolutions(sb, folder / "recording")
     before = {name: normalise(snapshot(sb.clone(name)), sb.root) for name in REPOS}
     stacks = {name: [list(c) for c in fork_stack(sb.clone(name))] for name in REPOS}
     killer = Killer(folder / "trace", mode="trace")
     steps: list[list[str]] = []
     step_start: list[int] = []
     checkpoints: list[str] = []
-    args = ["upgrade", VERSION]
+    args = ["upgrade", VERSION, *(["--accept-recorded"] if RECORDED else [])]
     while True:
         cp = folder / f"checkpoint-{len(steps)}"
         copy_sandbox(sb, cp)
