@@ -498,8 +498,11 @@ def fork_stack(repo: Path, start: str = "b2.4.0", base: str = "") -> list[tuple[
 # The flow: what a maintainer does for a two-fork upgrade that stops on conflicts
 # ---------------------------------------------------------------------------------------------
 def resolve_workspace(sb: Sandbox) -> list[str]:
+    """Resolve every unmerged file as the sandbox's maintainer does and `git add` it. A clone
+    with a lock file a killed git left is left for now: git refuses `git add` there, and the
+    person runs --continue first, which removes it (as status says)."""
     return [f"{name}:{p}" for name in REPOS if (sb.clone(name) / ".git").is_dir()
-            for p in resolve_all(sb.clone(name))]
+            and not (sb.clone(name) / ".git" / "index.lock").exists() for p in resolve_all(sb.clone(name))]
 
 
 def status_json(sb: Sandbox) -> tuple[Run, dict[str, Any] | None]:

@@ -291,6 +291,8 @@ def test_git_killed_checking_out_forkops_own_commit(reference: crashkit.Referenc
 
 def test_reference_covers_the_whole_flow(reference: crashkit.Reference) -> None:
     """The sweep's reference is the whole flow: both forks, three stops, both rebases."""
+    if crashkit.RECORDED:
+        pytest.skip("CRASHKIT_RECORDED: recorded resolutions take the flow past two of its stops")
     assert len(reference.steps) == 4, reference.steps
     phases = {reference.phase(n)[1:] for n in range(1, len(reference.calls) + 1)}
     assert {("tensorflow", "rebase"), ("serving", "rebase")} <= phases
