@@ -475,6 +475,12 @@ class Repo:
         """``git -c ... rebase ARGS`` (never an editor); the caller reads git's state after it."""
         return self.run_raw(*config, "rebase", *args, env={"GIT_EDITOR": "true"})
 
+    def forget_rerere_stop(self) -> None:
+        """Drop rerere's record of the conflict the rebase stopped on (``MERGE_RR``), as ``git
+        rerere clear`` would for a skipped commit, without reading it: a kill can leave it
+        unreadable, and then every ``rebase --skip`` dies on it ("corrupt MERGE_RR")."""
+        (self.git_dir / "MERGE_RR").unlink(missing_ok=True)
+
     def rebase_quit(self) -> None:
         """Drop git's rebase state without touching HEAD, index or worktree."""
         self.run("rebase", "--quit")

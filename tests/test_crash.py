@@ -376,6 +376,28 @@ def test_kill_during_abort_then_abort_again(reference: crashkit.Reference, tmp_p
 # ---------------------------------------------------------------------------------------------
 # Kills during --skip
 # ---------------------------------------------------------------------------------------------
+def test_an_interrupted_skip_is_finished_past_unreadable_rerere_state(reference: crashkit.Reference,
+                                                                     tmp_path: Path) -> None:
+    """``--skip`` killed before git dropped the commit, and rerere's record of that stop left
+    unreadable (written here by hand: ``MERGE_RR`` cut short, which makes every ``git rebase
+    --skip`` die "corrupt MERGE_RR" -- the state CI once met after a killed --skip): the next
+    ``--continue`` drops rerere's record of the skipped stop and finishes the skip."""
+    if not crashkit.strace_works():
+        pytest.skip("strace is missing or cannot trace here (CI installs it)")
+    sb = crashkit.copy_sandbox(crashkit.checkpoint(reference, 1), tmp_path / "killed")
+    tf = sb.clone("tensorflow")
+    merge_rr = tf / ".git" / "MERGE_RR"
+    recorded = merge_rr.read_bytes()  # rerere's record of the .bazelrc conflict at this stop
+    killer = crashkit.Killer(tmp_path / "kit", mode="rename", at=1, k=1, match="* rebase --skip*",
+                             path=str(tf / ".git" / "index.lock"))
+    first = killer.forkops(sb.workspace, "upgrade", "--skip")
+    assert killer.fired and first.code == 3, first
+    merge_rr.write_bytes(recorded[:12])
+    how, runs = crashkit.finish(sb)
+    assert how == "done", runs
+    assert "Link Crypto++ and define the model key" not in crashkit.current_stack(tf)
+
+
 def test_kill_during_skip(reference: crashkit.Reference, tmp_path: Path) -> None:
     """``--skip`` at TensorFlow's stop (the person drops "Link Crypto++"), killed at its git
     calls (``CRASHKIT_SLOTS=999``: every one, 135). Then ``status`` explains without a traceback
@@ -385,9 +407,10 @@ def test_kill_during_skip(reference: crashkit.Reference, tmp_path: Path) -> None
     commit (the person's --continue commits their resolution).
 
     ``killgit`` (git killed at a moment that depends on the machine's load) runs only with
-    CRASHKIT_SLOTS: once in CI it left git's rerere state such that every later
-    ``git rebase --skip`` failed, leaving MERGE_RR.lock (an open finding: a corrupt MERGE_RR
-    does that, reproduced by hand; the killed state itself was not reproduced in 11 tries)."""
+    CRASHKIT_SLOTS: once in CI it left rerere's state such that every later ``git rebase
+    --skip`` failed, leaving MERGE_RR.lock. A corrupt MERGE_RR does that; forkops now drops
+    rerere's record of a skipped stop before finishing the skip (the test above), but the
+    killed state itself was not reproduced in 11 tries."""
     step = 1  # TensorFlow stopped on .bazelrc, resolved: --skip drops it anyway
     unkilled = crashkit.copy_sandbox(crashkit.checkpoint(reference, step), tmp_path / "unkilled")
     assert crashkit.forkops(unkilled.workspace, "upgrade", "--skip").code in (0, 1)

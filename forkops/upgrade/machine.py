@@ -186,8 +186,9 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
         if action == "skip" or (current is not None and current in st.skipped):
             # Still stopped on a commit the person skipped: a kill came before git dropped it
             # (its half-done reset makes `rebase --continue` refuse); the skip is finished.
-            if action != "skip":
-                ctx.log(f"{st.repo}: dropping {current[:12] if current else '?'} (your --skip was interrupted)")
+            if current is not None and current in st.skipped:  # a --skip of it was interrupted
+                ctx.log(f"{st.repo}: dropping {current[:12]} (your --skip was interrupted)")
+                repo.forget_rerere_stop()
             if current and current not in st.skipped:
                 st.skipped.append(current)
                 ctx.save()
