@@ -175,7 +175,7 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
         ctx.log(f"{st.repo}: git was killed as the rebase began (nothing was rebased); starting it again")
         rs = None
     elif rs is not None and rebase.half_finished(repo, rs):
-        rebase.finish_half_finished(repo, st)
+        rebase.finish_half_finished(repo, rs)
         ctx.log(f"{st.repo}: git was killed as it finished the rebase ({st.branch} was already moved); finished it")
         rs = None
     if rs is not None:
@@ -183,12 +183,13 @@ def rebasing(ctx: steps.Ctx) -> Phase | None:
         if action is None:
             return None
         current = repo.full_sha(rs.current) if rs.current else None
-        if action == "skip" or (current is not None and current in st.skipped):
-            # Still stopped on a commit the person skipped: a kill came before git dropped it
-            # (its half-done reset makes `rebase --continue` refuse); the skip is finished.
-            if current is not None and current in st.skipped:  # a --skip of it was interrupted
-                ctx.log(f"{st.repo}: dropping {current[:12]} (your --skip was interrupted)")
-                repo.forget_rerere_stop()
+        if (interrupted := rebase.skip_interrupted(st, rs)) is not None:
+            # A kill came before git dropped it (its half-done reset makes `rebase --continue`
+            # refuse): the skip is finished, past rerere's record of the stop it may have broken.
+            ctx.log(f"{st.repo}: dropping {interrupted[:12]} (your --skip was interrupted)")
+            repo.forget_rerere_stop()
+            args = ["--skip"]
+        elif action == "skip":
             if current and current not in st.skipped:
                 st.skipped.append(current)
                 ctx.save()

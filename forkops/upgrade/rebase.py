@@ -70,13 +70,17 @@ def half_finished(repo: Repo, rs: RebaseState) -> bool:
     return not rs.todo and rs.head_detached and bool(rs.head_name) and repo.rev_parse(rs.head_name) == rs.head
 
 
-def finish_half_finished(repo: Repo, st: RepoState) -> None:
-    """What git had left of finishing a :func:`half_finished` rebase: HEAD on the branch, the
-    rebase's folder gone."""
-    tip = repo.rev_parse(st.branch_ref)
-    assert tip is not None
-    repo.set_head(st.branch_ref, tip)
+def finish_half_finished(repo: Repo, rs: RebaseState) -> None:
+    """What git had left of finishing a :func:`half_finished` rebase: HEAD on the branch (which
+    already holds HEAD's commit), the rebase's folder gone."""
+    repo.set_head(rs.head_name, rs.head)
     repo.rebase_quit()
+
+
+def skip_interrupted(st: RepoState, rs: RebaseState) -> str | None:
+    """The commit the rebase still stands on when the person ran ``--skip`` on it (recorded
+    before git ran): a kill came before git dropped it. None otherwise."""
+    return next((c for c in st.skipped if rs.current and c.startswith(rs.current)), None)
 
 
 def drop_half_started(repo: Repo, st: RepoState) -> list[str]:

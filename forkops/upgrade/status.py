@@ -333,8 +333,7 @@ def _draft(repo: Repo, st: RepoState, run: RunState | None) -> _Draft:
                                                    f"branch is already moved)", *lock_notes],
                           next=["forkops upgrade --continue  (finishes it)",
                                 "(or: forkops upgrade --abort to undo the run)"])
-        skipped = next((c for c in st.skipped if rs.current and c.startswith(rs.current)), None)
-        if skipped is not None:
+        if (skipped := rebase.skip_interrupted(st, rs)) is not None:
             return _Draft(interrupted=True, notes=[f"dropping {skipped[:12]} (your --skip) was interrupted (a kill)",
                                                    *lock_notes],
                           next=["forkops upgrade --continue  (finishes dropping it)",
