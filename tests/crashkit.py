@@ -613,15 +613,15 @@ class Reference:
             groups.setdefault(self.phase(point[0]), []).append(point)
         # Phases in spread order too: a few slots reach the first, last and middle phases. The
         # rebases come first: git's own state machine is where a kill loses commits (issue 10).
-        keys = sorted(_spread(list(groups)), key=lambda key: key[2] != "rebase")
-        spread = [_spread(groups[key]) for key in keys]
+        keys = sorted(spread(list(groups)), key=lambda key: key[2] != "rebase")
+        spreads = [spread(groups[key]) for key in keys]
         out: list[tuple[int, int]] = []
-        for rnd in range(max((len(v) for v in spread), default=0)):
-            out += [v[rnd] for v in spread if rnd < len(v)]
+        for rnd in range(max((len(v) for v in spreads), default=0)):
+            out += [v[rnd] for v in spreads if rnd < len(v)]
         return out
 
 
-def _spread(points: list[T]) -> list[T]:
+def spread(points: list[T]) -> list[T]:
     """``points`` reordered first, last, middle, quarters, ...: any prefix spans them evenly."""
     if len(points) <= 2:
         return list(points)
@@ -753,7 +753,7 @@ def _status_problem(sb: Sandbox, ref: Reference, res: Run, data: dict[str, Any] 
     return None
 
 
-def _stack(result: object) -> list[str]:
+def stack_of(result: object) -> list[str]:
     assert isinstance(result, dict)
     return list(result["stack"])
 
@@ -864,7 +864,7 @@ def _check_resume(sb: Sandbox, ref: Reference, said: dict[str, Any] | None) -> t
     last = finished[-1] if finished else None
     if how == "stopped" and last is not None:
         missing = [(sha, subj) for name in REPOS for sha, subj in ref.stacks[name]
-                   if subj in _stack(ref.result[name]) and subj not in current_stack(sb.clone(name))]
+                   if subj in stack_of(ref.result[name]) and subj not in current_stack(sb.clone(name))]
         named = names_a_commit(last.text, missing)
         if missing and len(named) == len(missing):
             return "named-stop", f"names {[s for _, s in named]}"

@@ -320,7 +320,7 @@ def _kill_points(tracer: crashkit.Killer, calls: list[list[str]], slots: int,
         if crashkit.strace_works() else [],
     }
     return [(mode, call, k) for mode, found in points.items() if mode in modes
-            for call, k in crashkit._spread(found)[:slots]]
+            for call, k in crashkit.spread(found)[:slots]]
 
 
 def _killed_runs(reference: crashkit.Reference, step: int, tmp_path: Path, *args: str,
@@ -437,6 +437,6 @@ def test_kill_during_skip(reference: crashkit.Reference, tmp_path: Path) -> None
         if how != "done":
             failures.append(f"{where}: resumed: {how}: {runs[-1:]}")
         failures += [f"{where}: {name} lost {sorted(lost)}" for name in crashkit.REPOS
-                     if (lost := set(crashkit._stack(want[name])) - set(crashkit._stack(got[name])))]
+                     if (lost := set(crashkit.stack_of(want[name])) - set(crashkit.stack_of(got[name])))]
     assert tried >= 4, tried
     assert not failures, "\n".join(failures)
